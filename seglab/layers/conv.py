@@ -1,0 +1,44 @@
+"""Convolution blocks."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from seglab.layers.resolve import ActArg, NormArg, make_act, make_norm
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d -> norm -> activation. Trainable.
+
+    Shape: (N, in_channels, H, W) -> (N, out_channels, H', W') with
+    H' = floor((H + 2*padding - dilation*(k-1) - 1) / stride) + 1; the default padding keeps H' = H / stride.
+    The conv has no bias when a norm follows (the norm's shift replaces it).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: NormArg = "bn",
+        act: ActArg = "relu",
+    ) -> None:
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        norm_layer = make_norm(norm, out_channels)
+        conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=isinstance(norm_layer, nn.Identity),
+        )
+        super().__init__(conv, norm_layer, make_act(act))
+        self.in_channels, self.out_channels = in_channels, out_channels
