@@ -1,4 +1,4 @@
-"""Layer arguments accept a name or a class (``norm="bn"`` or ``norm=nn.BatchNorm2d``): resolved here, once."""
+"""Layer arguments accept a name or a class (``norm="bn"`` or ``nn.BatchNorm2d``), resolved here once."""
 
 from __future__ import annotations
 
