@@ -8,9 +8,13 @@ triangle class is rare (about 3 % of pixels).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 CLASSES: tuple[str, ...] = ("background", "circle", "rectangle", "triangle")
 PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25))
@@ -103,3 +107,51 @@ def render(rng: np.random.Generator, size: int, spec: SyntheticShapes) -> tuple[
         mask[inside] = kind
     image += rng.normal(0, spec.noise, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def write_folder(
+    out: str | Path,
+    num_images: int = 1000,
+    size: int = 128,
+    seed: int = 0,
+    val_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    overwrite: bool = False,
+) -> Path:
+    """Write SyntheticShapes as a folder data set (images/, masks/, classes.yaml, splits/).
+
+    The folder is built under a temporary name and renamed, so a failure leaves nothing half-written.
+    """
+    from seglab.data.io import save_png
+    from seglab.errors import DataError
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    ds = SyntheticShapes(num_images=num_images, size=size, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        width = len(str(num_images - 1))
+        stems = [f"{i:0{width}d}" for i in range(num_images)]
+        for stem, (image, mask) in zip(stems, ds):
+            save_png(tmp / "images" / f"{stem}.png", image)
+            save_png(tmp / "masks" / f"{stem}.png", mask, PALETTE)
+        classes = {"names": list(CLASSES), "colors": [list(c) for c in PALETTE], "mask_format": "index"}
+        (tmp / "classes.yaml").write_text(yaml.safe_dump(classes, sort_keys=False))
+        n_test, n_val = round(test_ratio * num_images), round(val_ratio * num_images)
+        parts = {
+            "test": stems[:n_test],
+            "val": stems[n_test : n_test + n_val],
+            "train": stems[n_test + n_val :],
+        }
+        (tmp / "splits").mkdir()
+        for name, part in parts.items():
+            (tmp / "splits" / f"{name}.txt").write_text("".join(s + "\n" for s in part))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,127 @@
+"""Checkpoints: weights in safetensors plus a YAML sidecar that says what they mean.
+
+``best.safetensors`` + ``best.yaml``: the sidecar records the architecture arguments, class names, palette,
+input normalisation, split, metrics and the weights' SHA-256, so evaluate and predict need nothing else.
+Both files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seglab.errors import CheckpointError
+from seglab.files import atomic_write
+
+FORMAT = "seglab-checkpoint/1"
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild a model and use it on new images."""
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    model_params: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    palette: list[list[int]] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    ignore_index: int = 255
+    split: dict[str, Any] = field(
+        default_factory=dict
+    )  # val_ratio, test_ratio, split_seed of the training run
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, sidecar) for a checkpoint given as a run folder (its best), a .safetensors, .yaml or bare stem."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if path.suffix in (".safetensors", ".yaml"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".yaml")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: Any, meta: CheckpointMeta) -> Path:
+    """Write ``<path>.safetensors`` and ``<path>.yaml`` atomically; returns the weights path."""
+    from safetensors.torch import save_file
+
+    weights, sidecar = checkpoint_paths(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    doc = {
+        "format": FORMAT,
+        "weights": weights.name,
+        "weights_sha256": _sha256(weights),
+        **dataclasses.asdict(meta),
+    }
+    atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
+    return weights
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The sidecar of a checkpoint, validated; CheckpointError if ``path`` is not a seglab checkpoint."""
+    weights, sidecar = checkpoint_paths(path)
+    if not weights.is_file():
+        raise CheckpointError(
+            f"checkpoint {weights} does not exist; pass a run folder or a .safetensors file"
+        )
+    if not sidecar.is_file():
+        raise CheckpointError(f"{weights} has no sidecar {sidecar.name}; a seglab checkpoint is both files")
+    try:
+        doc = yaml.safe_load(sidecar.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar} is not a seglab checkpoint sidecar (format {FORMAT} expected)")
+    if doc.get("weights_sha256") != _sha256(weights):
+        raise CheckpointError(
+            f"{weights} does not match {sidecar.name} (SHA-256 differs); the pair is incomplete"
+        )
+    names = {f.name for f in dataclasses.fields(CheckpointMeta)}
+    try:
+        return CheckpointMeta(**{k: v for k, v in doc.items() if k in names})
+    except TypeError as e:
+        raise CheckpointError(f"{sidecar} is incomplete: {e}") from None
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, CheckpointMeta]:
+    """Rebuild the model of a checkpoint, load its weights, put it in eval mode; returns (model, meta)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from seglab.models.factory import create_model
+
+    meta = read_meta(path)
+    weights, _ = checkpoint_paths(path)
+    try:
+        state = load_file(str(weights), device=device)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from None
+    model = create_model(
+        meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels, **meta.model_params
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{weights} does not fit a {meta.arch} model: {str(e).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,75 @@
+"""Paired image + mask transforms on torchvision transforms v2: geometry moves both, colour touches the image.
+
+Masks are ``tv_tensors.Mask``, so v2 resamples them with nearest neighbour and fills new border pixels with
+``ignore_index`` (excluded from loss and metrics).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from seglab.config import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
+    """ImageNet statistics for RGB; their average for single-channel images."""
+    if in_channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [float(np.mean(IMAGENET_MEAN))] * in_channels, [float(np.mean(IMAGENET_STD))] * in_channels
+
+
+class PairedTransform:
+    """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W))."""
+
+    def __init__(self, ops: list[v2.Transform], mean: list[float], std: list[float]) -> None:
+        self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        self.mean, self.std = mean, std
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())
+        img, msk = self.pipeline(img, msk)
+        return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+
+
+def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
+    """Training augmentation from ``cfg`` (scale, rotation, crop, flips, colour jitter) or eval-time identity."""
+    mean, std = default_normalization(in_channels)
+    mean, std = cfg.mean or mean, cfg.std or std
+    ops: list[v2.Transform] = []
+    if train:
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}
+        if cfg.scale != (1.0, 1.0) or cfg.rotation:
+            ops.append(v2.RandomAffine(degrees=cfg.rotation, scale=cfg.scale, fill=fill))
+        if cfg.crop_size:
+            ops.append(v2.RandomCrop(cfg.crop_size, pad_if_needed=True, fill=fill))
+        if cfg.hflip:
+            ops.append(v2.RandomHorizontalFlip())
+        if cfg.vflip:
+            ops.append(v2.RandomVerticalFlip())
+        if cfg.color_jitter:
+            j = cfg.color_jitter
+            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
+    return PairedTransform(ops, mean, std)
+
+
+def pad_collate(ignore_index: int):
+    """Collate (image, mask) pairs of different sizes: pad images with 0 and masks with ``ignore_index``."""
+
+    def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = max(img.shape[-2] for img, _ in batch)
+        w = max(img.shape[-1] for img, _ in batch)
+        images = torch.zeros(len(batch), batch[0][0].shape[0], h, w)
+        masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.long)
+        for i, (img, msk) in enumerate(batch):
+            images[i, :, : img.shape[-2], : img.shape[-1]] = img
+            masks[i, : msk.shape[-2], : msk.shape[-1]] = msk
+        return images, masks
+
+    return collate

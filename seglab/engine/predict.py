@@ -1,0 +1,102 @@
+"""Prediction: a checkpoint on image files or folders -> palette index-mask PNGs and colour overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seglab.data.io import IMAGE_SUFFIXES, read_image, save_png
+from seglab.errors import DataError
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files given directly or found (non-recursively) in given folders; DataError if none or missing."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise DataError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"input {item} does not exist")
+    if not files:
+        raise DataError("no input images given")
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise DataError(
+                f"inputs {stems[f.stem]} and {f} share the name {f.stem!r}; outputs would collide"
+            )
+        stems[f.stem] = f
+    return files
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+) -> torch.Tensor:
+    """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops)."""
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[
+        :, None, None
+    ]
+    return model(x.unsqueeze(0))[0].softmax(0)
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> np.ndarray:
+    """Blend the palette colour of every non-zero label into the image; label 0 (background) stays as it is."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    colours = np.asarray(palette, dtype=np.float32)[np.clip(mask, 0, len(palette) - 1)]
+    out = rgb.astype(np.float32)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    return out.round().astype(np.uint8)
+
+
+def predict(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    write_overlay: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image."""
+    from seglab.checkpoint import load_checkpoint
+    from seglab.engine.train import resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, device=str(dev))
+    files = collect_inputs(inputs)
+    out = Path(out_dir)
+    results = []
+    if progress:
+        from tqdm.auto import tqdm
+
+        files = tqdm(files, desc="predict", leave=False, dynamic_ncols=True)
+    for path in files:
+        image = read_image(path, meta.in_channels)
+        labels = (
+            predict_probs(model, image, meta.mean, meta.std, dev).argmax(0).cpu().numpy().astype(np.uint8)
+        )
+        record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
+        save_png(Path(record["mask"]), labels, meta.palette)
+        if write_overlay:
+            record["overlay"] = str(out / f"{path.stem}_overlay.png")
+            save_png(Path(record["overlay"]), overlay(image, labels, meta.palette))
+        results.append(record)
+    return results

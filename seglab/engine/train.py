@@ -1,0 +1,257 @@
+"""Training: one function, driven by a Config; seeded, resumable, with best/last checkpoints and a metrics log.
+
+Run folder (``train.out_dir``)::
+
+    config.yaml          the resolved config
+    metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput
+    best.safetensors/.yaml, last.safetensors/.yaml   checkpoints (weights + sidecar)
+    last.state.pt        optimizer, schedule and progress, for --resume
+
+Reproducibility: every epoch re-seeds the global RNG and the shuffling generator from (seed, epoch), so a run
+resumed from ``last`` follows exactly the same path as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from seglab.checkpoint import CheckpointMeta, save_checkpoint
+from seglab.config import Config
+from seglab.data.folder import FolderDataset, scan_folder
+from seglab.data.transforms import build_transform, pad_collate
+from seglab.engine.evaluate import run_evaluation
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.files import atomic_write, jsonable, to_json
+from seglab.losses import DiceCELoss
+from seglab.models.factory import MODELS, create_model
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+
+
+def lr_factor(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at iteration ``it``: linear warm-up, then poly(0.9) or cosine."""
+    if schedule not in ("poly", "cosine", "constant"):
+        raise ConfigError(f"unknown train.schedule {schedule!r}; choose poly, cosine or constant")
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        t = min(1.0, (it - warmup) / max(1, total - warmup))
+        if schedule == "poly":
+            return (1 - t) ** 0.9
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
+    """create_model with a clear error for keyword arguments the architecture does not take."""
+    builder = MODELS.get(cfg.model.arch) if cfg.model.arch in MODELS else None
+    if builder is not None:
+        accepted = set(inspect.signature(builder).parameters)
+        unknown = sorted(set(cfg.model.params) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"model.params.{unknown[0]} is not an argument of {cfg.model.arch}; "
+                f"accepted: {', '.join(sorted(accepted - {'num_classes', 'in_channels'}))}"
+            )
+    try:
+        return create_model(
+            cfg.model.arch, num_classes=num_classes, in_channels=in_channels, **cfg.model.params
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build model {cfg.model.arch!r}: {e}") from None
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    has_ckpt = any((run_dir / f"{n}.safetensors").exists() for n in ("best", "last"))
+    if resume and not (run_dir / "last.state.pt").is_file():
+        raise ConfigError(f"cannot resume: {run_dir} has no last.state.pt from an earlier run")
+    if has_ckpt and not resume and not overwrite:
+        raise ConfigError(
+            f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"
+        )
+
+
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on the folder data set ``config.data.root``; returns where everything went.
+
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint; returning True stops training.
+    """
+    cfg, t0 = config, time.perf_counter()
+    if not cfg.data.root:
+        raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
+        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(cfg.train.out_dir)
+    _check_run_dir(run_dir, resume, overwrite)
+
+    scan = scan_folder(cfg.data.root, cfg.data.ignore_index)
+    scan.raise_problems()
+    common = dict(
+        ignore_index=cfg.data.ignore_index, val_ratio=cfg.data.val_ratio, test_ratio=cfg.data.test_ratio,
+        split_seed=cfg.data.split_seed, cache=cfg.data.cache, scan=scan,
+    )  # fmt: skip
+    in_ch = scan.in_channels
+    eval_transform = build_transform(cfg.data, in_ch, train=False)
+    train_ds = FolderDataset(cfg.data.root, "train", build_transform(cfg.data, in_ch, train=True), **common)
+    val_ds = FolderDataset(cfg.data.root, "val", eval_transform, **common)
+    for ds in (train_ds, val_ds):
+        if len(ds) == 0:
+            raise DataError(
+                f"the {ds.split} split of {cfg.data.root} is empty; add splits/{ds.split}.txt or "
+                f"change data.val_ratio/data.test_ratio"
+            )
+    spec = train_ds.classes
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, spec.num_classes, in_ch).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    batch_size = min(cfg.train.batch_size, len(train_ds))
+    steps_per_epoch = len(train_ds) // batch_size
+    total = steps_per_epoch * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
+    )
+    criterion = DiceCELoss(cfg.train.ce_weight, cfg.train.dice_weight, spec.ignore_index)
+    meta = CheckpointMeta(
+        arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
+        class_names=list(spec.names), palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
+        ignore_index=spec.ignore_index,
+        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed},
+    )  # fmt: skip
+
+    start_epoch, best, history = 0, {"miou": -1.0}, []
+    log_path = run_dir / "metrics.jsonl"
+    if resume:
+        from safetensors.torch import load_file
+
+        state = torch.load(run_dir / "last.state.pt", weights_only=True)
+        model.load_state_dict(load_file(str(run_dir / "last.safetensors"), device=str(device)))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+        if log_path.is_file():
+            history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            history = [r for r in history if r["epoch"] <= start_epoch]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+    atomic_write(log_path, lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)))
+
+    loader_gen = torch.Generator()
+    train_loader = DataLoader(
+        train_ds, batch_size=batch_size, shuffle=True, drop_last=True, generator=loader_gen,
+        collate_fn=pad_collate(spec.ignore_index), num_workers=cfg.data.num_workers,
+    )  # fmt: skip
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=batch_size,
+        collate_fn=pad_collate(spec.ignore_index),
+        num_workers=cfg.data.num_workers,
+    )
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+        loader_gen.manual_seed(cfg.train.seed * 100_019 + epoch)
+        model.train()
+        t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress,
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        for step, (images, masks) in enumerate(bar):
+            images, masks = images.to(device), masks.to(device)
+            if device.type == "cpu":
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss = criterion(model(images), masks)
+            if not torch.isfinite(loss):
+                raise SeglabError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    "lower train.lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += images.shape[0]
+            loss_sum += loss.item() * images.shape[0]
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.1f}"
+            )
+        train_seconds = time.perf_counter() - t_epoch
+        cm = run_evaluation(model, val_loader, spec.num_classes, spec.ignore_index, device)
+        summary = cm.compute()
+        record = {
+            "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
+            "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
+            **{f"val_{k}": v for k, v in summary.items()},
+        }  # fmt: skip
+        record = jsonable(record)
+        history.append(record)
+        with log_path.open("a") as f:
+            f.write(to_json(record) + "\n")
+        meta.epoch, meta.metrics = epoch + 1, jsonable(summary)
+        if summary["miou"] > best["miou"]:
+            best = {"miou": summary["miou"], "epoch": epoch + 1}
+            save_checkpoint(run_dir / "best", model, meta)
+        save_checkpoint(run_dir / "last", model, meta)
+        state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "best": best}  # fmt: skip
+        atomic_write(run_dir / "last.state.pt", lambda tmp, s=state: torch.save(s, tmp))
+        if cfg.train.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  "
+                f"val mIoU {summary['miou']:.4f}  pixel acc {summary['pixel_accuracy']:.4f}  "
+                f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s"
+            )
+        if on_epoch_end is not None and on_epoch_end(epoch + 1, record):
+            break
+
+    from seglab.checkpoint import read_meta
+
+    best_meta = read_meta(run_dir / "best")
+    return TrainResult(
+        run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors", {"epoch": best_meta.epoch,
+        **best_meta.metrics}, history, time.perf_counter() - t0,
+    )  # fmt: skip

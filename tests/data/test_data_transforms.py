@@ -1,0 +1,75 @@
+import numpy as np
+import torch
+
+from seglab.config import DataConfig
+from seglab.data.transforms import build_transform, default_normalization, pad_collate
+
+
+def blocky_pair(seed=0, size=48):
+    """An image of 4x4-pixel blocks and the mask that is a function of it: label = red channel > 127."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
+    image = blocks.repeat(4, 0).repeat(4, 1)
+    return image, (image[..., 0] > 127).astype(np.int64)
+
+
+def denormalize(x, mean, std):
+    return (x * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]) * 255
+
+
+def test_geometric_augmentation_keeps_image_and_mask_aligned():
+    cfg = DataConfig(scale=(0.6, 1.4), rotation=25, crop_size=40, hflip=True, vflip=True)
+    t = build_transform(cfg, 3, train=True)
+    torch.manual_seed(0)
+    changed = 0
+    for seed in range(20):
+        image, mask = blocky_pair(seed)
+        x, y = t(image, mask)
+        assert (
+            x.shape == (3, 40, 40)
+            and x.dtype == torch.float32
+            and y.shape == (40, 40)
+            and y.dtype == torch.int64
+        )
+        red = denormalize(x, t.mean, t.std)[0].round()
+        valid = y != cfg.ignore_index
+        assert valid.float().mean() > 0.3
+        # The mask is still the same function of the (transformed) image on every valid pixel.
+        assert torch.equal(y[valid], (red[valid] > 127).long())
+        assert set(y.unique().tolist()) <= {0, 1, cfg.ignore_index}  # nearest neighbour: no new labels
+        changed += int(not torch.equal(y, torch.from_numpy(mask[:40, :40])))
+    assert changed > 15  # the augmentation really moved things
+
+
+def test_colour_jitter_touches_only_the_image():
+    t = build_transform(DataConfig(color_jitter=0.5, hflip=False, vflip=False), 3, train=True)
+    t_plain = build_transform(DataConfig(hflip=False, vflip=False), 3, train=False)
+    image, mask = blocky_pair(1)
+    torch.manual_seed(0)
+    x, y = t(image, mask)
+    x0, y0 = t_plain(image, mask)
+    assert torch.equal(y, y0) and torch.equal(y0, torch.from_numpy(mask))
+    assert not torch.allclose(x, x0)
+
+
+def test_eval_transform_is_normalisation_only():
+    image, mask = blocky_pair(2)
+    t = build_transform(DataConfig(), 3, train=False)
+    x, y = t(image, mask)
+    mean, std = default_normalization(3)
+    expected = (
+        torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]
+    ) / (torch.tensor(std)[:, None, None])
+    assert torch.allclose(x, expected, atol=1e-6) and torch.equal(y, torch.from_numpy(mask))
+    assert default_normalization(1)[0] == [np.mean(mean)]
+
+
+def test_pad_collate_pads_masks_with_ignore_index():
+    batch = [
+        (torch.ones(1, 2, 3), torch.zeros(2, 3, dtype=torch.long)),
+        (torch.ones(1, 4, 2), torch.ones(4, 2).long()),
+    ]
+    images, masks = pad_collate(255)(batch)
+    assert images.shape == (2, 1, 4, 3) and masks.shape == (2, 4, 3)
+    assert images[0, 0, 2:].abs().sum() == 0 and (masks[0, 2:] == 255).all() and (masks[1, :, 2] == 255).all()
+    assert (masks[1, :, :2] == 1).all()

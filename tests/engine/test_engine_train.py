@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import confusion_matrix
+
+from seglab.checkpoint import load_checkpoint, read_meta
+from seglab.config import Config
+from seglab.data.folder import FolderDataset
+from seglab.data.transforms import build_transform
+from seglab.engine.evaluate import evaluate
+from seglab.engine.train import lr_factor, train
+from seglab.errors import ConfigError
+
+
+def tiny_config(data_dir, out_dir, epochs=2):
+    return Config().override([
+        f"data.root={data_dir}", f"train.out_dir={out_dir}", f"train.epochs={epochs}", "train.batch_size=8",
+        "model.params={depth: 2, base_channels: 4}", "train.progress=false", "data.scale=[0.8, 1.2]",
+        "data.rotation=10", "model.params.dropout=0.2",
+    ])  # fmt: skip
+
+
+def test_train_writes_run_folder_and_logs(shapes_dir, tmp_path):
+    result = train(tiny_config(shapes_dir, tmp_path / "run"))
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.safetensors", "best.yaml", "config.yaml", "last.safetensors", "last.state.pt", "last.yaml",
+                     "metrics.jsonl"]  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines == result.history
+    assert all(0 <= r["val_miou"] <= 1 and r["images_per_s"] > 0 for r in lines)
+    best_epoch = max(lines, key=lambda r: r["val_miou"])["epoch"]
+    assert result.best_metrics["epoch"] == best_epoch and read_meta(tmp_path / "run").epoch == best_epoch
+    assert Config.load(tmp_path / "run" / "config.yaml") == tiny_config(shapes_dir, tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(tiny_config(shapes_dir, tmp_path / "run"))
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(shapes_dir, tmp_path):
+    full = train(tiny_config(shapes_dir, tmp_path / "full", epochs=3))
+    train(tiny_config(shapes_dir, tmp_path / "cut", epochs=3), on_epoch_end=lambda epoch, record: epoch == 1)
+    assert read_meta(tmp_path / "cut" / "last").epoch == 1
+    resumed = train(tiny_config(shapes_dir, tmp_path / "cut", epochs=3), resume=True)
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_miou"] for r in full.history] == [r["val_miou"] for r in resumed.history]
+
+
+def test_resume_without_a_run_is_an_error(shapes_dir, tmp_path):
+    with pytest.raises(ConfigError, match="cannot resume"):
+        train(tiny_config(shapes_dir, tmp_path / "none"), resume=True)
+
+
+def test_bad_model_params_are_named(shapes_dir, tmp_path):
+    cfg = tiny_config(shapes_dir, tmp_path / "r").override(["model.params.width=3"])
+    with pytest.raises(ConfigError, match="model.params.width is not an argument of unet"):
+        train(cfg)
+
+
+def test_evaluate_matches_a_reference_confusion_matrix(shapes_dir, tmp_path):
+    result = train(tiny_config(shapes_dir, tmp_path / "run", epochs=1))
+    report = evaluate(result.best_checkpoint, shapes_dir, "test", progress=False, out=tmp_path / "e.json")
+    assert json.loads((tmp_path / "e.json").read_text())["miou"] == report["miou"]
+    model, meta = load_checkpoint(result.best_checkpoint)
+    ds = FolderDataset(shapes_dir, "test", build_transform(Config().data, 3, train=False))
+    preds, targets = [], []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y = ds[i]
+            preds.append(model(x[None]).argmax(1)[0].numpy().ravel())
+            targets.append(y.numpy().ravel())
+    cm = confusion_matrix(np.concatenate(targets), np.concatenate(preds), labels=range(4))
+    assert np.array_equal(np.array(report["confusion_matrix"]), cm)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    iou = np.diag(cm) / np.where(union > 0, union, 1)
+    assert report["miou"] == pytest.approx(iou[union > 0].mean())
+    assert report["pixel_accuracy"] == pytest.approx(np.diag(cm).sum() / cm.sum())
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine", "constant"])
+def test_lr_schedules(schedule):
+    f = lr_factor(schedule, total=100, warmup=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    end = {"poly": 0.0, "cosine": 0.0, "constant": 1.0}[schedule]
+    assert f(100) == pytest.approx(end, abs=1e-9)
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
