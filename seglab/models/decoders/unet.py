@@ -5,9 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seglab.errors import ConfigError
 from seglab.layers.resolve import ActArg, NormArg
+from seglab.layers.sampling import UPSAMPLERS, make_upsample
 from seglab.models.encoders.base import FeatureInfo
 from seglab.models.encoders.unet import DoubleConv
+
+# U-Net's upsampling names: "transposed" is the paper's 2x2 up-convolution, "bilinear"/"nearest" are
+# interpolation + 1x1 conv; other modes of seglab.layers.UPSAMPLERS pass through (non-learned ones keep channels).
+UNET_UPSAMPLE: dict[str, tuple[str, dict]] = {
+    "transposed": ("transposed", {"kernel_size": 2}),
+    "bilinear": ("resize_conv", {"kernel_size": 1, "interp": "bilinear"}),
+    "nearest": ("resize_conv", {"kernel_size": 1, "interp": "nearest"}),
+}
+
+
+def make_unet_upsample(name: str, in_channels: int, out_channels: int, scale: int) -> nn.Module:
+    """The upsampling module of one U-Net decoder block; its ``out_channels`` may equal ``in_channels``."""
+    if name == "max_unpool":
+        raise ConfigError("U-Net has no pooling indices to unpool with; use segnet for max unpooling")
+    mode, options = UNET_UPSAMPLE.get(name, (name, {}))
+    learned = UPSAMPLERS[mode].trainable if mode in UPSAMPLERS else True
+    return make_upsample(mode, in_channels, out_channels if learned else None, scale, **options)
 
 
 class UpBlock(nn.Module):
@@ -24,22 +43,12 @@ class UpBlock(nn.Module):
         act: ActArg = "relu",
     ) -> None:
         super().__init__()
-        if upsample == "transposed":
-            self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
-            up_channels = out_channels
-        elif upsample in ("bilinear", "nearest"):
-            kwargs = {"align_corners": False} if upsample == "bilinear" else {}
-            self.up = nn.Sequential(
-                nn.Upsample(scale_factor=scale, mode=upsample, **kwargs),
-                nn.Conv2d(in_channels, out_channels, 1),
-            )
-            up_channels = out_channels
-        else:
-            raise ValueError(f"unknown U-Net upsampling {upsample!r}; choose transposed, bilinear or nearest")
+        self.up = make_unet_upsample(upsample, in_channels, out_channels, scale)
+        up_channels = self.up.out_channels
         self.conv = DoubleConv(up_channels + skip_channels, out_channels, norm, act)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+        return self.conv(torch.cat([self.up(x, output_size=skip.shape[-2:]), skip], dim=1))
 
 
 class UNetDecoder(nn.Module):
