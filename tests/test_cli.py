@@ -111,3 +111,6 @@ def test_bad_checkpoint_and_inputs(tmp_path, capsys):
     code, _, err = run(capsys, "train", tmp_path / "missing.yaml")
     assert code == 2 and "missing.yaml does not exist" in err
     assert not (tmp_path / "p").exists()
+    for argv in (["--num", "0"], ["--size", "100000"]):
+        code, _, err = run(capsys, "data", "synth", "--out", tmp_path / "s", *argv)
+        assert code == 2 and "SyntheticShapes" in err and not (tmp_path / "s").exists()

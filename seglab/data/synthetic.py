@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from seglab.errors import ConfigError
+
 CLASSES: tuple[str, ...] = ("background", "circle", "rectangle", "triangle")
 PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25))
 # Probability that an object is a circle, rectangle or triangle: triangles are the rare class.
@@ -41,9 +43,9 @@ class SyntheticShapes:
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size > 4096:
-            raise ValueError(f"SyntheticShapes size must be within 16..4096, got {self.size}")
+            raise ConfigError(f"SyntheticShapes size must be within 16..4096, got {self.size}")
         if self.num_images < 1:
-            raise ValueError(f"SyntheticShapes needs num_images >= 1, got {self.num_images}")
+            raise ConfigError(f"SyntheticShapes needs num_images >= 1, got {self.num_images}")
 
     def __len__(self) -> int:
         return self.num_images
