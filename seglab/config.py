@@ -29,6 +29,8 @@ class DataConfig:
     crop_size: int | None = None  # random crop for training; None keeps the whole image
     scale: tuple[float, float] = (1.0, 1.0)  # random scale range (1, 1 = off)
     rotation: float = 0.0  # max degrees of random rotation
+    elastic: float = 0.0  # std (px) of U-Net-style elastic displacements on a coarse grid; 0 = off
+    elastic_grid: int = 3
     hflip: bool = True
     vflip: bool = True
     color_jitter: float = 0.0  # brightness/contrast (and saturation for RGB) strength, image only

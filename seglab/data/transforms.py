@@ -6,6 +6,8 @@ Masks are ``tv_tensors.Mask``, so v2 resamples them with nearest neighbour and f
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torchvision import tv_tensors
@@ -24,6 +26,26 @@ def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
     return [float(np.mean(IMAGENET_MEAN))] * in_channels, [float(np.mean(IMAGENET_STD))] * in_channels
 
 
+class GridElastic(v2.ElasticTransform):
+    """U-Net's elastic deformation: random displacements (std ``sigma`` px) on a coarse ``grid`` x ``grid``
+    lattice, bicubically interpolated to a smooth per-pixel field (Ronneberger et al., 2015: 3 x 3, 10 px).
+
+    One field per call moves image and mask alike; v2 resamples images bilinearly and masks with nearest
+    neighbour, and fills pixels moved in from outside with ``fill`` (ignore_index for masks).
+    """
+
+    def __init__(self, sigma: float = 10.0, grid: int = 3, fill: Any = 0) -> None:
+        super().__init__(fill=fill)
+        self.sigma_px, self.grid = float(sigma), int(grid)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        coarse = torch.randn(1, 2, self.grid, self.grid) * self.sigma_px
+        field = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+        # v2.functional.elastic adds the field to a [-1, 1] sampling grid: pixels -> normalised units.
+        return {"displacement": torch.stack([field[:, 0] * 2 / w, field[:, 1] * 2 / h], dim=-1)}
+
+
 class PairedTransform:
     """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W))."""
 
@@ -39,7 +61,7 @@ class PairedTransform:
 
 
 def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
-    """Training augmentation from ``cfg`` (scale, rotation, crop, flips, colour jitter) or eval-time identity."""
+    """Training augmentation from ``cfg`` (scale, rotation, elastic, crop, flips, colour jitter) or eval identity."""
     mean, std = default_normalization(in_channels)
     mean, std = cfg.mean or mean, cfg.std or std
     ops: list[v2.Transform] = []
@@ -47,6 +69,8 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}
         if cfg.scale != (1.0, 1.0) or cfg.rotation:
             ops.append(v2.RandomAffine(degrees=cfg.rotation, scale=cfg.scale, fill=fill))
+        if cfg.elastic:
+            ops.append(GridElastic(cfg.elastic, cfg.elastic_grid, fill=fill))
         if cfg.crop_size:
             ops.append(v2.RandomCrop(cfg.crop_size, pad_if_needed=True, fill=fill))
         if cfg.hflip:

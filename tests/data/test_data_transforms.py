@@ -73,3 +73,33 @@ def test_pad_collate_pads_masks_with_ignore_index():
     assert images.shape == (2, 1, 4, 3) and masks.shape == (2, 4, 3)
     assert images[0, 0, 2:].abs().sum() == 0 and (masks[0, 2:] == 255).all() and (masks[1, :, 2] == 255).all()
     assert (masks[1, :, :2] == 1).all()
+
+
+def test_elastic_field_is_smooth_and_moves_image_and_mask_alike():
+    from torchvision import tv_tensors
+
+    from seglab.data.transforms import GridElastic
+
+    torch.manual_seed(0)
+    t = GridElastic(sigma=10.0, grid=3)
+    field = t.make_params([tv_tensors.Image(torch.zeros(1, 64, 96))])["displacement"]
+    assert field.shape == (1, 64, 96, 2)
+    px = torch.stack([field[..., 0] * 96 / 2, field[..., 1] * 64 / 2], -1)  # back to pixels
+    assert 3 < px.abs().max() < 60  # displacements of about sigma = 10 px
+    assert (px[:, 1:] - px[:, :-1]).abs().max() < 2 and (
+        px[:, :, 1:] - px[:, :, :-1]
+    ).abs().max() < 2  # smooth
+
+    cfg = DataConfig(elastic=10.0, hflip=False, vflip=False)
+    tf = build_transform(cfg, 3, train=True)
+    moved = 0
+    for seed in range(10):
+        image, mask = blocky_pair(seed, size=64)
+        image = np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)  # the image is the mask
+        x, y = tf(image, mask)
+        valid = y != cfg.ignore_index
+        red = denormalize(x, tf.mean, tf.std)[0]
+        # bilinear image vs nearest mask: they agree except on a thin band along the edges
+        assert ((red[valid] > 127).long() == y[valid]).float().mean() > 0.95
+        moved += int((y != torch.from_numpy(mask)).float().mean() > 0.05)
+    assert moved >= 8
