@@ -25,6 +25,9 @@ class DataConfig:
     val_ratio: float = 0.1  # used when the folder has no splits/ lists
     test_ratio: float = 0.1
     split_seed: int = 0
+    splits: dict[str, list[str]] | None = (
+        None  # explicit stems per split (quote them in YAML: "07"); beats splits/
+    )
     ignore_index: int = 255
     crop_size: int | None = None  # random crop for training; None keeps the whole image
     scale: tuple[float, float] = (1.0, 1.0)  # random scale range (1, 1 = off)

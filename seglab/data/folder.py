@@ -76,13 +76,33 @@ class FolderScan:
             more = f" (and {len(self.problems) - 1} more problems; run `seglab data check {self.root}`)"
             raise DataError(self.problems[0] + (more if len(self.problems) > 1 else ""))
 
-    def split(self, name: str, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0) -> list[str]:
-        """Stems of split ``name`` (train, val, test or all): from splits/ if present, else seeded and random."""
+    def split(
+        self,
+        name: str,
+        val_ratio: float = 0.1,
+        test_ratio: float = 0.1,
+        seed: int = 0,
+        lists: dict[str, list[str]] | None = None,
+    ) -> list[str]:
+        """Stems of split ``name`` (train, val, test or all): from ``lists`` if given, else from splits/ if
+        present, else a seeded random split by ratio."""
         stems = self.stems
         if name == "all":
             return stems
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose one of: train, val, test, all")
+        if lists is not None:
+            unknown = set(lists) - set(SPLITS)
+            listed = [str(s) for s in lists.get(name) or []]
+            missing = [s for s in listed if s not in set(stems)]
+            if unknown or missing:
+                what = (
+                    f"split {sorted(unknown)[0]!r}"
+                    if unknown
+                    else f"stem {missing[0]!r} (no image/mask pair)"
+                )
+                raise DataError(f"data.splits names an unknown {what} in {self.root}")
+            return listed
         if self.split_lists is not None:
             return self.split_lists.get(name, [])
         if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
@@ -375,6 +395,7 @@ class FolderDataset:
         val_ratio: float = 0.1,
         test_ratio: float = 0.1,
         split_seed: int = 0,
+        split_lists: dict[str, list[str]] | None = None,
         num_classes: int | None = None,
         in_channels: int | None = None,
         cache: bool = True,
@@ -396,7 +417,7 @@ class FolderDataset:
             )  # fmt: skip
         self.classes = spec
         self.split = split
-        self.stems = self.scan.split(split, val_ratio, test_ratio, split_seed)
+        self.stems = self.scan.split(split, val_ratio, test_ratio, split_seed, split_lists)
         self.in_channels = in_channels or self.scan.in_channels
         self.transform = transform
         self.cache = cache

@@ -130,7 +130,7 @@ def train(
     scan.raise_problems()
     common = dict(
         ignore_index=cfg.data.ignore_index, val_ratio=cfg.data.val_ratio, test_ratio=cfg.data.test_ratio,
-        split_seed=cfg.data.split_seed, cache=cfg.data.cache, scan=scan,
+        split_seed=cfg.data.split_seed, split_lists=cfg.data.splits, cache=cfg.data.cache, scan=scan,
     )  # fmt: skip
     in_ch = scan.in_channels
     eval_transform = build_transform(cfg.data, in_ch, train=False)
@@ -160,7 +160,8 @@ def train(
         arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
         class_names=list(spec.names), palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
         ignore_index=spec.ignore_index,
-        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed},
+        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
+               "split_lists": cfg.data.splits},
     )  # fmt: skip
 
     start_epoch, best, history = 0, {"miou": -1.0}, []

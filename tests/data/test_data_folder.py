@@ -170,3 +170,14 @@ def test_isbi_membrane_through_the_folder_loader(isbi_dir):
     assert 0.20 < membrane < 0.24  # the README: ~22 % membrane, ~78 % cell interior
     scan = check(isbi_dir)
     assert scan.problems == [] and np.array_equal(scan.class_pixels, counts)
+
+
+def test_explicit_split_lists_beat_split_files(tmp_path):
+    root = make_folder(tmp_path / "s", [np.zeros((2, 2))] * 5)
+    lists = {"train": ["00", "01", "02"], "val": ["03"], "test": ["04"]}
+    assert FolderDataset(root, "test", split_lists=lists).stems == ["04"]
+    assert FolderDataset(root, "train", split_lists=lists).stems == ["00", "01", "02"]
+    with pytest.raises(DataError, match="unknown stem '07'"):
+        FolderDataset(root, "val", split_lists={"val": ["07"]})
+    with pytest.raises(DataError, match="unknown split 'tset'"):
+        FolderDataset(root, "val", split_lists={"tset": ["00"]})
