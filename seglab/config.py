@@ -39,6 +39,7 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast (and saturation for RGB) strength, image only
     mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
     std: list[float] | None = None
+    repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
     cache: bool = True  # keep decoded images in memory after the first epoch
     num_workers: int = 0
 

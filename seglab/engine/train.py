@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from seglab.checkpoint import CheckpointMeta, save_checkpoint
 from seglab.config import Config
@@ -149,8 +149,11 @@ def train(
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    batch_size = min(cfg.train.batch_size, len(train_ds))
-    steps_per_epoch = len(train_ds) // batch_size
+    if cfg.data.repeat < 1:
+        raise ConfigError(f"data.repeat must be >= 1, got {cfg.data.repeat}")
+    samples_per_epoch = len(train_ds) * cfg.data.repeat
+    batch_size = min(cfg.train.batch_size, samples_per_epoch)
+    steps_per_epoch = samples_per_epoch // batch_size
     total = steps_per_epoch * cfg.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
@@ -183,7 +186,8 @@ def train(
 
     loader_gen = torch.Generator()
     train_loader = DataLoader(
-        train_ds, batch_size=batch_size, shuffle=True, drop_last=True, generator=loader_gen,
+        train_ds, batch_size=batch_size, drop_last=True,
+        sampler=RandomSampler(train_ds, num_samples=samples_per_epoch, generator=loader_gen),
         collate_fn=pad_collate(spec.ignore_index), num_workers=cfg.data.num_workers,
     )  # fmt: skip
     val_loader = DataLoader(
@@ -225,7 +229,7 @@ def train(
         summary = cm.compute()
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
-            "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
+            "images": seen, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
             **{f"val_{k}": v for k, v in summary.items()},
         }  # fmt: skip
         record = jsonable(record)

@@ -49,6 +49,11 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(shapes_dir, tmp
     assert [r["val_miou"] for r in full.history] == [r["val_miou"] for r in resumed.history]
 
 
+def test_repeat_makes_longer_epochs(shapes_dir, tmp_path):
+    cfg = tiny_config(shapes_dir, tmp_path / "r", epochs=1).override(["data.repeat=3"])
+    assert train(cfg).history[0]["images"] == 3 * 32  # 32 training images, batch 8, three passes
+
+
 def test_resume_without_a_run_is_an_error(shapes_dir, tmp_path):
     with pytest.raises(ConfigError, match="cannot resume"):
         train(tiny_config(shapes_dir, tmp_path / "none"), resume=True)
