@@ -21,7 +21,7 @@ from seglab.data.synthetic import CLASSES, write_folder
 from seglab.engine.evaluate import evaluate
 from seglab.engine.train import train
 
-LOSSES = {"CE": (1.0, 0.0), "Dice": (0.0, 1.0), "Dice+CE": (1.0, 1.0)}
+LOSSES = {"CE": "ce", "Dice": "dice", "Dice+CE": "{ce: 1.0, dice: 1.0}"}
 RARE = CLASSES.index("triangle")
 
 
@@ -41,12 +41,12 @@ def main() -> None:
         print(f"data: {args.num} SyntheticShapes images {args.size}x{args.size}; rare class '{CLASSES[RARE]}' "
               f"= {100 * freq[RARE]:.2f} % of pixels")  # fmt: skip
         rows = {}
-        for name, (ce, dice) in LOSSES.items():
+        for name, loss in LOSSES.items():
             rare, miou = [], []
             for seed in args.seeds:
                 cfg = Config().override([
                     f"data.root={data}", f"train.out_dir={tmp}/{name}-{seed}", f"train.epochs={args.epochs}",
-                    f"train.ce_weight={ce}", f"train.dice_weight={dice}", f"train.seed={seed}", "train.progress=false",
+                    f"train.loss={loss}", f"train.seed={seed}", "train.progress=false",
                 ])  # fmt: skip
                 result = train(cfg)
                 report = evaluate(

@@ -19,6 +19,7 @@ _API = {
     "Config": "seglab.config",
     "train": "seglab.engine.train",
     "evaluate": "seglab.engine.evaluate",
+    "calibrate": "seglab.engine.evaluate",
     "predict": "seglab.engine.predict",
     "SyntheticShapes": "seglab.data.synthetic",
     "FolderDataset": "seglab.data.folder",

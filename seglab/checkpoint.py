@@ -39,6 +39,7 @@ class CheckpointMeta:
     )  # val_ratio, test_ratio, split_seed of the training run
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
+    temperature: float = 1.0  # logits are divided by it at inference (fitted by `seglab calibrate`)
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -115,9 +116,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Checkpo
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from None
-    model = create_model(
-        meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels, **meta.model_params
-    )
+    params = dict(meta.model_params)
+    if "weights" in params:  # the checkpoint's own weights replace them: never download or read a stale path
+        params["weights"] = None
+    model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels, **params)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -51,11 +51,38 @@ def _cmd_train(args: argparse.Namespace) -> None:
           f"({r.seconds:.0f} s); checkpoints in {r.run_dir}")  # fmt: skip
 
 
+def _uncertainty_config(args: argparse.Namespace, predict: bool):
+    """The UncertaintyConfig of the --uncertainty flags, or None without them (``--ensemble`` implies ensemble)."""
+    method = args.uncertainty or ("ensemble" if args.ensemble else None)
+    if method is None:
+        defaults = {
+            "samples": 20,
+            "add_dropout": 0.0,
+            "tta_scales": [1.0],
+            "map": "entropy",
+            "save_maps": False,
+        }
+        changed = [k for k, v in defaults.items() if getattr(args, k, v) != v]
+        if changed:
+            from seglab.errors import ConfigError
+
+            raise ConfigError(
+                f"--{changed[0].replace('_', '-')} applies only with --uncertainty METHOD; add one"
+            )
+        return None
+    from seglab.uncertainty.config import UncertaintyConfig
+
+    extra = {"heatmap": args.map, "save_maps": args.save_maps} if predict else {"bins": args.bins}
+    return UncertaintyConfig(method=method, samples=args.samples, seed=args.seed, add_dropout=args.add_dropout,
+                             flips=args.tta_flips, scales=args.tta_scales, ensemble=list(args.ensemble or []),
+                             **extra)  # fmt: skip
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from seglab.engine.evaluate import evaluate, format_table
 
     r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
-                 device=args.device, progress=not args.no_progress)  # fmt: skip
+                 device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False))  # fmt: skip
     print(format_table(r))
     print(f"report: {r['report_path']}")
 
@@ -63,9 +90,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from seglab.engine.predict import predict
 
+    cfg = _uncertainty_config(args, predict=True)
     results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
-                      device=args.device, progress=not args.no_progress)  # fmt: skip
-    print(f"wrote {len(results)} masks{'' if args.no_overlay else ' and overlays'} to {args.out}")
+                      device=args.device, progress=not args.no_progress, uncertainty=cfg)  # fmt: skip
+    what = "" if args.no_overlay else " and overlays"
+    if cfg is not None:
+        what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")
+    print(f"wrote {len(results)} masks{what} to {args.out}")
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from seglab.engine.evaluate import calibrate
+
+    r = calibrate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, device=args.device,
+                  progress=not args.no_progress)  # fmt: skip
+    print(f"temperature {r['temperature']:.4f} fitted on {r['pixels']} pixels of {r['num_images']} images "
+          f"({r['split']}): NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
+          f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}")  # fmt: skip
+    print(f"written to {r['sidecar']}; predict and evaluate now divide the logits by it")
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -83,6 +125,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     report = check(args.root, ignore_index=args.ignore_index)
     print(format_check(report))
     return 2 if report.problems else 0
+
+
+def _uncertainty_flags(sp: argparse.ArgumentParser, predict: bool) -> None:
+    from seglab.uncertainty.config import FLIP_NAMES, HEATMAPS, METHODS
+
+    g = sp.add_argument_group("uncertainty")
+    g.add_argument("--uncertainty", choices=METHODS, help="predict with per-pixel uncertainty"
+                   + (": writes <stem>_uncertainty.png heatmaps" if predict else ": adds ECE, NLL, Brier, AUROC"))  # fmt: skip
+    g.add_argument("--samples", type=int, default=20, help="MC dropout passes (default: 20)")
+    g.add_argument("--ensemble", nargs="+", metavar="CKPT", help="further checkpoints of the same classes")
+    g.add_argument("--tta-flips", nargs="+", choices=FLIP_NAMES, default=list(FLIP_NAMES),
+                   help="TTA flips: none, h, v, hv (default: all four)")  # fmt: skip
+    g.add_argument("--tta-scales", nargs="+", type=float, default=[1.0], help="TTA scales (default: 1)")
+    g.add_argument("--add-dropout", type=float, default=0.0, metavar="P",
+                   help="MC dropout on a model without dropout: add Dropout2d(P) before the head")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="seed of the MC dropout masks (default: 0)")
+    if predict:
+        g.add_argument("--map", choices=HEATMAPS, default="entropy",
+                       help="heatmap: predictive entropy or mutual information, scale 0..log C (default: entropy)")  # fmt: skip
+        g.add_argument(
+            "--save-maps", action="store_true", help="also write every raw map as <stem>_uncertainty.npz"
+        )
+    else:
+        g.add_argument("--bins", type=int, default=15, help="calibration bins (default: 15)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--out", help="JSON report path (default: eval-<split>.json beside the checkpoint)")
+    _uncertainty_flags(e, predict=False)
     common(e)
     e.set_defaults(func=_cmd_evaluate)
 
@@ -141,8 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--no-overlay", action="store_true", help="write only the masks")
+    _uncertainty_flags(pr, predict=True)
     common(pr)
     pr.set_defaults(func=_cmd_predict)
+
+    ca = sub.add_parser(
+        "calibrate", help="fit a checkpoint's temperature on a split and store it in its sidecar"
+    )
+    ca.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    ca.add_argument("--data", required=True, help="folder data set")
+    ca.add_argument("--split", default="val", choices=["train", "val", "test", "all"])
+    ca.add_argument("--batch-size", type=int, default=8)
+    common(ca)
+    ca.set_defaults(func=_cmd_calibrate)
 
     data = sub.add_parser("data", help="data set tools: synth, check")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

@@ -62,8 +62,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "poly"  # poly | cosine | constant
     warmup_iters: int = 0
-    ce_weight: float = 1.0
-    dice_weight: float = 1.0
+    # a loss name or a weighted sum {name: weight}; names in seglab.losses.list_losses() (ce, dice, focal, ...)
+    loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
     threads: int | None = None  # torch intra-op threads; None leaves torch's default

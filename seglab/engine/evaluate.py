@@ -1,13 +1,21 @@
-"""Evaluation: a checkpoint on a folder data set -> pixel accuracy, per-class IoU and Dice, mIoU (table + JSON)."""
+"""Evaluation: a checkpoint on a folder data set -> pixel accuracy, per-class IoU and Dice, mIoU (table + JSON);
+with ``uncertainty`` also calibration (ECE, NLL, Brier, reliability diagram) and error detection (AUROC, AURC).
+``calibrate`` fits a checkpoint's temperature on a split and records it in the sidecar."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from seglab.metrics import ConfusionMatrix
+
+if TYPE_CHECKING:
+    from seglab.checkpoint import CheckpointMeta
+    from seglab.uncertainty.calibration import UncertaintyMeter
+    from seglab.uncertainty.config import UncertaintyConfig
+    from seglab.uncertainty.predictors import Predictor
 
 
 @torch.inference_mode()
@@ -29,9 +37,54 @@ def run_evaluation(
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
     for images, masks in loader:
         logits = model(images.to(device))
-        meter.update(logits.argmax(1).cpu(), masks)
+        meter.update(logits, masks.to(device))
     model.train(was_training)
     return meter
+
+
+@torch.inference_mode()
+def run_uncertainty_evaluation(
+    predictor: Predictor,
+    loader: Any,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    n_bins: int = 15,
+    progress: bool = False,
+) -> tuple[ConfusionMatrix, UncertaintyMeter]:
+    """The confusion matrix of ``predictor``'s masks and the calibration / error-detection meter over ``loader``."""
+    from seglab.uncertainty.calibration import UncertaintyMeter
+
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    meter = UncertaintyMeter(num_classes, ignore_index, n_bins=n_bins)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
+    for images, masks in loader:
+        result = predictor(images.to(device))
+        cm.update(result.mask.cpu(), masks)
+        meter.update(result, masks.to(device))
+    return cm, meter
+
+
+def _split_loader(meta: CheckpointMeta, data: str | Path, split: str, batch_size: int) -> tuple[Any, int]:
+    """A DataLoader over ``split`` of the folder data set ``data``, transformed as ``meta`` says; and its size."""
+    from torch.utils.data import DataLoader
+
+    from seglab.config import DataConfig
+    from seglab.data.folder import FolderDataset
+    from seglab.data.transforms import build_transform, pad_collate
+    from seglab.errors import DataError
+
+    transform = build_transform(DataConfig(mean=meta.mean, std=meta.std), meta.in_channels, train=False)
+    ds = FolderDataset(
+        data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
+        in_channels=meta.in_channels, cache=False, **meta.split,
+    )  # fmt: skip
+    if len(ds) == 0:
+        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
+    return DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate(meta.ignore_index)), len(ds)
 
 
 def evaluate(
@@ -43,38 +96,93 @@ def evaluate(
     out: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    uncertainty: UncertaintyConfig | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
-    (default: ``eval-<split>.json`` beside the checkpoint) and returns it."""
-    from torch.utils.data import DataLoader
+    (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
 
+    With ``uncertainty`` (an UncertaintyConfig or a method name: deterministic, mc-dropout, tta, ensemble) the
+    masks come from that predictor, the report gains an ``uncertainty`` section (ECE with equal-width and
+    equal-mass bins, NLL, Brier, error-detection AUROC/AURC of entropy, mutual information and confidence,
+    reliability data) and the reliability diagram is written beside the report as ``<report>-reliability.png``.
+    """
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.config import DataConfig
-    from seglab.data.folder import FolderDataset
-    from seglab.data.transforms import build_transform, pad_collate
     from seglab.engine.train import resolve_device
-    from seglab.errors import DataError
     from seglab.files import write_json
 
     dev = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, device=str(dev))
-    transform = build_transform(DataConfig(mean=meta.mean, std=meta.std), meta.in_channels, train=False)
-    ds = FolderDataset(
-        data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
-        in_channels=meta.in_channels, cache=False, **meta.split,
-    )  # fmt: skip
-    if len(ds) == 0:
-        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate(meta.ignore_index))
-    cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress)
+    out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
+    section: dict[str, Any] | None = None
+    if uncertainty is None:
+        model, meta = load_checkpoint(checkpoint, device=str(dev))
+        loader, num_images = _split_loader(meta, data, split, batch_size)
+        cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress)
+    else:
+        from seglab.uncertainty.build import build_predictor
+        from seglab.uncertainty.calibration import reliability_png
+        from seglab.uncertainty.config import UncertaintyConfig
+
+        if isinstance(uncertainty, str):
+            uncertainty = UncertaintyConfig(method=uncertainty)
+        predictor, meta = build_predictor(checkpoint, uncertainty, device=str(dev))
+        loader, num_images = _split_loader(meta, data, split, batch_size)
+        cm, meter = run_uncertainty_evaluation(
+            predictor, loader, meta.num_classes, meta.ignore_index, dev, uncertainty.bins, progress
+        )
+        diagram = out_path.with_name(f"{out_path.stem}-reliability.png")
+        section = {"method": uncertainty.method, "description": uncertainty.describe(),
+                   "temperature": meta.temperature, **meter.compute(), "reliability_png": str(diagram)}  # fmt: skip
+        reliability_png(diagram, section["reliability"], f"{uncertainty.describe()}, {split} split")
     report = {
         "checkpoint": str(checkpoint_paths(checkpoint)[0]), "data": str(data), "split": split,
-        "num_images": len(ds), "classes": meta.class_names, **cm.compute(), "confusion_matrix": cm.matrix.tolist(),
+        "num_images": num_images, "classes": meta.class_names, **cm.compute(), "confusion_matrix": cm.matrix.tolist(),
     }  # fmt: skip
-    out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
+    if section is not None:
+        report["uncertainty"] = section
     write_json(out_path, report)
     report["report_path"] = str(out_path)
     return report
+
+
+def calibrate(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "val",
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+    max_pixels: int | None = 4_000_000,
+) -> dict[str, Any]:
+    """Fit ``checkpoint``'s temperature on ``split`` of ``data`` (LBFGS on the NLL of all valid pixels, up to a
+    seeded random subset of ``max_pixels``) and record it in the checkpoint's sidecar (rewritten atomically;
+    the weights are untouched). ``predict`` and ``evaluate`` then divide the logits by it. Returns the
+    temperature and the NLL/ECE on the fitting pixels before and after."""
+    import yaml
+
+    from seglab.checkpoint import checkpoint_paths, load_checkpoint
+    from seglab.engine.train import resolve_device
+    from seglab.files import atomic_write
+    from seglab.uncertainty.calibration import collect_logits, fit_temperature, temperature_report
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, device=str(dev))
+    loader, num_images = _split_loader(meta, data, split, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="calibrate", leave=False, dynamic_ncols=True)
+    logits, labels = collect_logits(model, loader, dev, meta.ignore_index, max_pixels)
+    temperature = fit_temperature(logits, labels, ignore_index=None)
+    _, sidecar = checkpoint_paths(checkpoint)
+    doc = yaml.safe_load(sidecar.read_text())
+    doc["temperature"] = temperature
+    atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
+    return {
+        "checkpoint": str(checkpoint_paths(checkpoint)[0]), "sidecar": str(sidecar), "data": str(data),
+        "split": split, "num_images": num_images, "pixels": len(labels), "temperature": temperature,
+        **temperature_report(logits, labels, temperature),
+    }  # fmt: skip
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -89,4 +197,15 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(
         f"pixel accuracy {report['pixel_accuracy']:.4f} on {report['num_images']} images ({report['split']})"
     )
+    u = report.get("uncertainty")
+    if u:
+        lines.append(
+            f"calibration, {u['description']} (T={u['temperature']:.3g}): ECE {u['ece']:.4f} "
+            f"(equal-mass {u['ece_adaptive']:.4f})  NLL {u['nll']:.4f}  Brier {u['brier']:.4f}"
+        )
+        lines.append(
+            f"error detection: AUROC {u['auroc_entropy']:.4f} (entropy), {u['auroc_mutual_information']:.4f} "
+            f"(mutual information); AURC {u['aurc_entropy']:.4f} (entropy)"
+        )
+        lines.append(f"reliability diagram: {u['reliability_png']}")
     return "\n".join(lines)

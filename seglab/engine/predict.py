@@ -1,16 +1,20 @@
-"""Prediction: a checkpoint on image files or folders -> palette index-mask PNGs and colour overlays."""
+"""Prediction: a checkpoint on image files or folders -> palette index-mask PNGs and colour overlays
+(and, with ``uncertainty``, per-pixel uncertainty heatmaps; see ``seglab.uncertainty``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, read_image, save_png
 from seglab.errors import DataError
+
+if TYPE_CHECKING:
+    from seglab.uncertainty.config import UncertaintyConfig
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -38,6 +42,17 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def image_tensor(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """One uint8 (H, W, C) image as the normalised float batch (1, C, H, W) a model takes."""
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[
+        :, None, None
+    ]
+    return x.unsqueeze(0)
+
+
 @torch.inference_mode()
 def predict_probs(
     model: torch.nn.Module,
@@ -45,13 +60,11 @@ def predict_probs(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops)."""
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div(255)
-    x = (x - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[
-        :, None, None
-    ]
-    return model(x.unsqueeze(0))[0].softmax(0)
+    """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops);
+    the logits are divided by ``temperature`` (a checkpoint's fitted one) first."""
+    return (model(image_tensor(image, mean, std, device))[0] / temperature).softmax(0)
 
 
 def overlay(
@@ -74,13 +87,29 @@ def predict(
     write_overlay: bool = True,
     device: str = "cpu",
     progress: bool = True,
+    uncertainty: UncertaintyConfig | str | None = None,
 ) -> list[dict[str, Any]]:
-    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image."""
+    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image.
+
+    With ``uncertainty`` (an UncertaintyConfig or a method name: deterministic, mc-dropout, tta, ensemble) the
+    mask is the argmax of that predictor's mean probabilities, and ``<stem>_uncertainty.png`` (entropy or mutual
+    information on the fixed scale 0 .. log C, viridis) and optionally ``<stem>_uncertainty.npz`` (every raw map)
+    are written too.
+    """
     from seglab.checkpoint import load_checkpoint
     from seglab.engine.train import resolve_device
 
     dev = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, device=str(dev))
+    predictor = None
+    if uncertainty is not None:
+        from seglab.uncertainty.build import build_predictor, write_outputs
+        from seglab.uncertainty.config import UncertaintyConfig
+
+        if isinstance(uncertainty, str):
+            uncertainty = UncertaintyConfig(method=uncertainty)
+        predictor, meta = build_predictor(checkpoint, uncertainty, device=str(dev))
+    else:
+        model, meta = load_checkpoint(checkpoint, device=str(dev))
     files = collect_inputs(inputs)
     out = Path(out_dir)
     results = []
@@ -90,13 +119,18 @@ def predict(
         files = tqdm(files, desc="predict", leave=False, dynamic_ncols=True)
     for path in files:
         image = read_image(path, meta.in_channels)
-        labels = (
-            predict_probs(model, image, meta.mean, meta.std, dev).argmax(0).cpu().numpy().astype(np.uint8)
-        )
+        if predictor is None:
+            probs = predict_probs(model, image, meta.mean, meta.std, dev, meta.temperature)
+            labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
+        else:
+            result = predictor(image_tensor(image, meta.mean, meta.std, dev))
+            labels = result.mask[0].cpu().numpy().astype(np.uint8)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, meta.palette)
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
             save_png(Path(record["overlay"]), overlay(image, labels, meta.palette))
+        if predictor is not None:
+            record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)
     return results

@@ -32,7 +32,7 @@ from seglab.data.transforms import build_transform, pad_collate
 from seglab.engine.evaluate import run_evaluation
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.files import atomic_write, jsonable, to_json
-from seglab.losses import DiceCELoss
+from seglab.losses import make_loss
 from seglab.models.factory import MODELS, create_model
 
 
@@ -158,7 +158,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
     )
-    criterion = DiceCELoss(cfg.train.ce_weight, cfg.train.dice_weight, spec.ignore_index)
+    criterion = make_loss(cfg.train.loss, ignore_index=spec.ignore_index)
     meta = CheckpointMeta(
         arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
         class_names=list(spec.names), palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),

@@ -1,6 +1,60 @@
-"""Segmentation losses: pure functions and thin module wrappers."""
+"""Segmentation losses: pure functions, thin module wrappers, a registry and the U-Net weight map.
 
-from seglab.losses.functional import check_target, dice_loss
-from seglab.losses.modules import DiceCELoss
+One ``ignore_index`` policy everywhere: ignored pixels add nothing to any numerator or denominator and
+get zero gradient. ``make_loss(name_or_mapping, **options)`` builds a loss from a config value.
+"""
 
-__all__ = ["DiceCELoss", "check_target", "dice_loss"]
+from seglab.losses.functional import (
+    binary_cross_entropy,
+    check_target,
+    cross_entropy,
+    dice_loss,
+    focal_loss,
+    infer_mode,
+    jaccard_loss,
+    lovasz_softmax,
+    soft_counts,
+    tversky_loss,
+)
+from seglab.losses.modules import (
+    LOSSES,
+    BinaryCrossEntropyLoss,
+    CrossEntropyLoss,
+    DiceCELoss,
+    DiceLoss,
+    FocalLoss,
+    JaccardLoss,
+    LovaszSoftmaxLoss,
+    TverskyLoss,
+    WeightedSumLoss,
+    list_losses,
+    make_loss,
+)
+from seglab.losses.weights import balanced_class_weights, unet_weight_map
+
+__all__ = [
+    "LOSSES",
+    "BinaryCrossEntropyLoss",
+    "CrossEntropyLoss",
+    "DiceCELoss",
+    "DiceLoss",
+    "FocalLoss",
+    "JaccardLoss",
+    "LovaszSoftmaxLoss",
+    "TverskyLoss",
+    "WeightedSumLoss",
+    "balanced_class_weights",
+    "binary_cross_entropy",
+    "check_target",
+    "cross_entropy",
+    "dice_loss",
+    "focal_loss",
+    "infer_mode",
+    "jaccard_loss",
+    "list_losses",
+    "lovasz_softmax",
+    "make_loss",
+    "soft_counts",
+    "tversky_loss",
+    "unet_weight_map",
+]

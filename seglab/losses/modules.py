@@ -1,29 +1,303 @@
-"""Thin nn.Module wrappers around seglab.losses.functional."""
+"""Thin nn.Module wrappers around seglab.losses.functional, and their registry (``make_loss``).
+
+Every module is called as ``loss(logits, target)``; those marked ``supports_pixel_weight`` also take
+``pixel_weight=`` (N, H, W), e.g. the U-Net border map. Class weights are stored as buffers, so they follow
+``.to(device)``.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from seglab.losses.functional import check_target, dice_loss
+from seglab.errors import ConfigError
+from seglab.losses import functional as LF
+from seglab.losses.functional import Mode, WeightArg
+from seglab.registry import Registry
+
+LOSSES: Registry = Registry("loss")
 
 
-class DiceCELoss(nn.Module):
-    """ce_weight * cross-entropy + dice_weight * soft Dice, both ignoring ``ignore_index`` pixels."""
+class _Loss(nn.Module):
+    supports_pixel_weight = False
+
+    def _weights(self, name: str, value: WeightArg) -> None:
+        self.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32))
+
+
+@LOSSES.register("ce")
+class CrossEntropyLoss(_Loss):
+    """Cross-entropy with class ``weight``, ``ignore_index`` and label smoothing.
+
+    One-channel logits (N, 1, H, W) switch to the sigmoid (binary) cross-entropy, where ``weight`` may hold
+    one ``pos_weight``.
+    """
+
+    supports_pixel_weight = True
 
     def __init__(
-        self, ce_weight: float = 1.0, dice_weight: float = 1.0, ignore_index: int | None = 255
+        self, weight: WeightArg = None, ignore_index: int | None = 255, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
+        self._weights("weight", weight)
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        if logits.shape[1] == 1:
+            return LF.binary_cross_entropy(
+                logits, target, self.ignore_index, self.weight, self.label_smoothing, pixel_weight
+            )
+        return LF.cross_entropy(
+            logits, target, self.weight, self.ignore_index, self.label_smoothing, pixel_weight
+        )
+
+
+@LOSSES.register("bce")
+class BinaryCrossEntropyLoss(_Loss):
+    """Sigmoid cross-entropy for one-channel or multilabel logits."""
+
+    supports_pixel_weight = True
+
+    def __init__(
+        self,
+        ignore_index: int | None = 255,
+        pos_weight: float | Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._weights("pos_weight", pos_weight)
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        return LF.binary_cross_entropy(
+            logits, target, self.ignore_index, self.pos_weight, self.label_smoothing, pixel_weight
+        )
+
+
+@LOSSES.register("focal")
+class FocalLoss(_Loss):
+    """Focal loss; ``alpha``: per-class weights (multiclass) or the positive weight (binary/multilabel)."""
+
+    supports_pixel_weight = True
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | None = None,
+        ignore_index: int | None = 255,
+        mode: Mode | None = None,
+    ) -> None:
+        super().__init__()
+        self.gamma, self.ignore_index, self.mode = gamma, ignore_index, mode
+        self.scalar_alpha = alpha if isinstance(alpha, int | float) else None
+        self._weights("alpha", None if self.scalar_alpha is not None else alpha)
+
+    def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        alpha = self.scalar_alpha if self.scalar_alpha is not None else self.alpha
+        return LF.focal_loss(logits, target, self.gamma, alpha, self.ignore_index, self.mode, pixel_weight)
+
+
+class _RegionLoss(_Loss):
+    """Shared options of the soft overlap losses (Dice, Tversky, Jaccard)."""
+
+    def __init__(
+        self,
+        ignore_index: int | None = 255,
+        smooth: float = 1.0,
+        eps: float = 1e-7,
+        mode: Mode | None = None,
+        class_weights: WeightArg = None,
+        include_background: bool = True,
+        per_image: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth, self.eps, self.mode = ignore_index, smooth, eps, mode
+        self.include_background, self.per_image = include_background, per_image
+        self._weights("class_weights", class_weights)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "eps": self.eps,
+            "mode": self.mode,
+            "class_weights": self.class_weights,
+            "include_background": self.include_background,
+            "per_image": self.per_image,
+        }
+
+
+@LOSSES.register("dice")
+class DiceLoss(_RegionLoss):
+    """Soft Dice loss (binary, multiclass softmax or multilabel sigmoid; see ``functional.dice_loss``)."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.dice_loss(logits, target, self.ignore_index, self.smooth, **self._kwargs())
+
+
+@LOSSES.register("jaccard")
+class JaccardLoss(_RegionLoss):
+    """Soft Jaccard (IoU) loss."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.jaccard_loss(logits, target, self.ignore_index, self.smooth, **self._kwargs())
+
+
+@LOSSES.register("tversky")
+class TverskyLoss(_RegionLoss):
+    """Tversky loss: ``alpha`` weights false positives, ``beta`` false negatives; ``gamma`` != 1: focal."""
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.tversky_loss(
+            logits,
+            target,
+            self.ignore_index,
+            self.alpha,
+            self.beta,
+            self.gamma,
+            self.smooth,
+            **self._kwargs(),
+        )
+
+
+@LOSSES.register("lovasz")
+class LovaszSoftmaxLoss(_Loss):
+    """Lovász-softmax: a surrogate of mean IoU (``classes``: "present" or "all")."""
+
+    def __init__(
+        self, ignore_index: int | None = 255, classes: str = "present", per_image: bool = False
+    ) -> None:
+        super().__init__()
+        self.ignore_index, self.classes, self.per_image = ignore_index, classes, per_image
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.lovasz_softmax(logits, target, self.ignore_index, self.classes, self.per_image)  # type: ignore[arg-type]
+
+
+class WeightedSumLoss(nn.Module):
+    """sum_i weight_i * loss_i(logits, target); ``components`` keeps the last detached terms for logging.
+
+    ``pixel_weight`` is passed to the terms that support it (the per-pixel losses), not to the region ones.
+    """
+
+    def __init__(self, terms: Mapping[str, tuple[float, nn.Module]]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("WeightedSumLoss needs at least one term")
+        self.losses = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
+        self.weights = {name: float(w) for name, (w, _) in terms.items()}
+        self.components: dict[str, Tensor] = {}
+
+    def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+        if pixel_weight is not None and not any(
+            getattr(m, "supports_pixel_weight", False) for m in self.losses.values()
+        ):
+            raise ValueError("pixel_weight given, but none of the terms takes per-pixel weights")
+        total = logits.new_zeros(())
+        self.components = {}
+        for name, module in self.losses.items():
+            weight = self.weights[name]
+            if not weight:
+                continue
+            if pixel_weight is not None and getattr(module, "supports_pixel_weight", False):
+                value = module(logits, target, pixel_weight=pixel_weight)
+            else:
+                value = module(logits, target)
+            self.components[name] = value.detach()
+            total = total + weight * value
+        return total
+
+
+@LOSSES.register("dice_ce")
+class DiceCELoss(WeightedSumLoss):
+    """ce_weight * cross-entropy + dice_weight * soft Dice, both ignoring ``ignore_index`` pixels.
+
+    One-channel logits use the sigmoid cross-entropy and binary Dice. ``class_weights`` and
+    ``label_smoothing`` go to the cross-entropy; ``smooth``, ``include_background`` and ``per_image`` to Dice.
+    ``pixel_weight`` (e.g. the U-Net border map) weights the cross-entropy term.
+    """
+
+    supports_pixel_weight = True
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        ignore_index: int | None = 255,
+        *,
+        class_weights: WeightArg = None,
+        label_smoothing: float = 0.0,
+        smooth: float = 1.0,
+        include_background: bool = True,
+        per_image: bool = False,
+    ) -> None:
+        super().__init__(
+            {
+                "ce": (ce_weight, CrossEntropyLoss(class_weights, ignore_index, label_smoothing)),
+                "dice": (
+                    dice_weight,
+                    DiceLoss(
+                        ignore_index, smooth, include_background=include_background, per_image=per_image
+                    ),
+                ),
+            }
+        )
         self.ce_weight, self.dice_weight, self.ignore_index = ce_weight, dice_weight, ignore_index
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_target(logits, target, self.ignore_index)
-        loss = logits.new_zeros(())
-        if self.ce_weight:
-            ignore = -100 if self.ignore_index is None else self.ignore_index
-            loss = loss + self.ce_weight * F.cross_entropy(logits, target, ignore_index=ignore)
-        if self.dice_weight:
-            loss = loss + self.dice_weight * dice_loss(logits, target, self.ignore_index)
-        return loss
+
+def _build(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    cls = LOSSES.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if takes_any:  # e.g. TverskyLoss(**kwargs): check against the shared region-loss options too
+        params = {**inspect.signature(_RegionLoss.__init__).parameters, **params}
+    known = [p for p in params if p not in ("self", "kwargs")]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"loss {name!r} has no option {', '.join(map(repr, unknown))}; it takes: {', '.join(known)}"
+        )
+    return cls(**kwargs)
+
+
+def make_loss(spec: str | Mapping[str, Any], **common: Any) -> nn.Module:
+    """Build a loss from a config value.
+
+    ``spec`` is a registered name (``make_loss("dice_ce", ignore_index=255)``; see ``LOSSES.list()``) or a
+    weighted sum ``{name: weight}`` / ``{name: {"weight": w, **options}}``, e.g.
+    ``make_loss({"ce": 1.0, "dice": {"weight": 0.5, "smooth": 0.0}}, ignore_index=255)``.
+    ``common`` options go to every term (options a term does not take are an error for a single loss only).
+    """
+    if isinstance(spec, str):
+        return _build(spec, common)
+    if not isinstance(spec, Mapping) or not spec:
+        raise ConfigError(f"a loss spec is a name or a mapping name -> weight, got {spec!r}")
+    terms: dict[str, tuple[float, nn.Module]] = {}
+    for name, value in spec.items():
+        if isinstance(value, int | float):
+            weight, options = float(value), {}
+        elif isinstance(value, Mapping):
+            options = dict(value)
+            weight = float(options.pop("weight", 1.0))
+        else:
+            raise ConfigError(
+                f"loss term {name!r} must be a weight or a mapping with 'weight', got {value!r}"
+            )
+        cls = LOSSES.get(name)
+        accepted = set(inspect.signature(cls.__init__).parameters) | set(
+            inspect.signature(_RegionLoss.__init__).parameters if issubclass(cls, _RegionLoss) else ()
+        )
+        shared = {k: v for k, v in common.items() if k in accepted}
+        terms[name] = (weight, _build(name, {**shared, **options}))
+    return WeightedSumLoss(terms)
+
+
+def list_losses() -> list[str]:
+    """Names accepted by :func:`make_loss`."""
+    return LOSSES.list()

@@ -1,6 +1,46 @@
-"""Segmentation metrics: pure functions on confusion matrices and a streaming meter."""
+"""Segmentation metrics: pure functions on confusion matrices and label maps, and streaming meters.
 
-from seglab.metrics.functional import confusion_matrix, dice, iou, pixel_accuracy, summarize
-from seglab.metrics.meter import ConfusionMatrix
+One policy everywhere: ``ignore_index`` pixels are dropped before counting, and a class absent from both
+the ground truth and the prediction scores NaN (configurable via ``absent``) and is excluded from means.
+"""
 
-__all__ = ["ConfusionMatrix", "confusion_matrix", "dice", "iou", "pixel_accuracy", "summarize"]
+from seglab.metrics.boundary import boundary_counts, boundary_f1, boundary_iou
+from seglab.metrics.functional import (
+    class_accuracy,
+    confusion_matrix,
+    dice,
+    fw_iou,
+    iou,
+    mean_accuracy,
+    per_image_scores,
+    pixel_accuracy,
+    pixel_error,
+    precision,
+    recall,
+    summarize,
+)
+from seglab.metrics.meter import BoundaryMeter, ConfusionMatrix, logits_to_labels
+from seglab.metrics.rand import adapted_rand_error, label_components
+
+__all__ = [
+    "BoundaryMeter",
+    "ConfusionMatrix",
+    "adapted_rand_error",
+    "boundary_counts",
+    "boundary_f1",
+    "boundary_iou",
+    "class_accuracy",
+    "confusion_matrix",
+    "dice",
+    "fw_iou",
+    "iou",
+    "label_components",
+    "logits_to_labels",
+    "mean_accuracy",
+    "per_image_scores",
+    "pixel_accuracy",
+    "pixel_error",
+    "precision",
+    "recall",
+    "summarize",
+]

@@ -1,26 +1,308 @@
-"""The registered architectures: each assembles an encoder, a decoder and a head into a Segmentor."""
+"""The registered architectures: each assembles an encoder, a decoder and a head into a Segmentor.
+
+Every builder takes the same vocabulary: ``num_classes``, ``in_channels``, ``encoder`` (a native encoder name,
+any timm model name, or None for the architecture's native encoder, ``NATIVE_DEFAULT``), ``weights`` (None,
+"imagenet" or a local file), ``output_stride``, ``depth`` and ``base_channels`` (native encoders),
+``norm``/``act`` (seglab's own layers), ``dropout`` and ``pad_mode``.
+All arguments are plain values (str, int, float, bool, lists), so checkpoints can record them in YAML.
+"""
 
 from __future__ import annotations
 
+import inspect
+
+from torch import nn
+
+from seglab.errors import ConfigError
 from seglab.layers.resolve import ActArg, NormArg
-from seglab.models.decoders.unet import UNetDecoder
-from seglab.models.encoders.unet import UNetEncoder
+from seglab.models.decoders import (
+    DeepLabV3Decoder,
+    DeepLabV3PlusDecoder,
+    FCNDecoder,
+    LastFeature,
+    LRASPPDecoder,
+    SegNetDecoder,
+    UNetDecoder,
+)
+from seglab.models.decoders.unet import unet_valid_geometry
+from seglab.models.encoders import NATIVE_ENCODERS, PlainConvEncoder, create_encoder
+from seglab.models.encoders.plain import PLAIN_WIDTHS
 from seglab.models.factory import MODELS
-from seglab.models.segmentor import SegmentationHead, Segmentor
+from seglab.models.heads import ScoreUpsampleHead, SegmentationHead
+from seglab.models.segmentor import Segmentor
+
+# The from-scratch encoder each architecture uses for ``encoder=None`` (no timm, no download).
+NATIVE_DEFAULT: dict[str, str] = {
+    "fcn": "vgg",
+    "segnet": "vgg",
+    "unet": "unet",
+    "deeplabv3": "mobilenet",
+    "deeplabv3plus": "mobilenet",
+    "lraspp": "mobilenet",
+}
+
+
+def _native_options(encoder: str, **options: object) -> dict[str, object]:
+    """The ``options`` that the native encoder ``encoder`` accepts (none for timm encoders)."""
+    cls = NATIVE_ENCODERS.get(encoder)
+    accepted = inspect.signature(cls).parameters if cls is not None else {}
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+@MODELS.register("plain_fcn")
+def plain_fcn(
+    num_classes: int,
+    in_channels: int = 3,
+    widths: list[int] | None = None,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    dropout: float = 0.0,
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """The course's naive network: 3x3 stride-1 convs at full resolution (widths 16, 32, 64, 128, 64, 32),
+    then a 3x3 conv to ``num_classes``. No downsampling, so it needs no padding and sees only a
+    2 * (len(widths) + 1) + 1 pixel window; its cost grows with H x W at full width."""
+    encoder = PlainConvEncoder(in_channels, widths or PLAIN_WIDTHS, norm, act)
+    head = SegmentationHead(encoder.feature_info[-1].channels, num_classes, dropout, kernel_size=3)
+    return Segmentor(encoder, LastFeature(), head, pad_mode)
+
+
+@MODELS.register("fcn")
+def fcn(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet50",
+    weights: str | None = None,
+    output_stride: int | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    variant: str = "8s",
+    upsample: str = "transposed",
+    head_channels: int | None = None,
+    dropout: float = 0.1,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """FCN-32s/16s/8s (``variant``) on any encoder: scores from the deepest features (torchvision's FCNHead),
+    plus scores of the stride-16 and stride-8 features, fused by learned 2x upsampling (transposed convs
+    initialised to bilinear), then learned upsampling to the input (``upsample="transposed"``) or bilinear
+    interpolation everywhere (``"bilinear"``: with variant 32s and output_stride 8 this is torchvision's
+    ``fcn_resnet50``)."""
+    encoder = encoder or NATIVE_DEFAULT["fcn"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        output_stride=output_stride,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+    )
+    decoder = FCNDecoder(enc.feature_info, num_classes, variant, head_channels, dropout, upsample, norm, act)
+    return Segmentor(enc, decoder, ScoreUpsampleHead(num_classes, decoder.reduction, upsample), pad_mode)
+
+
+@MODELS.register("segnet")
+def segnet(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "vgg",
+    weights: str | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    upsample: str = "max_unpool",
+    dropout: float = 0.0,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """SegNet: a VGG16 encoder (native "vgg": base 64, depth 5) whose max-pooling indices drive max
+    unpooling in a mirrored decoder, then a 1x1 conv head. ``dropout`` > 0 is Bayesian SegNet's: Dropout2d
+    after the deepest three encoder and decoder stages. Other encoders work with a non-learned ``upsample``
+    that needs no indices ("bed_of_nails", "nearest", "bilinear")."""
+    encoder = encoder or NATIVE_DEFAULT["segnet"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+        **_native_options(encoder, dropout=dropout),
+    )
+    if upsample == "max_unpool" and not enc.pool_indices:
+        raise ConfigError(
+            f"segnet's max unpooling needs pooling indices, which encoder {encoder!r} does not return; "
+            "use encoder 'vgg' or upsample 'bed_of_nails', 'nearest' or 'bilinear'"
+        )
+    convs = getattr(enc, "convs_per_stage", None)
+    decoder = SegNetDecoder(enc.feature_info, convs, upsample, norm, act, dropout)
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
 
 
 @MODELS.register("unet")
 def unet(
     num_classes: int,
     in_channels: int = 3,
-    depth: int = 5,
-    base_channels: int = 64,
+    encoder: str | None = "unet",
+    weights: str | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    output_stride: int | None = None,
     upsample: str = "transposed",
+    decoder_channels: list[int] | None = None,
+    padding: str = "same",
     norm: NormArg = "bn",
     act: ActArg = "relu",
     dropout: float = 0.0,
+    pad_mode: str = "reflect",
 ) -> Segmentor:
-    """U-Net from scratch: widths base*2**i for ``depth`` levels (the paper: base 64, depth 5)."""
-    encoder = UNetEncoder(in_channels, depth, base_channels, norm, act)
-    decoder = UNetDecoder(encoder.feature_info, upsample=upsample, norm=norm, act=act)
-    return Segmentor(encoder, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout))
+    """U-Net. The default native encoder is the paper's (widths base*2**i for ``depth`` levels: base 64,
+    depth 5 gives 64 ... 1024); any timm encoder works with the same decoder (widths mirror the encoder's, or
+    ``decoder_channels``). ``upsample``: "transposed" (the paper's 2x2 up-conv), "bilinear"/"nearest" (+1x1
+    conv), "bed_of_nails", ... ``norm="none"`` turns batch norm off (the paper). ``padding="valid"``: the
+    paper's unpadded convs and cropped skips (native encoder only); the input is then mirror-padded by the
+    context it needs (overlap-tile) so the logits still cover it. ``dropout``: Dropout2d on the input of each
+    decoder block, the first being the end of the contracting path (the paper's dropout)."""
+    encoder = encoder or NATIVE_DEFAULT["unet"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        output_stride=output_stride,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+        **_native_options(encoder, padding=padding),
+    )
+    geometry = None
+    if padding != "same":
+        if "padding" not in _native_options(encoder, padding=padding):
+            raise ConfigError(f"padding={padding!r} needs the native U-Net encoder (encoder: unet)")
+        geometry = unet_valid_geometry(len(enc.feature_info))
+    decoder = UNetDecoder(enc.feature_info, decoder_channels, upsample, norm, act, padding, dropout)
+    head = SegmentationHead(decoder.out_channels, num_classes)
+    return Segmentor(enc, decoder, head, pad_mode, geometry)
+
+
+@MODELS.register("deeplabv3")
+def deeplabv3(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet50",
+    weights: str | None = None,
+    output_stride: int | None = 16,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    channels: int = 256,
+    rates: list[int] | None = None,
+    separable: bool = False,
+    pool_norm: str = "none",
+    dropout: float = 0.5,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """DeepLabv3: an atrous encoder (``output_stride`` 16 or 8, timm's dilation), ASPP (rates 6/12/18 at 16,
+    12/24/36 at 8, or ``rates``), a 3x3 ConvNormAct and a 1x1 head. On resnet50 at stride 8 it is
+    torchvision's ``deeplabv3_resnet50`` except the ASPP image-pooling branch: a conv with bias instead of
+    conv + batch norm (trains at batch size 1); ``pool_norm="bn"`` makes it torchvision's exactly."""
+    encoder = encoder or NATIVE_DEFAULT["deeplabv3"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        output_stride=output_stride,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+    )
+    decoder = DeepLabV3Decoder(enc.feature_info, channels, rates, separable, norm, act, pool_norm, dropout)
+    return Segmentor(enc, decoder, SegmentationHead(channels, num_classes), pad_mode)
+
+
+@MODELS.register("deeplabv3plus")
+def deeplabv3plus(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet50",
+    weights: str | None = None,
+    output_stride: int | None = 16,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    channels: int = 256,
+    rates: list[int] | None = None,
+    low_level_reduction: int = 4,
+    low_level_channels: int = 48,
+    separable: bool = False,
+    pool_norm: str = "none",
+    dropout: float = 0.5,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """DeepLabv3+: DeepLabv3's atrous encoder and ASPP, plus a decoder that upsamples the ASPP output to the
+    stride-4 low-level features (reduced to 48 channels by a 1x1 conv), concatenates and refines with two 3x3
+    convs. ``separable=True``: depthwise-separable ASPP and decoder convs (the paper's Xception variant)."""
+    encoder = encoder or NATIVE_DEFAULT["deeplabv3plus"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        output_stride=output_stride,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+    )
+    decoder = DeepLabV3PlusDecoder(
+        enc.feature_info,
+        channels,
+        low_level_reduction,
+        low_level_channels,
+        rates,
+        separable,
+        norm,
+        act,
+        pool_norm,
+        dropout,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(channels, num_classes), pad_mode)
+
+
+@MODELS.register("lraspp")
+def lraspp(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "mobilenetv3_large_100",
+    weights: str | None = None,
+    output_stride: int | None = 16,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    inter_channels: int = 128,
+    low_level_reduction: int = 8,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """LR-ASPP, the fast end: a MobileNet encoder (timm's mobilenetv3_large_100 at stride 16, as
+    torchvision's ``lraspp_mobilenet_v3_large``, whose parameter count it has; or the native depthwise-
+    separable "mobilenet") and a head of 1x1 convs on the stride-16 and stride-8 features."""
+    encoder = encoder or NATIVE_DEFAULT["lraspp"]
+    enc = create_encoder(
+        encoder,
+        in_channels,
+        depth=depth,
+        output_stride=output_stride,
+        weights=weights,
+        base_channels=base_channels,
+        norm=norm,
+        act=act,
+    )
+    decoder = LRASPPDecoder(enc.feature_info, num_classes, inter_channels, low_level_reduction, norm, act)
+    return Segmentor(enc, decoder, nn.Identity(), pad_mode)

@@ -2,27 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seglab.errors import ConfigError
 from seglab.models.encoders.base import Encoder
+from seglab.models.heads import SegmentationHead
+
+PAD_MODES = ("reflect", "constant", "replicate")
 
 
-class SegmentationHead(nn.Sequential):
-    """Optional dropout, a 1x1 conv to ``num_classes``, and upsampling by ``scale`` to the input size."""
+@dataclass(frozen=True)
+class InputGeometry:
+    """Which input sizes a network takes, per axis.
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__(
-            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(), nn.Conv2d(in_channels, num_classes, 1)
-        )
+    The logits cover an output window of size ``o`` for an input of size ``o + 2 * margin``, where
+    ``o % multiple == offset % multiple`` and the input is at least ``min_size``. "Same"-padded networks have
+    margin 0 and offset 0 (``multiple`` is the encoder's output stride); the paper's "valid" U-Net loses a
+    margin of context on each side and needs o = 4 (mod 2**(depth-1)). ``min_size``: e.g. Inception's 75.
+    """
+
+    multiple: int = 1
+    offset: int = 0
+    margin: int = 0
+    min_size: int = 1
+
+    def output_size(self, size: int) -> int:
+        """The smallest valid output window that covers ``size`` pixels."""
+        o = max(size, self.min_size - 2 * self.margin, 1)
+        return o + (self.offset - o) % self.multiple
 
 
 class Segmentor(nn.Module):
     """Any H x W in, logits (N, num_classes, H, W) out.
 
-    Inputs are padded (``pad_mode``: "reflect" or "constant") to a multiple of the encoder's output stride and
-    the logits cropped back, so users never see "must be divisible by 32".
+    Inputs are padded (``pad_mode``: "reflect", "constant" (zeros) or "replicate") at the bottom and right to
+    the next size the network takes (a multiple of the encoder's output stride, see :class:`InputGeometry`),
+    with ``margin`` more on every side for "valid" networks, and the logits are cropped back, so users never
+    see "must be divisible by 32". Reflect padding falls back to replicate when the pad exceeds the image.
+    Logits below the input resolution are upsampled bilinearly first.
+
+    ``freeze_encoder()`` stops gradients into the encoder and keeps it in eval mode (batch-norm statistics
+    and dropout frozen too) even when the model trains; ``unfreeze_encoder()`` undoes it.
     """
 
     def __init__(
@@ -31,23 +55,61 @@ class Segmentor(nn.Module):
         decoder: nn.Module,
         head: nn.Module,
         pad_mode: str = "reflect",
+        geometry: InputGeometry | None = None,
     ) -> None:
         super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ConfigError(f"unknown pad_mode {pad_mode!r}; choose one of: {', '.join(PAD_MODES)}")
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.pad_mode = pad_mode
+        self.geometry = geometry or InputGeometry(
+            multiple=encoder.output_stride, min_size=getattr(encoder, "min_input_size", 1)
+        )
+        self.encoder_frozen = False
 
     @property
     def stride(self) -> int:
-        return self.encoder.output_stride
+        return self.geometry.multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        s = self.stride
-        ph, pw = -h % s, -w % s
-        if ph or pw:
-            mode = self.pad_mode if (ph < h and pw < w) else "replicate"  # reflect needs pad < size
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        g = self.geometry
+        oh, ow = g.output_size(h), g.output_size(w)
+        m = g.margin
+        pads = (m, m + ow - w, m, m + oh - h)  # left, right, top, bottom
+        if any(pads):
+            fits = max(pads[:2]) < w and max(pads[2:]) < h  # reflect needs pad < size
+            mode = self.pad_mode if (fits or self.pad_mode != "reflect") else "replicate"
+            x = F.pad(x, pads, mode=mode)
         logits = self.head(self.decoder(self.encoder(x)))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if logits.shape[-2:] != (oh, ow):
+            if m:
+                raise RuntimeError(f"logits of {tuple(logits.shape[-2:])} do not fit the geometry {g}")
+            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
+
+    def freeze_encoder(self) -> Segmentor:
+        """Train only the decoder and head: encoder parameters get no gradients and the encoder stays in eval
+        mode (running batch-norm statistics, no dropout). Returns self."""
+        self.encoder_frozen = True
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+        return self
+
+    def unfreeze_encoder(self) -> Segmentor:
+        """Undo :meth:`freeze_encoder`: the encoder trains again (and follows the model's train/eval mode)."""
+        self.encoder_frozen = False
+        for p in self.encoder.parameters():
+            p.requires_grad_(True)
+        self.encoder.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> Segmentor:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+
+__all__ = ["PAD_MODES", "InputGeometry", "SegmentationHead", "Segmentor"]

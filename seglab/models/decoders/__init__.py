@@ -1,0 +1,30 @@
+"""Decoders, each built from the encoder's FeatureInfo (never from its name)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seglab.models.decoders.deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
+from seglab.models.decoders.fcn import FCNDecoder
+from seglab.models.decoders.lraspp import LRASPPDecoder
+from seglab.models.decoders.segnet import SegNetDecoder
+from seglab.models.decoders.unet import UNetDecoder
+
+
+class LastFeature(nn.Module):
+    """The identity decoder: the deepest feature as it is (plain_fcn, whose encoder does all the work)."""
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return features[-1]
+
+
+__all__ = [
+    "DeepLabV3Decoder",
+    "DeepLabV3PlusDecoder",
+    "FCNDecoder",
+    "LRASPPDecoder",
+    "LastFeature",
+    "SegNetDecoder",
+    "UNetDecoder",
+]

@@ -1,0 +1,180 @@
+"""The one place seglab wraps timm: any timm model with ``features_only`` support becomes an Encoder.
+
+timm is imported here, lazily (inside the class), so ``import seglab.models`` and ``seglab --help`` never load
+it. Channels and reductions come from timm's ``feature_info``, so decoders work unchanged on VGG (features from
+reduction 1), ResNet, DenseNet, Inception, MobileNet, EfficientNet, ConvNeXt (from reduction 4), ...
+Per-model quirks live in ``TIMM_QUIRKS``, a data table keyed by timm architecture name, not in name branches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seglab.errors import ConfigError
+from seglab.models.encoders.base import (
+    Encoder,
+    FeatureInfo,
+    load_weights_strict,
+    match_state_dict,
+    read_state_dict,
+)
+
+
+@dataclass(frozen=True)
+class TimmQuirks:
+    """What the adapter must know about a timm architecture that ``feature_info`` does not say."""
+
+    min_input_size: int = 1  # smallest H, W the network runs on (its unpadded "valid" convs need context)
+
+
+# Keyed by timm architecture name (the model name without its ".pretrained_tag").
+TIMM_QUIRKS: dict[str, TimmQuirks] = {
+    "inception_v3": TimmQuirks(min_input_size=75),
+    "inception_v4": TimmQuirks(min_input_size=75),
+    "inception_resnet_v2": TimmQuirks(min_input_size=75),
+}
+
+
+def _aligned(size: int, actual: int, reduction: int) -> bool:
+    return actual in (size // reduction, math.ceil(size / reduction))
+
+
+class TimmEncoder(Encoder):
+    """``timm.create_model(name, features_only=True, out_indices=range(depth), output_stride=..., in_chans=...)``.
+
+    Shape: (N, in_channels, H, W) -> [(N, c_i, H / r_i, W / r_i)] with (c_i, r_i) read from timm's
+    ``feature_info`` (dilated encoders report their dilated reductions, e.g. 2, 4, 8, 8, 8 at stride 8).
+    ``depth``: how many of timm's feature levels to use (None: all). ``output_stride``: None keeps the
+    model's own; 8 or 16 dilate it (ConfigError when the timm model cannot). ``weights``: None (random init),
+    ``"imagenet"`` (timm's pretrained weights, downloaded; the first conv is adapted to ``in_channels`` by
+    summing or repeating the RGB kernels, as timm does), or a local ``.safetensors``/torch file holding
+    either this encoder's own state dict or the timm model's full classification state dict (loaded
+    through timm, so it gets the same first-conv adaptation; checked strictly first).
+    Networks with unpadded convolutions (Inception) give features a few pixels off H / r; they are resized
+    bilinearly to H / r so every decoder can rely on the sizes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        in_channels: int = 3,
+        depth: int | None = None,
+        output_stride: int | None = None,
+        weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        self.name = name
+        self.arch = name.split(".")[0]
+        quirks = TIMM_QUIRKS.get(self.arch, TimmQuirks())
+        self.min_input_size = quirks.min_input_size
+        kwargs: dict = {"features_only": True, "in_chans": in_channels}
+        if depth is not None:
+            if depth < 1:
+                raise ConfigError(f"encoder depth must be >= 1, got {depth}")
+            kwargs["out_indices"] = tuple(range(depth))
+        if output_stride is not None and output_stride != 32:
+            kwargs["output_stride"] = output_stride
+
+        file_state = None
+        if weights not in (None, "imagenet"):
+            file_state = read_state_dict(weights)
+        self.model = self._create(timm, name, pretrained=weights == "imagenet", **kwargs)
+        if file_state is not None:
+            own = match_state_dict(file_state, self)  # this encoder's (or a seglab model's) state dict
+            if own is None:
+                own = match_state_dict(file_state, self.model, prefixes=("",))  # timm's feature model
+                own = None if own is None else {f"model.{k}": v for k, v in own.items()}
+            if own is not None:
+                load_weights_strict(self, own, f"weights file {weights}")
+            else:  # a classification checkpoint of the timm model: check it, then let timm load and adapt it
+                self._check_classification_state(timm, name, file_state, str(weights))
+                overlay = {"file": str(weights)}
+                self.model = self._create(
+                    timm, name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+                )
+
+        info = self.model.feature_info
+        self.feature_info = [FeatureInfo(int(c), int(r)) for c, r in zip(info.channels(), info.reduction())]
+        if len(self.feature_info) < (depth or 1):
+            raise ConfigError(
+                f"timm encoder {name!r} has {len(self.feature_info)} feature levels, not {depth}"
+            )
+        if output_stride is not None and self.output_stride != output_stride:
+            raise ConfigError(
+                f"timm encoder {name!r} has output stride {self.output_stride}, not {output_stride}; "
+                f"set output_stride to {self.output_stride} (or null)"
+            )
+        self.channels_last = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
+
+    @staticmethod
+    def _create(timm: ModuleType, name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            if "output_stride" in kwargs:
+                raise ConfigError(
+                    f"timm encoder {name!r} cannot be dilated to output_stride {kwargs['output_stride']} "
+                    f"({type(e).__name__}{': ' + str(e) if str(e) else ''}); use output_stride null/32 or an "
+                    "encoder that supports it (resnet*, mobilenet*, efficientnet*, convnext*)"
+                ) from None
+            raise ConfigError(f"cannot build timm encoder {name!r}: {e}") from None
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise ConfigError(
+                    f"unknown encoder {name!r}: not a native encoder and not a timm model "
+                    "(see timm.list_models(); native: unet, vgg, mobilenet)"
+                ) from None
+            raise ConfigError(f"cannot build timm encoder {name!r}: {e}") from None
+
+    def _check_classification_state(
+        self, timm: ModuleType, name: str, state: dict[str, torch.Tensor], source: str
+    ) -> None:
+        """ConfigError unless ``state`` holds every tensor of the timm model that this encoder uses, with the
+        model's shapes (first conv aside, which timm adapts to ``in_chans``), and nothing the model lacks."""
+        with torch.device("meta"):
+            full = timm.create_model(name, pretrained=False)
+        full_state = full.state_dict()
+        own = set(self.model.state_dict())
+        # timm's feature wrapper flattens one level of nested names: "features.0.weight" -> "features_0.weight"
+        needed = {k for k in full_state if k in own or k.replace(".", "_", 1) in own}
+        missing = sorted(needed - set(state))
+        unexpected = sorted(set(state) - set(full_state))
+        first_conv = full.pretrained_cfg.get("first_conv")
+        first_convs = {first_conv} if isinstance(first_conv, str) else set(first_conv or ())
+        wrong = [
+            k
+            for k in sorted(needed & set(state))
+            if state[k].shape != full_state[k].shape and k.rsplit(".", 1)[0] not in first_convs
+        ]
+        if missing or unexpected or wrong:
+            problems = [
+                f"{len(missing)} missing keys ({', '.join(missing[:3])})" if missing else "",
+                f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])})" if unexpected else "",
+                f"{len(wrong)} keys of another shape ({', '.join(wrong[:3])})" if wrong else "",
+            ]
+            raise ConfigError(
+                f"{source} is neither this encoder's state dict nor a {name} checkpoint: "
+                + "; ".join(p for p in problems if p)
+            )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, w = x.shape[-2:]
+        features = []
+        for f, info in zip(self.model(x), self.feature_info):
+            if self.channels_last:
+                f = f.permute(0, 3, 1, 2)
+            r = info.reduction
+            if not (_aligned(h, f.shape[-2], r) and _aligned(w, f.shape[-1], r)):
+                size = (math.ceil(h / r), math.ceil(w / r))
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            features.append(f)
+        return features

@@ -1,0 +1,127 @@
+"""From checkpoints to a predictor, and the per-image outputs of ``seglab predict --uncertainty``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from seglab.checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint
+from seglab.errors import CheckpointError
+from seglab.files import atomic_write
+from seglab.uncertainty.config import UncertaintyConfig
+from seglab.uncertainty.functional import UncertaintyResult
+from seglab.uncertainty.predictors import TTA, Deterministic, Ensemble, MCDropout, Predictor, add_dropout
+
+COLORMAP = "viridis"  # perceptually uniform
+
+
+class Renormalize(nn.Module):
+    """Feeds ``model`` images normalised with (``in_mean``, ``in_std``) after re-normalising them to its own
+    (``mean``, ``std``): ensemble members trained with different input statistics share one input."""
+
+    def __init__(self, model: nn.Module, in_mean: Sequence[float], in_std: Sequence[float],
+                 mean: Sequence[float], std: Sequence[float]) -> None:  # fmt: skip
+        super().__init__()
+        self.model = model
+        t = lambda v: torch.tensor(list(v), dtype=torch.float32)[:, None, None]  # noqa: E731
+        # x_model = (x_in * in_std + in_mean - mean) / std = x_in * scale + shift
+        self.register_buffer("scale", t(in_std) / t(std), persistent=False)
+        self.register_buffer("shift", (t(in_mean) - t(mean)) / t(std), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
+def load_members(
+    checkpoints: Sequence[str | Path], device: str = "cpu"
+) -> list[tuple[nn.Module, CheckpointMeta]]:
+    """Load every checkpoint; CheckpointError unless all agree with the first on classes and input channels."""
+    members = [load_checkpoint(c, device=device) for c in checkpoints]
+    _, first = members[0]
+    for path, (_, meta) in zip(checkpoints[1:], members[1:]):
+        name = checkpoint_paths(path)[0]
+        if meta.num_classes != first.num_classes or meta.class_names != first.class_names:
+            raise CheckpointError(
+                f"ensemble member {name} predicts {meta.num_classes} classes ({', '.join(meta.class_names)}) but "
+                f"{checkpoint_paths(checkpoints[0])[0]} predicts {first.num_classes} "
+                f"({', '.join(first.class_names)}); ensemble checkpoints of the same task"
+            )
+        if meta.in_channels != first.in_channels:
+            raise CheckpointError(
+                f"ensemble member {name} takes {meta.in_channels} input channels but the first takes "
+                f"{first.in_channels}; ensemble checkpoints trained on the same images"
+            )
+    return members
+
+
+def build_predictor(
+    checkpoint: str | Path, config: UncertaintyConfig, device: str = "cpu"
+) -> tuple[Predictor, CheckpointMeta]:
+    """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
+    meta. Inputs are normalised with the main checkpoint's mean/std; each model divides its logits by its own
+    fitted temperature."""
+    members = load_members([checkpoint, *config.ensemble], device)
+    model, meta = members[0]
+    if meta.num_classes < 2:
+        raise CheckpointError(
+            f"uncertainty needs a model of at least 2 classes; {checkpoint} has {meta.num_classes}"
+        )
+    if config.method == "ensemble":
+        models = [
+            m
+            if (mt.mean, mt.std) == (meta.mean, meta.std)
+            else Renormalize(m, meta.mean, meta.std, mt.mean, mt.std)
+            for m, mt in members
+        ]
+        return Ensemble([m.to(device) for m in models], [mt.temperature for _, mt in members]), meta
+    if config.method == "mc-dropout":
+        if config.add_dropout > 0:
+            add_dropout(model, config.add_dropout, "head")
+        return MCDropout(model, config.samples, meta.temperature, config.seed), meta
+    if config.method == "tta":
+        return TTA(model, config.flips, config.scales, meta.temperature), meta
+    return Deterministic(model, meta.temperature), meta
+
+
+def heatmap(values: np.ndarray | Tensor, num_classes: int, colormap: str = COLORMAP) -> np.ndarray:
+    """An (H, W) map in nats as uint8 RGB (H, W, 3) on the fixed scale 0 .. log C (comparable across images)."""
+    import matplotlib
+
+    v = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    scaled = np.clip(v / math.log(num_classes), 0.0, 1.0)
+    return (matplotlib.colormaps[colormap](scaled)[..., :3] * 255).round().astype(np.uint8)
+
+
+def save_maps(path: Path, result: UncertaintyResult) -> None:
+    """Every raw map of a single-image result as float32 arrays in one compressed ``.npz`` (written atomically)."""
+    arrays = {name: t[0].detach().cpu().float().numpy() for name, t in result.maps().items()}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def write_outputs(
+    out: Path, stem: str, result: UncertaintyResult, config: UncertaintyConfig, num_classes: int
+) -> dict[str, Any]:
+    """``<stem>_uncertainty.png`` (and ``<stem>_uncertainty.npz`` with ``save_maps``) for a one-image result;
+    returns their paths and the image's mean entropy and mutual information."""
+    from seglab.data.io import save_png
+
+    values = result.entropy[0] if config.heatmap == "entropy" else result.mutual_information[0]
+    record: dict[str, Any] = {"uncertainty": str(out / f"{stem}_uncertainty.png")}
+    save_png(Path(record["uncertainty"]), heatmap(values, num_classes))
+    if config.save_maps:
+        record["maps"] = str(out / f"{stem}_uncertainty.npz")
+        save_maps(Path(record["maps"]), result)
+    record["mean_entropy"] = float(result.entropy.mean())
+    record["mean_mutual_information"] = float(result.mutual_information.mean())
+    return record
