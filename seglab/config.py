@@ -29,6 +29,9 @@ class DataConfig:
         None  # explicit stems per split (quote them in YAML: "07"); beats splits/
     )
     ignore_index: int = 255
+    border_weights: bool = False  # U-Net border weight map (w0, sigma in px) as per-pixel CE weights
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
     crop_size: int | None = None  # random crop for training; None keeps the whole image
     scale: tuple[float, float] = (1.0, 1.0)  # random scale range (1, 1 = off)
     rotation: float = 0.0  # max degrees of random rotation

@@ -400,6 +400,7 @@ class FolderDataset:
         in_channels: int | None = None,
         cache: bool = True,
         scan: FolderScan | None = None,
+        weight_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.scan = scan if scan is not None else scan_folder(root, ignore_index)
         self.scan.raise_problems()
@@ -422,6 +423,8 @@ class FolderDataset:
         self.transform = transform
         self.cache = cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.weight_fn = weight_fn
+        self._weights: dict[int, np.ndarray] = {}
 
     @property
     def num_classes(self) -> int:
@@ -447,6 +450,18 @@ class FolderDataset:
             self._cache[index] = (image, mask)
         return image, mask
 
+    def weight(self, index: int, mask: np.ndarray) -> np.ndarray:
+        """``weight_fn(mask)`` (e.g. the U-Net border map), computed on the untransformed mask and cached."""
+        assert self.weight_fn is not None
+        if index in self._weights:
+            return self._weights[index]
+        w = np.asarray(self.weight_fn(mask), dtype=np.float32)
+        if self.cache:
+            self._weights[index] = w
+        return w
+
     def __getitem__(self, index: int) -> Any:
+        """(image, mask), or (image, mask, weight) with a ``weight_fn``, through the transform if any."""
         image, mask = self.load(index)
-        return (image, mask) if self.transform is None else self.transform(image, mask)
+        arrays = (image, mask) if self.weight_fn is None else (image, mask, self.weight(index, mask))
+        return arrays if self.transform is None else self.transform(*arrays)

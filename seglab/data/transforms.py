@@ -47,17 +47,28 @@ class GridElastic(v2.ElasticTransform):
 
 
 class PairedTransform:
-    """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W))."""
+    """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W)).
 
-    def __init__(self, ops: list[v2.Transform], mean: list[float], std: list[float]) -> None:
+    An optional per-pixel weight map (H, W) moves with the mask (nearest neighbour) and comes back third,
+    float32, with weight 0 wherever the mask is ``ignore_index``.
+    """
+
+    def __init__(
+        self, ops: list[v2.Transform], mean: list[float], std: list[float], ignore_index: int = 255
+    ) -> None:
         self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.ignore_index = mean, std, ignore_index
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> tuple:
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())
-        img, msk = self.pipeline(img, msk)
-        return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+        if weight is None:
+            img, msk = self.pipeline(img, msk)
+            return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+        w = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
+        img, msk, w = self.pipeline(img, msk, w)
+        msk, w = msk.as_subclass(torch.Tensor), w.as_subclass(torch.Tensor)
+        return img.as_subclass(torch.Tensor), msk, torch.where(msk == self.ignore_index, 0.0, w)
 
 
 def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
@@ -80,20 +91,24 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
         if cfg.color_jitter:
             j = cfg.color_jitter
             ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
-    return PairedTransform(ops, mean, std)
+    return PairedTransform(ops, mean, std, cfg.ignore_index)
 
 
 def pad_collate(ignore_index: int):
-    """Collate (image, mask) pairs of different sizes: pad images with 0 and masks with ``ignore_index``."""
+    """Collate (image, mask[, weight]) items of different sizes: pad images and weights with 0, masks with
+    ``ignore_index``."""
 
-    def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        h = max(img.shape[-2] for img, _ in batch)
-        w = max(img.shape[-1] for img, _ in batch)
-        images = torch.zeros(len(batch), batch[0][0].shape[0], h, w)
-        masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.long)
-        for i, (img, msk) in enumerate(batch):
-            images[i, :, : img.shape[-2], : img.shape[-1]] = img
-            masks[i, : msk.shape[-2], : msk.shape[-1]] = msk
-        return images, masks
+    def collate(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        h = max(item[0].shape[-2] for item in batch)
+        w = max(item[0].shape[-1] for item in batch)
+        fills = (0.0, ignore_index, 0.0)[: len(batch[0])]
+        out = []
+        for k, fill in enumerate(fills):
+            first = batch[0][k]
+            stacked = torch.full((len(batch), *first.shape[:-2], h, w), fill, dtype=first.dtype)
+            for i, item in enumerate(batch):
+                stacked[i, ..., : item[k].shape[-2], : item[k].shape[-1]] = item[k]
+            out.append(stacked)
+        return tuple(out)
 
     return collate

@@ -13,6 +13,7 @@ resumed from ``last`` follows exactly the same path as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -134,7 +135,19 @@ def train(
     )  # fmt: skip
     in_ch = scan.in_channels
     eval_transform = build_transform(cfg.data, in_ch, train=False)
-    train_ds = FolderDataset(cfg.data.root, "train", build_transform(cfg.data, in_ch, train=True), **common)
+    weight_fn = None
+    if cfg.data.border_weights:
+        from seglab.losses.weights import unet_weight_map
+
+        weight_fn = functools.partial(
+            unet_weight_map,
+            w0=cfg.data.border_w0,
+            sigma=cfg.data.border_sigma,
+            ignore_index=cfg.data.ignore_index,
+        )
+    train_ds = FolderDataset(
+        cfg.data.root, "train", build_transform(cfg.data, in_ch, train=True), weight_fn=weight_fn, **common
+    )
     val_ds = FolderDataset(cfg.data.root, "val", eval_transform, **common)
     for ds in (train_ds, val_ds):
         if len(ds) == 0:
@@ -159,6 +172,11 @@ def train(
         optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
     )
     criterion = make_loss(cfg.train.loss, ignore_index=spec.ignore_index)
+    terms = getattr(criterion, "losses", {"loss": criterion}).values()
+    if weight_fn is not None and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
+        raise ConfigError(
+            f"data.border_weights needs a loss with per-pixel weights (ce, focal); got {cfg.train.loss}"
+        )
     meta = CheckpointMeta(
         arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
         class_names=list(spec.names), palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
@@ -205,11 +223,12 @@ def train(
         t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress,
                    leave=False, dynamic_ncols=True)  # fmt: skip
-        for step, (images, masks) in enumerate(bar):
-            images, masks = images.to(device), masks.to(device)
+        for step, batch in enumerate(bar):
+            images, masks = batch[0].to(device), batch[1].to(device)
+            extra = {"pixel_weight": batch[2].to(device)} if len(batch) > 2 else {}
             if device.type == "cpu":
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = criterion(model(images), masks)
+            loss = criterion(model(images), masks, **extra)
             if not torch.isfinite(loss):
                 raise SeglabError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "

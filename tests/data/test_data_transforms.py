@@ -103,3 +103,18 @@ def test_elastic_field_is_smooth_and_moves_image_and_mask_alike():
         assert ((red[valid] > 127).long() == y[valid]).float().mean() > 0.95
         moved += int((y != torch.from_numpy(mask)).float().mean() > 0.05)
     assert moved >= 8
+
+
+def test_weight_maps_move_with_the_mask():
+    cfg = DataConfig(scale=(0.7, 1.3), rotation=20, crop_size=40)
+    t = build_transform(cfg, 3, train=True)
+    torch.manual_seed(1)
+    for seed in range(5):
+        image, mask = blocky_pair(seed)
+        weight = (2.0 * mask + 1).astype(np.float32)  # a known function of the mask
+        x, y, w = t(image, mask, weight)
+        assert w.dtype == torch.float32 and w.shape == y.shape == (40, 40)
+        valid = y != cfg.ignore_index
+        assert torch.equal(w[valid], 2.0 * y[valid] + 1) and (w[~valid] == 0).all()
+    images, masks, weights = pad_collate(255)([(x, y, w), (x[:, :30, :20], y[:30, :20], w[:30, :20])])
+    assert weights.shape == (2, 40, 40) and weights[1, 30:].abs().sum() == 0 and (masks[1, 30:] == 255).all()

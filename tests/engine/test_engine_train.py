@@ -54,6 +54,22 @@ def test_repeat_makes_longer_epochs(shapes_dir, tmp_path):
     assert train(cfg).history[0]["images"] == 3 * 32  # 32 training images, batch 8, three passes
 
 
+def test_border_weights_change_the_training_loss(shapes_dir, tmp_path):
+    plain = train(tiny_config(shapes_dir, tmp_path / "a", epochs=1).override(["data.rotation=0"]))
+    weighted = train(
+        tiny_config(shapes_dir, tmp_path / "b", epochs=1).override(
+            ["data.rotation=0", "data.border_weights=true"]
+        )
+    )
+    assert weighted.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"], rel=1e-3)
+    with pytest.raises(ConfigError, match="border_weights needs a loss with per-pixel weights"):
+        train(
+            tiny_config(shapes_dir, tmp_path / "c", epochs=1).override(
+                ["data.border_weights=true", "train.loss=dice"]
+            )
+        )
+
+
 def test_resume_without_a_run_is_an_error(shapes_dir, tmp_path):
     with pytest.raises(ConfigError, match="cannot resume"):
         train(tiny_config(shapes_dir, tmp_path / "none"), resume=True)
