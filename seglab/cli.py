@@ -127,6 +127,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 2 if report.problems else 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> None:
+    from seglab.bench.run import cost_report, run_benchmark
+
+    if args.cost:
+        for model in args.cost:
+            for size in args.size:
+                print(cost_report(model, size, num_classes=args.num_classes or 10, all_layers=args.all_layers,
+                                  model_params=_yaml_mapping(args.params)))  # fmt: skip
+                print()
+        return
+    r = run_benchmark(args.models, args.checkpoints or [], args.data, args.split, args.out,
+                      log=None if args.no_progress else (lambda m: print(m, file=sys.stderr)),
+                      sizes=args.size, batch_sizes=args.batch, paths=args.paths, warmup=args.warmup,
+                      iters=args.iters, device=args.device, threads=args.threads,
+                      num_classes=args.num_classes or 21, model_params=_yaml_mapping(args.params))  # fmt: skip
+    from seglab.bench.report import to_markdown
+
+    print(to_markdown(r))
+    print(f"written: {', '.join(r['outputs'].values())}")
+
+
+def _yaml_mapping(text: str | None) -> dict | None:
+    if not text:
+        return None
+    import yaml
+
+    from seglab.errors import ConfigError
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"--params must be a YAML mapping such as '{{depth: 2, base_channels: 4}}', got {text!r}"
+        )
+    return value
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from seglab.engine.export import export_checkpoint
+
+    r = export_checkpoint(args.checkpoint, args.out, args.format, example_size=tuple(args.example_size),
+                          dynamic=not args.static, check=not args.no_check)  # fmt: skip
+    sizes = "dynamic batch and size" if r.dynamic else f"static input {tuple(r.example_shape)}"
+    check = "" if r.max_abs_diff is None else f"; max abs logit difference to PyTorch {r.max_abs_diff:.2e}"
+    print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
+
+
 def _uncertainty_flags(sp: argparse.ArgumentParser, predict: bool) -> None:
     from seglab.uncertainty.config import FLIP_NAMES, HEATMAPS, METHODS
 
@@ -221,6 +267,41 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--batch-size", type=int, default=8)
     common(ca)
     ca.set_defaults(func=_cmd_calibrate)
+
+    b = sub.add_parser(
+        "benchmark", help="cost tables (--cost), or latency / FPS (and mIoU) tables and a plot"
+    )
+    b.add_argument("models", nargs="*", metavar="MODEL",
+                   help="arch, arch:encoder (e.g. unet lraspp:mobilenet deeplabv3plus:resnet18) or an .onnx file")  # fmt: skip
+    b.add_argument("--cost", nargs="+", metavar="MODEL",
+                   help="print parameters, MACs and activation memory per layer instead of timing")  # fmt: skip
+    b.add_argument("--all-layers", action="store_true", help="--cost: one row per leaf module")
+    b.add_argument("--size", nargs="+", type=int, default=[512], help="square input sizes (default: 512)")
+    b.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default: 1)")
+    b.add_argument("--paths", nargs="+", default=["eager"], metavar="PATH",
+                   help="execution paths: eager channels_last fold_bn compile compile_cl onnxruntime fp16 bf16")  # fmt: skip
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls (default: 3)")
+    b.add_argument("--iters", type=int, default=20, help="timed calls (default: 20)")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--params", metavar="YAML",
+                   help="create_model arguments for models given by name, e.g. '{depth: 2, base_channels: 4}'")  # fmt: skip
+    b.add_argument("--num-classes", type=int, help="classes of models built by name (default: 21; cost: 10)")
+    b.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="trained models (run folders)")
+    b.add_argument("--data", help="folder data set: also evaluate the checkpoints' mIoU")
+    b.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    b.add_argument("--out", default="benchmark", help="folder for benchmark.md/.csv/.json/.png")
+    common(b)
+    b.set_defaults(func=_cmd_benchmark)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
+    x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    x.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    x.add_argument("--example-size", nargs=2, type=int, default=[67, 93], metavar=("H", "W"),
+                   help="traced input size (default: 67 93)")  # fmt: skip
+    x.add_argument("--static", action="store_true", help="fixed input size (the example's)")
+    x.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    x.set_defaults(func=_cmd_export)
 
     data = sub.add_parser("data", help="data set tools: synth, check")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

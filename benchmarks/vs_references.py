@@ -1,0 +1,192 @@
+"""seglab's models beside the reference implementations of the same architectures, in one process and protocol.
+
+Pairs: U-Net and DeepLabv3+ on resnet34 (segmentation_models_pytorch, ``encoder_weights=None``), and
+torchvision's fcn_resnet50, deeplabv3_resnet50 and lraspp_mobilenet_v3_large (``weights=None``). For each:
+parameters, eager inference latency at batch 1 (median of ``--iters`` after ``--warmup``, inference_mode),
+training throughput (images/s; batch 4 at 256x256, AdamW, cross-entropy) and the ratio ours / reference in
+time (<= 1 means ours is no slower). Then seglab's faster paths for our model (channels_last, batch-norm
+folding, ONNX Runtime), each checked against eager (max abs logit difference), the fastest faithful one against
+the reference's eager path, and its achieved GFLOP/s against a large fp32 matmul measured in the same run.
+
+Needs ``pip install segmentation-models-pytorch`` (the optional benchmark extra). Run:
+    OMP_NUM_THREADS=2 python benchmarks/vs_references.py --threads 2 --size 512
+Machines are noisy (+-25 %): compare only ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seglab.bench.cost import count_cost
+from seglab.bench.latency import FAITHFUL_ATOL, _prepare, device_name, time_callable
+from seglab.models.factory import create_model
+
+NUM_CLASSES = 21
+
+
+class OutOnly(nn.Module):
+    """torchvision's segmentation models return {"out": logits}; this returns the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def pairs() -> dict[str, tuple]:
+    """name -> (our builder, reference builder); both untrained, NUM_CLASSES outputs."""
+    import segmentation_models_pytorch as smp
+    from torchvision.models import segmentation as tvs
+
+    c = NUM_CLASSES
+    return {
+        "unet_resnet34": (
+            lambda: create_model("unet", c, encoder="resnet34", decoder_channels=[256, 128, 64, 32],
+                                 upsample="nearest"),
+            lambda: smp.Unet("resnet34", encoder_weights=None, classes=c),
+        ),
+        "deeplabv3plus_resnet34": (
+            lambda: create_model("deeplabv3plus", c, encoder="resnet34", output_stride=16, separable=True),
+            lambda: smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=c),
+        ),
+        "fcn_resnet50": (
+            lambda: create_model("fcn", c, encoder="resnet50", variant="32s", output_stride=8,
+                                 upsample="bilinear"),
+            lambda: OutOnly(tvs.fcn_resnet50(weights=None, weights_backbone=None, num_classes=c, aux_loss=False)),
+        ),
+        "deeplabv3_resnet50": (
+            lambda: create_model("deeplabv3", c, encoder="resnet50", output_stride=8, pool_norm="bn"),
+            lambda: OutOnly(tvs.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=c,
+                                                   aux_loss=False)),
+        ),
+        "lraspp_mobilenet_v3_large": (
+            lambda: create_model("lraspp", c),
+            lambda: OutOnly(tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=c)),
+        ),
+    }  # fmt: skip
+
+
+def latency(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
+    model.eval()
+    with torch.inference_mode():
+        times, _ = time_callable(lambda: model(x), warmup, iters, x.device)
+    return statistics.median(times)
+
+
+def train_throughput(model: nn.Module, batch: int, size: int, warmup: int, steps: int) -> float:
+    """Images/s of full training steps (forward, CE, backward, AdamW)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=gen)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def matmul_gflops(n: int = 4096, iters: int = 5) -> float:
+    """The best of ``iters`` n x n fp32 matmuls, in GFLOP/s (2 n^3 FLOPs each)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=512, help="inference input size (default: 512)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--train-size", type=int, default=256)
+    ap.add_argument("--train-batch", type=int, default=4)
+    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--paths", nargs="+", default=["channels_last", "fold_bn", "onnxruntime"])
+    ap.add_argument("--only", nargs="+", help="pair names to run (default: all)")
+    ap.add_argument("--no-train", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    print(f"# seglab vs references: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, fp32, inference {args.size}x{args.size} batch 1 (median of {args.iters} "
+          f"after {args.warmup} warm-up), " + ("training skipped" if args.no_train else
+          f"training batch {args.train_batch} at {args.train_size}x{args.train_size} "
+          f"(AdamW, CE, median of {args.train_steps} steps after 1)"))  # fmt: skip
+    peak = matmul_gflops()
+    print(f"fp32 matmul 4096x4096: {peak:.1f} GFLOP/s (the practical peak; measured again at the end)\n")
+    header = ("| pair | params ours / ref (M) | GMACs ours / ref | latency ours / ref (ms) | ratio | "
+              "train ours / ref (img/s) | ratio (time) | fastest faithful path | its latency (ms) | "
+              "speed-up vs ref eager | GFLOP/s (% of matmul) |")  # fmt: skip
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    tmp = Path(tempfile.mkdtemp(prefix="seglab-vsref-"))
+    for name, (ours_fn, ref_fn) in pairs().items():
+        if args.only and name not in args.only:
+            continue
+        torch.manual_seed(0)
+        ours, ref = ours_fn().eval(), ref_fn().eval()
+        cost_o, cost_r = count_cost(ours, args.size), count_cost(ref, args.size)
+        lat_o, lat_r = latency(ours, x, args.warmup, args.iters), latency(ref, x, args.warmup, args.iters)
+        if args.no_train:
+            tr_o = tr_r = float("nan")
+        else:
+            tr_o = train_throughput(ours_fn(), args.train_batch, args.train_size, 1, args.train_steps)
+            tr_r = train_throughput(ref_fn(), args.train_batch, args.train_size, 1, args.train_steps)
+        with torch.inference_mode():
+            base = ours(x)
+        best, best_lat, notes = "eager", lat_o, []
+        for path in args.paths:
+            try:
+                fn, _ = _prepare(path, ours, x, x.device, tmp)
+                with torch.inference_mode():
+                    diff = float((fn(x) - base).abs().max())
+                    times, _ = time_callable(lambda f=fn: f(x), args.warmup, args.iters, x.device)
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"{path} failed: {type(e).__name__}")
+                continue
+            t = statistics.median(times)
+            faithful = diff <= FAITHFUL_ATOL * max(1.0, float(base.abs().max()))
+            notes.append(f"{path} {1000 * t:.0f} ms (diff {diff:.1e}{'' if faithful else ', NOT faithful'})")
+            if faithful and t < best_lat:
+                best, best_lat = path, t
+        gflops = 2 * cost_o.macs / best_lat / 1e9
+        print(f"| {name} | {cost_o.params / 1e6:.2f} / {cost_r.params / 1e6:.2f} | {cost_o.gmacs:.1f} / "
+              f"{cost_r.gmacs:.1f} | {1000 * lat_o:.0f} / {1000 * lat_r:.0f} | {lat_o / lat_r:.2f} | "
+              f"{tr_o:.2f} / {tr_r:.2f} | {tr_r / tr_o:.2f} | {best} | {1000 * best_lat:.0f} | "
+              f"{lat_r / best_lat:.2f}x | {gflops:.1f} ({100 * gflops / peak:.0f} %) |", flush=True)  # fmt: skip
+        print(f"<!-- {name} paths: {'; '.join(notes)} -->", flush=True)
+    print(f"\nfp32 matmul 4096x4096 at the end: {matmul_gflops():.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
