@@ -43,8 +43,14 @@ class CheckpointMeta:
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
-    """(weights, sidecar) for a checkpoint given as a run folder (its best), a .safetensors, .yaml or bare stem."""
+    """(weights, sidecar) for a checkpoint given as a run folder (its best), a .safetensors, .yaml or bare stem.
+
+    An exported ``model.onnx`` has the sidecar ``model.onnx.yaml`` (written by `seglab export`).
+    """
     path = Path(path)
+    if path.suffix == ".onnx" or path.name.endswith(".onnx.yaml"):
+        onnx = path if path.suffix == ".onnx" else path.with_suffix("")
+        return onnx, onnx.with_name(onnx.name + ".yaml")
     if path.is_dir():
         path = path / "best.safetensors"
     if path.suffix in (".safetensors", ".yaml"):
@@ -64,9 +70,16 @@ def save_checkpoint(path: str | Path, model: Any, meta: CheckpointMeta) -> Path:
     """Write ``<path>.safetensors`` and ``<path>.yaml`` atomically; returns the weights path."""
     from safetensors.torch import save_file
 
-    weights, sidecar = checkpoint_paths(path)
+    weights, _ = checkpoint_paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    write_sidecar(weights, meta)
+    return weights
+
+
+def write_sidecar(weights: Path, meta: CheckpointMeta) -> None:
+    """Write the YAML sidecar that describes the weights file ``weights`` (with its SHA-256)."""
+    _, sidecar = checkpoint_paths(weights)
     doc = {
         "format": FORMAT,
         "weights": weights.name,
@@ -74,7 +87,6 @@ def save_checkpoint(path: str | Path, model: Any, meta: CheckpointMeta) -> Path:
         **dataclasses.asdict(meta),
     }
     atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
-    return weights
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -112,6 +124,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Checkpo
 
     meta = read_meta(path)
     weights, _ = checkpoint_paths(path)
+    if weights.suffix == ".onnx":  # an exported model: ONNX Runtime, called like a module
+        from seglab.engine.export import OnnxModel
+
+        return OnnxModel(weights), meta
     try:
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as e:

@@ -108,11 +108,15 @@ def export_model(
 def export_checkpoint(
     checkpoint: str | Path, out: str | Path, fmt: str = "onnx", **kwargs: Any
 ) -> ExportResult:
-    """Load a seglab checkpoint and :func:`export_model` it (its in_channels as the example's)."""
-    from seglab.checkpoint import load_checkpoint
+    """Load a seglab checkpoint and :func:`export_model` it (its in_channels as the example's). An ONNX export
+    gets the checkpoint's sidecar as ``<out>.yaml``, so `seglab predict` and `evaluate` can run it."""
+    from seglab.checkpoint import load_checkpoint, write_sidecar
 
     model, meta = load_checkpoint(checkpoint)
-    return export_model(model, out, fmt, in_channels=meta.in_channels, **kwargs)
+    result = export_model(model, out, fmt, in_channels=meta.in_channels, **kwargs)
+    if fmt == "onnx":
+        write_sidecar(result.path, meta)
+    return result
 
 
 class OnnxModel:
@@ -142,6 +146,10 @@ class OnnxModel:
         return c if isinstance(c, int) else 3
 
     def eval(self) -> OnnxModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        """An exported graph has no training mode; accepted so evaluation loops can restore modes."""
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from seglab.data.io import IMAGE_SUFFIXES, read_image, save_png
+from seglab.data.io import IMAGE_SUFFIXES, default_palette, read_image, save_png
 from seglab.errors import DataError
 
 if TYPE_CHECKING:
@@ -112,6 +112,8 @@ def predict(
         model, meta = load_checkpoint(checkpoint, device=str(dev))
     files = collect_inputs(inputs)
     out = Path(out_dir)
+    # a checkpoint saved from Python may lack a palette: fall back to the default colours
+    palette = meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
     results = []
     if progress:
         from tqdm.auto import tqdm
@@ -126,10 +128,10 @@ def predict(
             result = predictor(image_tensor(image, meta.mean, meta.std, dev))
             labels = result.mask[0].cpu().numpy().astype(np.uint8)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
-        save_png(Path(record["mask"]), labels, meta.palette)
+        save_png(Path(record["mask"]), labels, palette)
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
-            save_png(Path(record["overlay"]), overlay(image, labels, meta.palette))
+            save_png(Path(record["overlay"]), overlay(image, labels, palette))
         if predictor is not None:
             record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from seglab.bench.latency import fold_batchnorm
 from seglab.bench.report import pareto_front
 from seglab.checkpoint import CheckpointMeta, save_checkpoint
 from seglab.cli import main
+from seglab.engine.evaluate import evaluate
 from seglab.models.factory import create_model
 
 TINY = {"depth": 2, "base_channels": 4}
@@ -102,6 +104,23 @@ def test_export_onnx_parity_and_benchmark_it(checkpoint, tmp_path, capsys):
                          "--out", tmp_path / "b", "--no-progress")  # fmt: skip
     assert code == 0, err
     assert "| model.onnx | eager | 33 | 1 |" in out
+
+    # the export carries the checkpoint's sidecar, so predict and evaluate run it through ONNX Runtime
+    _, data = checkpoint
+    for ckpt, pred in ((run_dir, tmp_path / "p_torch"), (onnx_file, tmp_path / "p_onnx")):
+        code, _, err = run(capsys, "predict", ckpt, data / "images", "--out", pred, "--no-progress")
+        assert code == 0, err
+    masks = sorted((tmp_path / "p_torch").glob("*_mask.png"))
+    assert masks
+    for m in masks:
+        a, b = np.array(Image.open(m)), np.array(Image.open(tmp_path / "p_onnx" / m.name))
+        assert (a == b).mean() > 0.999, m.name  # argmax may flip only on exact ties
+    code, out, err = run(
+        capsys, "evaluate", onnx_file, "--data", data, "--no-progress", "--out", tmp_path / "e.json"
+    )
+    assert code == 0, err
+    ref = evaluate(run_dir, data, "test", progress=False, out=tmp_path / "r.json")
+    assert json.loads((tmp_path / "e.json").read_text())["miou"] == pytest.approx(ref["miou"], abs=1e-3)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated in favour of torch.export
