@@ -92,7 +92,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     cfg = _uncertainty_config(args, predict=True)
     results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
-                      device=args.device, progress=not args.no_progress, uncertainty=cfg)  # fmt: skip
+                      device=args.device, progress=not args.no_progress, uncertainty=cfg,
+                      tile=args.tile, overlap=args.overlap)  # fmt: skip
     what = "" if args.no_overlay else " and overlays"
     if cfg is not None:
         what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--no-overlay", action="store_true", help="write only the masks")
+    pr.add_argument("--tile", type=int, help="overlap-tile inference with tiles of this size (large images)")
+    pr.add_argument("--overlap", type=int, default=32, help="mirrored context around each tile (default: 32)")
     _uncertainty_flags(pr, predict=True)
     common(pr)
     pr.set_defaults(func=_cmd_predict)

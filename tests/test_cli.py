@@ -55,6 +55,13 @@ def test_end_to_end_synth_train_evaluate_predict(tmp_path, capsys):
     assert mask.mode == "P" and mask.size == (53, 37) and np.array(mask).max() < 4
     assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (53, 37)
     assert len(list((tmp_path / "pred").glob("*_mask.png"))) == 31
+    code, _, err = run(capsys, "predict", run_dir, odd, "--out", tmp_path / "tiled", "--tile", 16, "--overlap", 8,
+                       "--no-progress")  # fmt: skip
+    assert code == 0, err
+    tiled = np.array(Image.open(tmp_path / "tiled" / "odd_mask.png"))
+    assert (
+        tiled.shape == (37, 53) and (tiled == np.array(mask)).mean() > 0.5
+    )  # same model, local context only
 
 
 def make_broken(tmp_path, kind):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, default_palette, read_image, save_png
+from seglab.engine.tiling import predict_tiled
 from seglab.errors import DataError
 
 if TYPE_CHECKING:
@@ -61,10 +62,15 @@ def predict_probs(
     std: Sequence[float],
     device: torch.device,
     temperature: float = 1.0,
+    tile: int | None = None,
+    overlap: int = 32,
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops);
-    the logits are divided by ``temperature`` (a checkpoint's fitted one) first."""
-    return (model(image_tensor(image, mean, std, device))[0] / temperature).softmax(0)
+    the logits are divided by ``temperature`` (a checkpoint's fitted one) first. With ``tile`` the image is
+    predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images)."""
+    x = image_tensor(image, mean, std, device)
+    logits = model(x) if tile is None else predict_tiled(model, x, tile, overlap)
+    return (logits[0] / temperature).softmax(0)
 
 
 def overlay(
@@ -88,6 +94,8 @@ def predict(
     device: str = "cpu",
     progress: bool = True,
     uncertainty: UncertaintyConfig | str | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image.
 
@@ -101,6 +109,10 @@ def predict(
 
     dev = resolve_device(device)
     predictor = None
+    if tile is not None and uncertainty is not None:
+        from seglab.errors import ConfigError
+
+        raise ConfigError("--tile cannot be combined with --uncertainty yet; drop one of them")
     if uncertainty is not None:
         from seglab.uncertainty.build import build_predictor, write_outputs
         from seglab.uncertainty.config import UncertaintyConfig
@@ -122,7 +134,7 @@ def predict(
     for path in files:
         image = read_image(path, meta.in_channels)
         if predictor is None:
-            probs = predict_probs(model, image, meta.mean, meta.std, dev, meta.temperature)
+            probs = predict_probs(model, image, meta.mean, meta.std, dev, meta.temperature, tile, overlap)
             labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
         else:
             result = predictor(image_tensor(image, meta.mean, meta.std, dev))
