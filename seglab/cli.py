@@ -82,7 +82,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from seglab.engine.evaluate import evaluate, format_table
 
     r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
-                 device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False))  # fmt: skip
+                 device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False),
+                 tile=args.tile, overlap=args.overlap, rand_class=args.rand_class)  # fmt: skip
     print(format_table(r))
     print(f"report: {r['report_path']}")
 
@@ -93,7 +94,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     cfg = _uncertainty_config(args, predict=True)
     results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
                       device=args.device, progress=not args.no_progress, uncertainty=cfg,
-                      tile=args.tile, overlap=args.overlap)  # fmt: skip
+                      tile=args.tile, overlap=args.overlap, prob_maps=args.prob or (), threshold=args.threshold)  # fmt: skip
     what = "" if args.no_overlay else " and overlays"
     if cfg is not None:
         what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")
@@ -174,6 +175,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
 
 
+def _tile_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--tile", type=int, help="overlap-tile inference with tiles of this size (large images)")
+    sp.add_argument("--overlap", type=int, default=32, help="mirrored context around each tile (default: 32)")
+
+
 def _uncertainty_flags(sp: argparse.ArgumentParser, predict: bool) -> None:
     from seglab.uncertainty.config import FLIP_NAMES, HEATMAPS, METHODS
 
@@ -246,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--out", help="JSON report path (default: eval-<split>.json beside the checkpoint)")
+    _tile_flags(e)
+    e.add_argument("--rand-class", metavar="CLASS", help="also the adapted Rand error (ISBI 2012) of the "
+                   "connected components of this class (name or index), e.g. the cells between membranes")  # fmt: skip
     _uncertainty_flags(e, predict=False)
     common(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -255,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--no-overlay", action="store_true", help="write only the masks")
-    pr.add_argument("--tile", type=int, help="overlap-tile inference with tiles of this size (large images)")
-    pr.add_argument("--overlap", type=int, default=32, help="mirrored context around each tile (default: 32)")
+    _tile_flags(pr)
+    pr.add_argument("--prob", action="append", metavar="CLASS", help="also write <stem>_prob_<class>.png, the "
+                    "class probability as 8-bit grayscale (255 = 1.0); name or index, repeatable")  # fmt: skip
+    pr.add_argument("--threshold", type=float, help="label the (single) --prob class wherever its probability "
+                    "is at least this (default: argmax)")  # fmt: skip
     _uncertainty_flags(pr, predict=True)
     common(pr)
     pr.set_defaults(func=_cmd_predict)
@@ -282,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", nargs="+", type=int, default=[512], help="square input sizes (default: 512)")
     b.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default: 1)")
     b.add_argument("--paths", nargs="+", default=["eager"], metavar="PATH",
-                   help="execution paths: eager channels_last fold_bn compile compile_cl onnxruntime fp16 bf16")  # fmt: skip
+                   help="execution paths: eager channels_last fold_bn fold_bn_cl compile compile_cl onnxruntime fp16 bf16")  # fmt: skip
     b.add_argument("--warmup", type=int, default=3, help="untimed calls (default: 3)")
     b.add_argument("--iters", type=int, default=20, help="timed calls (default: 20)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

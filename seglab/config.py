@@ -29,6 +29,7 @@ class DataConfig:
         None  # explicit stems per split (quote them in YAML: "07"); beats splits/
     )
     ignore_index: int = 255
+    class_names: list[str] | None = None  # names for the classes when the data declares none (binary masks)
     border_weights: bool = False  # U-Net border weight map (w0, sigma in px) as per-pixel CE weights
     border_w0: float = 10.0
     border_sigma: float = 5.0
@@ -39,6 +40,9 @@ class DataConfig:
     elastic_grid: int = 3
     hflip: bool = True
     vflip: bool = True
+    rot90: bool = (
+        False  # random multiples of 90 degrees (exact); with the flips, all 8 symmetries of the square
+    )
     color_jitter: float = 0.0  # brightness/contrast (and saturation for RGB) strength, image only
     mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
     std: list[float] | None = None
@@ -69,6 +73,7 @@ class TrainConfig:
     loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
+    amp: str = "off"  # off | bf16 (CPU with AVX-512 BF16/AMX, or CUDA) | fp16 (CUDA, with a gradient scaler)
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     out_dir: str = "runs/train"
     progress: bool = True

@@ -7,7 +7,8 @@ CPU the peak RSS above the level before the runs (sampled every millisecond from
 
 Execution paths beside the plain ``eager`` one, each checked against eager on the same input (max abs logit
 difference; a path is ``faithful`` when it is within ``FAITHFUL_ATOL`` times max(1, the largest |logit|)):
-``channels_last`` (NHWC memory format), ``fold_bn`` (batch norm folded into the preceding conv),
+``channels_last`` (NHWC memory format), ``fold_bn`` (batch norm folded into the preceding conv), ``fold_bn_cl``
+(both),
 ``compile`` (``torch.compile``), ``compile_cl`` (both), ``onnxruntime`` (exported, run in ONNX Runtime),
 ``fp16`` / ``bf16`` (autocast; fp16 on CUDA only).
 """
@@ -31,7 +32,7 @@ from torch import nn
 
 from seglab.errors import ConfigError
 
-PATHS = ("eager", "channels_last", "fold_bn", "compile", "compile_cl", "onnxruntime", "fp16", "bf16")
+PATHS = ("eager", "channels_last", "fold_bn", "fold_bn_cl", "compile", "compile_cl", "onnxruntime", "fp16", "bf16")  # fmt: skip
 FAITHFUL_ATOL = 1e-4  # times max(1, max |logit|): the tolerance of the ONNX parity check
 
 
@@ -218,9 +219,12 @@ def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: 
     if path == "channels_last":
         m = copy.deepcopy(model).to(memory_format=torch.channels_last)
         return (lambda t: m(t.contiguous(memory_format=torch.channels_last))), ""
-    if path == "fold_bn":
+    if path in ("fold_bn", "fold_bn_cl"):
         m, folds = fold_batchnorm(model)
-        return m, f"{folds} batch norms folded"
+        if path == "fold_bn":
+            return m, f"{folds} batch norms folded"
+        m = m.to(memory_format=torch.channels_last)
+        return (lambda t: m(t.contiguous(memory_format=torch.channels_last))), f"{folds} batch norms folded"
     if path in ("compile", "compile_cl"):
         m = copy.deepcopy(model)
         if path == "compile_cl":

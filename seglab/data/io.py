@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 from seglab.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -28,6 +28,19 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     for i in range(len(out), num_classes):
         out.append(((i * 97) % 256, (i * 57 + 80) % 256, (i * 29 + 160) % 256))
     return out
+
+
+def class_index(names: Sequence[str], cls: str | int) -> int:
+    """The index of a class given by name or index (a string of digits counts as an index)."""
+    if isinstance(cls, int) or str(cls).isdigit():
+        i = int(cls)
+        if 0 <= i < len(names):
+            return i
+    elif cls in names:
+        return list(names).index(cls)
+    raise ConfigError(
+        f"unknown class {cls!r}; the classes are {', '.join(f'{i}={n}' for i, n in enumerate(names))}"
+    )
 
 
 def open_image(path: Path) -> Image.Image:

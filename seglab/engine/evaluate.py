@@ -4,6 +4,7 @@ with ``uncertainty`` also calibration (ECE, NLL, Brier, reliability diagram) and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,15 @@ def run_evaluation(
     ignore_index: int,
     device: torch.device,
     progress: bool = False,
+    *,
+    tile: int | None = None,
+    overlap: int = 32,
+    meters: Sequence[Any] = (),
 ) -> ConfusionMatrix:
-    """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches."""
+    """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches (and update any
+    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.engine.tiling``)."""
+    from seglab.engine.tiling import predict_tiled
+
     was_training = model.training
     model.eval()
     meter = ConfusionMatrix(num_classes, ignore_index)
@@ -36,8 +44,11 @@ def run_evaluation(
 
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
     for images, masks in loader:
-        logits = model(images.to(device))
-        meter.update(logits, masks.to(device))
+        images, masks = images.to(device), masks.to(device)
+        logits = model(images) if tile is None else predict_tiled(model, images, tile, overlap)
+        meter.update(logits, masks)
+        for m in meters:
+            m.update(logits, masks)
     model.train(was_training)
     return meter
 
@@ -51,8 +62,10 @@ def run_uncertainty_evaluation(
     device: torch.device,
     n_bins: int = 15,
     progress: bool = False,
+    meters: Sequence[Any] = (),
 ) -> tuple[ConfusionMatrix, UncertaintyMeter]:
-    """The confusion matrix of ``predictor``'s masks and the calibration / error-detection meter over ``loader``."""
+    """The confusion matrix of ``predictor``'s masks and the calibration / error-detection meter over ``loader``
+    (and any further ``meters``, updated with the masks)."""
     from seglab.uncertainty.calibration import UncertaintyMeter
 
     cm = ConfusionMatrix(num_classes, ignore_index)
@@ -65,6 +78,8 @@ def run_uncertainty_evaluation(
         result = predictor(images.to(device))
         cm.update(result.mask.cpu(), masks)
         meter.update(result, masks.to(device))
+        for m in meters:
+            m.update(result.mask.cpu(), masks)
     return cm, meter
 
 
@@ -87,6 +102,16 @@ def _split_loader(meta: CheckpointMeta, data: str | Path, split: str, batch_size
     return DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate(meta.ignore_index)), len(ds)
 
 
+def _rand_meter(meta: CheckpointMeta, rand_class: str | int | None) -> Any:
+    """A RandMeter over the connected components of ``rand_class`` (name or index), or None."""
+    if rand_class is None:
+        return None
+    from seglab.data.io import class_index
+    from seglab.metrics import RandMeter
+
+    return RandMeter(class_index(meta.class_names, rand_class))
+
+
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
@@ -97,9 +122,15 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     uncertainty: UncertaintyConfig | str | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+    rand_class: str | int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
     (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
+
+    ``tile``/``overlap``: overlap-tile inference. ``rand_class`` (a class name or index): also the mean
+    adapted Rand error over images of the connected components of that class (the ISBI 2012 cell regions).
 
     With ``uncertainty`` (an UncertaintyConfig or a method name: deterministic, mc-dropout, tta, ensemble) the
     masks come from that predictor, the report gains an ``uncertainty`` section (ECE with equal-width and
@@ -116,7 +147,9 @@ def evaluate(
     if uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
         loader, num_images = _split_loader(meta, data, split, batch_size)
-        cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress)
+        rand_meter = _rand_meter(meta, rand_class)
+        cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress, tile=tile,
+                            overlap=overlap, meters=[rand_meter] if rand_meter else [])  # fmt: skip
     else:
         from seglab.uncertainty.build import build_predictor
         from seglab.uncertainty.calibration import reliability_png
@@ -124,11 +157,11 @@ def evaluate(
 
         if isinstance(uncertainty, str):
             uncertainty = UncertaintyConfig(method=uncertainty)
-        predictor, meta = build_predictor(checkpoint, uncertainty, device=str(dev))
+        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
         loader, num_images = _split_loader(meta, data, split, batch_size)
-        cm, meter = run_uncertainty_evaluation(
-            predictor, loader, meta.num_classes, meta.ignore_index, dev, uncertainty.bins, progress
-        )
+        rand_meter = _rand_meter(meta, rand_class)
+        cm, meter = run_uncertainty_evaluation(predictor, loader, meta.num_classes, meta.ignore_index, dev,
+                                               uncertainty.bins, progress, [rand_meter] if rand_meter else [])  # fmt: skip
         diagram = out_path.with_name(f"{out_path.stem}-reliability.png")
         section = {"method": uncertainty.method, "description": uncertainty.describe(),
                    "temperature": meta.temperature, **meter.compute(), "reliability_png": str(diagram)}  # fmt: skip
@@ -137,6 +170,10 @@ def evaluate(
         "checkpoint": str(checkpoint_paths(checkpoint)[0]), "data": str(data), "split": split,
         "num_images": num_images, "classes": meta.class_names, **cm.compute(), "confusion_matrix": cm.matrix.tolist(),
     }  # fmt: skip
+    if rand_meter is not None:
+        report.update(rand_meter.compute(), rand_class=meta.class_names[rand_meter.class_index])
+    if tile is not None:
+        report.update(tile=tile, overlap=overlap)
     if section is not None:
         report["uncertainty"] = section
     write_json(out_path, report)
@@ -195,8 +232,15 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("-" * (width + 18))
     lines.append(f"{'mean':<{width}}  {report['miou']:7.4f}  {report['mean_dice']:7.4f}")
     lines.append(
-        f"pixel accuracy {report['pixel_accuracy']:.4f} on {report['num_images']} images ({report['split']})"
+        f"pixel accuracy {report['pixel_accuracy']:.4f} (pixel error {1 - report['pixel_accuracy']:.4f}) on "
+        f"{report['num_images']} images ({report['split']})"
+        + (f", overlap-tile {report['tile']}+{report['overlap']}" if "tile" in report else "")
     )
+    if "rand_error" in report:
+        lines.append(
+            f"adapted Rand error {report['rand_error']:.4f} (precision {report['rand_precision']:.4f}, "
+            f"recall {report['rand_recall']:.4f}) on the connected components of {report['rand_class']}"
+        )
     u = report.get("uncertainty")
     if u:
         lines.append(

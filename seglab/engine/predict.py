@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from seglab.data.io import IMAGE_SUFFIXES, default_palette, read_image, save_png
+from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
 from seglab.engine.tiling import predict_tiled
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from seglab.uncertainty.config import UncertaintyConfig
@@ -73,6 +74,16 @@ def predict_probs(
     return (logits[0] / temperature).softmax(0)
 
 
+def threshold_labels(probs: torch.Tensor, cls: int, threshold: float) -> torch.Tensor:
+    """Labels (H, W) from probabilities (C, H, W): ``cls`` wherever its probability is >= ``threshold``, else
+    the most probable other class (for two classes: a threshold on one class's probability map)."""
+    others = probs.clone()
+    others[cls] = -1.0
+    labels = others.argmax(0)
+    labels[probs[cls] >= threshold] = cls
+    return labels
+
+
 def overlay(
     image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
 ) -> np.ndarray:
@@ -96,8 +107,14 @@ def predict(
     uncertainty: UncertaintyConfig | str | None = None,
     tile: int | None = None,
     overlap: int = 32,
+    prob_maps: Sequence[str | int] = (),
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image.
+
+    ``prob_maps`` (class names or indices): also ``<stem>_prob_<class>.png``, the probability of that class as
+    8-bit grayscale (255 = 1.0), e.g. the ISBI membrane map. ``threshold`` (with one ``prob_maps`` class): the
+    mask labels that class wherever its probability is at least ``threshold``, the best other class elsewhere.
 
     With ``uncertainty`` (an UncertaintyConfig or a method name: deterministic, mc-dropout, tta, ensemble) the
     mask is the argmax of that predictor's mean probabilities, and ``<stem>_uncertainty.png`` (entropy or mutual
@@ -109,19 +126,19 @@ def predict(
 
     dev = resolve_device(device)
     predictor = None
-    if tile is not None and uncertainty is not None:
-        from seglab.errors import ConfigError
-
-        raise ConfigError("--tile cannot be combined with --uncertainty yet; drop one of them")
     if uncertainty is not None:
         from seglab.uncertainty.build import build_predictor, write_outputs
         from seglab.uncertainty.config import UncertaintyConfig
 
         if isinstance(uncertainty, str):
             uncertainty = UncertaintyConfig(method=uncertainty)
-        predictor, meta = build_predictor(checkpoint, uncertainty, device=str(dev))
+        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
     else:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
+    prob_idx = [class_index(meta.class_names, c) for c in prob_maps]
+    if threshold is not None and (len(prob_idx) != 1 or not 0.0 < threshold < 1.0):
+        raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
+                          f"{len(prob_idx)} classes")  # fmt: skip
     files = collect_inputs(inputs)
     out = Path(out_dir)
     # a checkpoint saved from Python may lack a palette: fall back to the default colours
@@ -135,12 +152,19 @@ def predict(
         image = read_image(path, meta.in_channels)
         if predictor is None:
             probs = predict_probs(model, image, meta.mean, meta.std, dev, meta.temperature, tile, overlap)
-            labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
         else:
             result = predictor(image_tensor(image, meta.mean, meta.std, dev))
-            labels = result.mask[0].cpu().numpy().astype(np.uint8)
+            probs = result.probs[0]
+        if threshold is None:
+            labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
+        else:
+            labels = threshold_labels(probs, prob_idx[0], threshold).cpu().numpy().astype(np.uint8)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
+        for c in prob_idx:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", meta.class_names[c])
+            record[f"prob_{name}"] = str(out / f"{path.stem}_prob_{name}.png")
+            save_png(Path(record[f"prob_{name}"]), (probs[c] * 255).round().byte().cpu().numpy())
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
             save_png(Path(record["overlay"]), overlay(image, labels, palette))

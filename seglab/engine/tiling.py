@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
@@ -41,3 +42,15 @@ def predict_tiled(
             out[..., y0 : y0 + th, x0 : x0 + tw] = logits
     assert out is not None
     return out
+
+
+class TiledModel(nn.Module):
+    """``model`` run by overlap-tile inference: a drop-in model, so every predictor (TTA, MC dropout, ensembles)
+    and every evaluation loop can use the strategy unchanged."""
+
+    def __init__(self, model: nn.Module, tile: int = 256, overlap: int = 32) -> None:
+        super().__init__()
+        self.model, self.tile, self.overlap = model, tile, overlap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_tiled(self.model, x, self.tile, self.overlap)

@@ -156,6 +156,14 @@ def train(
                 f"change data.val_ratio/data.test_ratio"
             )
     spec = train_ds.classes
+    names = list(spec.names)
+    if cfg.data.class_names is not None:
+        if len(cfg.data.class_names) != spec.num_classes:
+            raise ConfigError(
+                f"data.class_names has {len(cfg.data.class_names)} names but {cfg.data.root} has "
+                f"{spec.num_classes} classes ({', '.join(spec.names)})"
+            )
+        names = [str(n) for n in cfg.data.class_names]
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, spec.num_classes, in_ch).to(device)
@@ -171,6 +179,12 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
     )
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp, "?")
+    if amp_dtype == "?" or (amp_dtype is torch.float16 and device.type != "cuda"):
+        raise ConfigError(
+            f"train.amp must be off, bf16 or fp16 (CUDA only), got {cfg.train.amp!r} on {device}"
+        )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     criterion = make_loss(cfg.train.loss, ignore_index=spec.ignore_index)
     terms = getattr(criterion, "losses", {"loss": criterion}).values()
     if weight_fn is not None and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
@@ -179,7 +193,7 @@ def train(
         )
     meta = CheckpointMeta(
         arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
-        class_names=list(spec.names), palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
+        class_names=names, palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
         ignore_index=spec.ignore_index,
         split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
                "split_lists": cfg.data.splits},
@@ -194,6 +208,8 @@ def train(
         model.load_state_dict(load_file(str(run_dir / "last.safetensors"), device=str(device)))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"], state["best"]
         if log_path.is_file():
             history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -228,15 +244,20 @@ def train(
             extra = {"pixel_weight": batch[2].to(device)} if len(batch) > 2 else {}
             if device.type == "cpu":
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = criterion(model(images), masks, **extra)
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+            ):
+                logits = model(images)
+            loss = criterion(logits.float(), masks, **extra)  # the loss in fp32 whatever the forward pass
             if not torch.isfinite(loss):
                 raise SeglabError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                     "lower train.lr or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             seen += images.shape[0]
             loss_sum += loss.item() * images.shape[0]
@@ -261,7 +282,7 @@ def train(
             save_checkpoint(run_dir / "best", model, meta)
         save_checkpoint(run_dir / "last", model, meta)
         state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "best": best}  # fmt: skip
+                 "scaler": scaler.state_dict(), "best": best}  # fmt: skip
         atomic_write(run_dir / "last.state.pt", lambda tmp, s=state: torch.save(s, tmp))
         if cfg.train.progress:
             tqdm.write(

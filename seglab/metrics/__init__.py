@@ -19,12 +19,13 @@ from seglab.metrics.functional import (
     recall,
     summarize,
 )
-from seglab.metrics.meter import BoundaryMeter, ConfusionMatrix, logits_to_labels
+from seglab.metrics.meter import BoundaryMeter, ConfusionMatrix, RandMeter, logits_to_labels
 from seglab.metrics.rand import adapted_rand_error, label_components
 
 __all__ = [
     "BoundaryMeter",
     "ConfusionMatrix",
+    "RandMeter",
     "adapted_rand_error",
     "boundary_counts",
     "boundary_f1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -182,3 +183,34 @@ class BoundaryMeter:
             "boundary_iou": [float(v) for v in biou],
             "boundary_f1": [float(v) for v in bf1],
         }
+
+
+class RandMeter:
+    """Mean adapted Rand error (ISBI 2012) over images: the segments of each image are the connected components
+    of ``class_index`` (e.g. the cells between membranes), in the prediction and in the ground truth.
+
+    Ground-truth pixels outside the class (membrane, ``ignore_index``) are left out, as in the challenge."""
+
+    def __init__(self, class_index: int, connectivity: int = 1) -> None:
+        self.class_index, self.connectivity = class_index, connectivity
+        self.scores: list[tuple[float, float, float]] = []
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """``pred``: labels (N, H, W) or logits (N, C, H, W); ``target``: (N, H, W)."""
+        from seglab.metrics.rand import adapted_rand_error, label_components
+
+        labels = logits_to_labels(pred, target).cpu()
+        for p, t in zip(labels, target.cpu()):
+            segs_p = label_components(p == self.class_index, self.connectivity)
+            segs_t = label_components(t == self.class_index, self.connectivity)
+            self.scores.append(adapted_rand_error(segs_p, segs_t))
+
+    def reset(self) -> None:
+        self.scores.clear()
+
+    def compute(self) -> dict[str, float]:
+        """Means over images (NaN scores, e.g. of an image without cells, are skipped)."""
+        arr = np.asarray(self.scores, dtype=np.float64).reshape(-1, 3)
+        keys = ("rand_error", "rand_precision", "rand_recall")
+        cols = [arr[np.isfinite(arr[:, i]), i] for i in range(3)]
+        return {k: float(c.mean()) if c.size else float("nan") for k, c in zip(keys, cols)}

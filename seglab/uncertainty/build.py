@@ -61,11 +61,20 @@ def load_members(
 
 
 def build_predictor(
-    checkpoint: str | Path, config: UncertaintyConfig, device: str = "cpu"
+    checkpoint: str | Path,
+    config: UncertaintyConfig,
+    device: str = "cpu",
+    tile: int | None = None,
+    overlap: int = 32,
 ) -> tuple[Predictor, CheckpointMeta]:
     """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
     meta. Inputs are normalised with the main checkpoint's mean/std; each model divides its logits by its own
-    fitted temperature."""
+    fitted temperature. With ``tile`` every model runs overlap-tile inference."""
+    from seglab.engine.tiling import TiledModel
+
+    def tiled(m: nn.Module) -> nn.Module:
+        return TiledModel(m, tile, overlap) if tile is not None else m
+
     members = load_members([checkpoint, *config.ensemble], device)
     model, meta = members[0]
     if meta.num_classes < 2:
@@ -79,14 +88,14 @@ def build_predictor(
             else Renormalize(m, meta.mean, meta.std, mt.mean, mt.std)
             for m, mt in members
         ]
-        return Ensemble([m.to(device) for m in models], [mt.temperature for _, mt in members]), meta
+        return Ensemble([tiled(m.to(device)) for m in models], [mt.temperature for _, mt in members]), meta
     if config.method == "mc-dropout":
         if config.add_dropout > 0:
             add_dropout(model, config.add_dropout, "head")
-        return MCDropout(model, config.samples, meta.temperature, config.seed), meta
+        return MCDropout(tiled(model), config.samples, meta.temperature, config.seed), meta
     if config.method == "tta":
-        return TTA(model, config.flips, config.scales, meta.temperature), meta
-    return Deterministic(model, meta.temperature), meta
+        return TTA(tiled(model), config.flips, config.scales, meta.temperature), meta
+    return Deterministic(tiled(model), meta.temperature), meta
 
 
 def heatmap(values: np.ndarray | Tensor, num_classes: int, colormap: str = COLORMAP) -> np.ndarray:

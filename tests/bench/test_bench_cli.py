@@ -53,11 +53,11 @@ def test_benchmark_end_to_end_with_onnxruntime(tmp_path, capsys):
     out_dir = tmp_path / "bench"
     code, out, err = run(capsys, "benchmark", "unet", "segnet", "--params", "{depth: 2, base_channels: 4}",
                          "--size", 32, "--batch", 1, 2, "--iters", 2, "--warmup", 1, "--num-classes", 3,
-                         "--paths", "eager", "channels_last", "fold_bn", "onnxruntime", "--out", out_dir,
+                         "--paths", "eager", "channels_last", "fold_bn", "fold_bn_cl", "onnxruntime", "--out", out_dir,
                          "--no-progress")  # fmt: skip
     assert code == 0, err
     result = json.loads((out_dir / "benchmark.json").read_text())
-    assert len(result["rows"]) == 2 * 2 * 4
+    assert len(result["rows"]) == 2 * 2 * 5
     proto = result["protocol"]
     for key in ("device_name", "threads", "torch", "dtype", "channels_last", "compile", "warmup", "iters"):
         assert key in proto

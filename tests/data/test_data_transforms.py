@@ -118,3 +118,18 @@ def test_weight_maps_move_with_the_mask():
         assert torch.equal(w[valid], 2.0 * y[valid] + 1) and (w[~valid] == 0).all()
     images, masks, weights = pad_collate(255)([(x, y, w), (x[:, :30, :20], y[:30, :20], w[:30, :20])])
     assert weights.shape == (2, 40, 40) and weights[1, 30:].abs().sum() == 0 and (masks[1, 30:] == 255).all()
+
+
+def test_rot90_with_flips_reaches_all_eight_symmetries_exactly():
+    image = np.arange(9, dtype=np.uint8).reshape(3, 3, 1) * 20
+    mask = np.arange(9, dtype=np.int64).reshape(3, 3)
+    t = build_transform(DataConfig(rot90=True, hflip=True, vflip=True), 1, train=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        x, y = t(image, mask)
+        # still aligned, and no resampling
+        assert torch.equal(denormalize(x, t.mean, t.std)[0].round().long(), y * 20)
+        seen.add(tuple(y.flatten().tolist()))
+    symmetries = {tuple(np.rot90(m, k).flatten().tolist()) for m in (mask, mask.T) for k in range(4)}
+    assert seen == symmetries and len(seen) == 8

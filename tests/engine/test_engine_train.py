@@ -108,3 +108,15 @@ def test_lr_schedules(schedule):
     end = {"poly": 0.0, "cosine": 0.0, "constant": 1.0}[schedule]
     assert f(100) == pytest.approx(end, abs=1e-9)
     assert all(f(i) >= f(i + 1) for i in range(10, 100))
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(shapes_dir, tmp_path):
+    fp32 = train(tiny_config(shapes_dir, tmp_path / "a", epochs=1))
+    bf16 = train(tiny_config(shapes_dir, tmp_path / "b", epochs=1).override(["train.amp=bf16"]))
+    a, b = fp32.history[0]["train_loss"], bf16.history[0]["train_loss"]
+    assert a != b and b == pytest.approx(a, rel=0.05)  # bf16 rounding changes the loss, a little
+    weights = load_file(str(bf16.last_checkpoint))
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    for amp, match in (("fp16", "fp16 \\(CUDA only\\)"), ("half", "must be off, bf16 or fp16")):
+        with pytest.raises(ConfigError, match=match):
+            train(tiny_config(shapes_dir, tmp_path / amp, epochs=1).override([f"train.amp={amp}"]))
