@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -85,28 +85,32 @@ def latency(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float
     return statistics.median(times)
 
 
-def train_throughput(model: nn.Module, batch: int, size: int, warmup: int, steps: int) -> float:
-    """Images/s of full training steps (forward, CE, backward, AdamW)."""
+def train_throughput(
+    builders: Sequence[Callable[[], nn.Module]], batch: int, size: int, steps: int
+) -> list[float]:
+    """Images/s of full training steps (forward, CE, backward, AdamW) of each model, median of ``steps`` after
+    one warm-up each. The models take turns step by step, so drifts of a noisy machine hit them alike."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen)
     y = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=gen)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
+    runs = []
+    for build in builders:
+        model = build().train()
+        runs.append((model, torch.optim.AdamW(model.parameters(), lr=1e-4), []))
 
-    def step() -> None:
+    def step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    for i in range(steps + 1):
+        for model, opt, times in runs:
+            t0 = time.perf_counter()
+            step(model, opt)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return [batch / statistics.median(times) for _, _, times in runs]
 
 
 def best_gflops(fn: Callable[[], object], flops: float, iters: int = 5) -> float:
@@ -165,7 +169,7 @@ def main() -> None:
           f"torch {torch.__version__}, fp32, inference {args.size}x{args.size} batch 1 (median of {args.iters} "
           f"after {args.warmup} warm-up), " + ("training skipped" if args.no_train else
           f"training batch {args.train_batch} at {args.train_size}x{args.train_size} "
-          f"(AdamW, CE, median of {args.train_steps} steps after 1)"))  # fmt: skip
+          f"(AdamW, CE, median of {args.train_steps} steps after 1, ours and ref taking turns)"))  # fmt: skip
     peaks = practical_peak()
     peak = max(peaks.values())
     print(f"practical fp32 peak (measured again at the end): {format_peak(peaks)}\n")
@@ -186,8 +190,9 @@ def main() -> None:
         if args.no_train:
             tr_o = tr_r = float("nan")
         else:
-            tr_o = train_throughput(ours_fn(), args.train_batch, args.train_size, 1, args.train_steps)
-            tr_r = train_throughput(ref_fn(), args.train_batch, args.train_size, 1, args.train_steps)
+            tr_o, tr_r = train_throughput(
+                [ours_fn, ref_fn], args.train_batch, args.train_size, args.train_steps
+            )
         with torch.inference_mode():
             base = ours(x)
         best, best_lat, notes = "eager", lat_o, []
