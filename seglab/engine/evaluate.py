@@ -34,8 +34,9 @@ def run_evaluation(
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches (and update any
     further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.engine.tiling``)."""
-    from seglab.engine.tiling import predict_tiled
+    from seglab.engine.tiling import TiledModel
 
+    net = model if tile is None else TiledModel(model, tile, overlap)
     was_training = model.training
     model.eval()
     meter = ConfusionMatrix(num_classes, ignore_index)
@@ -45,7 +46,7 @@ def run_evaluation(
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
-        logits = model(images) if tile is None else predict_tiled(model, images, tile, overlap)
+        logits = net(images)
         meter.update(logits, masks)
         for m in meters:
             m.update(logits, masks)

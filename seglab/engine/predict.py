@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
-from seglab.engine.tiling import predict_tiled
+from seglab.engine.tiling import TiledModel
 from seglab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def predict_probs(
     the logits are divided by ``temperature`` (a checkpoint's fitted one) first. With ``tile`` the image is
     predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images)."""
     x = image_tensor(image, mean, std, device)
-    logits = model(x) if tile is None else predict_tiled(model, x, tile, overlap)
+    logits = (model if tile is None else TiledModel(model, tile, overlap))(x)
     return (logits[0] / temperature).softmax(0)
 
 
