@@ -77,10 +77,11 @@ def run_uncertainty_evaluation(
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
     for images, masks in loader:
         result = predictor(images.to(device))
-        cm.update(result.mask.cpu(), masks)
+        labels = result.mask.cpu()
+        cm.update(labels, masks)
         meter.update(result, masks.to(device))
         for m in meters:
-            m.update(result.mask.cpu(), masks)
+            m.update(labels, masks)
     return cm, meter
 
 
