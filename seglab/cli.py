@@ -47,8 +47,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from seglab.engine.train import train
 
     r = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"best validation mIoU {r.best_metrics['miou']:.4f} at epoch {r.best_metrics['epoch']} "
-          f"({r.seconds:.0f} s); checkpoints in {r.run_dir}")  # fmt: skip
+    m = r.best_metrics
+    best = (
+        f"best validation mIoU {m['miou']:.4f} at epoch" if "miou" in m else "no validation split; last epoch"
+    )
+    print(f"{best} {m['epoch']} ({r.seconds:.0f} s); checkpoints in {r.run_dir}")
 
 
 def _uncertainty_config(args: argparse.Namespace, predict: bool):

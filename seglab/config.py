@@ -73,6 +73,9 @@ class TrainConfig:
     loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
+    # exponential moving average of the weights (e.g. 0.995; 0 = off): validation and the best/last checkpoints use
+    # the averaged weights, which average out the noise of the last steps (timm's ModelEmaV3, with its warm-up)
+    ema: float = 0.0
     amp: str = "off"  # off | bf16 (CPU with AVX-512 BF16/AMX, or CUDA) | fp16 (CUDA, with a gradient scaler)
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     out_dir: str = "runs/train"

@@ -40,6 +40,10 @@ def test_end_to_end_synth_train_evaluate_predict(tmp_path, capsys):
     code, out, err = run(capsys, "train", "--data", data, "--out", run_dir, "--epochs", 1, *TINY)
     assert code == 0, err
     assert "best validation mIoU" in out and (run_dir / "best.safetensors").is_file()
+    code, out, err = run(capsys, "train", "--data", data, "--out", tmp_path / "fit", "--epochs", 1, *TINY, "--set",
+                         "data.splits={train: [" + ",".join(f"'{s}'" for s in (data / "splits" / "train.txt").read_text().split()) +
+                         "], val: []}")  # fmt: skip
+    assert code == 0 and "no validation split; last epoch 1" in out, err
 
     code, out, err = run(capsys, "evaluate", run_dir, "--data", data, "--split", "test", "--no-progress")
     assert code == 0, err

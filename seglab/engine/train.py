@@ -149,11 +149,15 @@ def train(
         cfg.data.root, "train", build_transform(cfg.data, in_ch, train=True), weight_fn=weight_fn, **common
     )
     val_ds = FolderDataset(cfg.data.root, "val", eval_transform, **common)
+    # no validation only when asked for (data.splits.val: [], or data.val_ratio: 0 without split lists):
+    # every epoch's weights are then both "last" and "best", e.g. for a final fit on all the labelled data
+    no_val_asked = cfg.data.splits.get("val") == [] if cfg.data.splits else cfg.data.val_ratio == 0
     for ds in (train_ds, val_ds):
-        if len(ds) == 0:
+        if len(ds) == 0 and not (ds is val_ds and no_val_asked):
             raise DataError(
-                f"the {ds.split} split of {cfg.data.root} is empty; add splits/{ds.split}.txt or "
-                f"change data.val_ratio/data.test_ratio"
+                f"the {ds.split} split of {cfg.data.root} is empty; add splits/{ds.split}.txt or change "
+                f"data.val_ratio/data.test_ratio"
+                + (" (data.splits.val: [] trains without validation)" if ds is val_ds else "")
             )
     spec = train_ds.classes
     names = list(spec.names)
@@ -199,13 +203,26 @@ def train(
                "split_lists": cfg.data.splits},
     )  # fmt: skip
 
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1) (0 = off), got {cfg.train.ema}")
+    ema = None
+    if cfg.train.ema > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True)
     start_epoch, best, history = 0, {"miou": -1.0}, []
     log_path = run_dir / "metrics.jsonl"
     if resume:
         from safetensors.torch import load_file
 
         state = torch.load(run_dir / "last.state.pt", weights_only=True)
-        model.load_state_dict(load_file(str(run_dir / "last.safetensors"), device=str(device)))
+        last = load_file(str(run_dir / "last.safetensors"), device=str(device))
+        if ema is not None:  # last.safetensors holds the averaged weights, the state file the raw ones
+            if "model" not in state:
+                raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
+            ema.module.load_state_dict(last)
+            last = state["model"]
+        model.load_state_dict(last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -259,14 +276,20 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update(model, step=epoch * steps_per_epoch + step + 1)
             seen += images.shape[0]
             loss_sum += loss.item() * images.shape[0]
             bar.set_postfix(
                 loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.1f}"
             )
         train_seconds = time.perf_counter() - t_epoch
-        cm = run_evaluation(model, val_loader, spec.num_classes, spec.ignore_index, device)
-        summary = cm.compute()
+        evaluated = model if ema is None else ema.module
+        summary = {}
+        if len(val_ds):
+            summary = run_evaluation(
+                evaluated, val_loader, spec.num_classes, spec.ignore_index, device
+            ).compute()
         record = {
             "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
             "images": seen, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
@@ -277,17 +300,23 @@ def train(
         with log_path.open("a") as f:
             f.write(to_json(record) + "\n")
         meta.epoch, meta.metrics = epoch + 1, jsonable(summary)
-        if summary["miou"] > best["miou"]:
-            best = {"miou": summary["miou"], "epoch": epoch + 1}
-            save_checkpoint(run_dir / "best", model, meta)
-        save_checkpoint(run_dir / "last", model, meta)
+        if not summary or summary["miou"] > best["miou"]:
+            best = {"miou": summary.get("miou", -1.0), "epoch": epoch + 1}
+            save_checkpoint(run_dir / "best", evaluated, meta)
+        save_checkpoint(run_dir / "last", evaluated, meta)
         state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "best": best}  # fmt: skip
+        if ema is not None:
+            state["model"] = model.state_dict()
         atomic_write(run_dir / "last.state.pt", lambda tmp, s=state: torch.save(s, tmp))
         if cfg.train.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  "
+            val = (
                 f"val mIoU {summary['miou']:.4f}  pixel acc {summary['pixel_accuracy']:.4f}  "
+                if summary
+                else ""
+            )
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
                 f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s"
             )
         if on_epoch_end is not None and on_epoch_end(epoch + 1, record):

@@ -12,7 +12,7 @@ from seglab.data.folder import FolderDataset
 from seglab.data.transforms import build_transform
 from seglab.engine.evaluate import evaluate
 from seglab.engine.train import lr_factor, train
-from seglab.errors import ConfigError
+from seglab.errors import ConfigError, DataError
 
 
 def tiny_config(data_dir, out_dir, epochs=2):
@@ -38,11 +38,15 @@ def test_train_writes_run_folder_and_logs(shapes_dir, tmp_path):
         train(tiny_config(shapes_dir, tmp_path / "run"))
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(shapes_dir, tmp_path):
-    full = train(tiny_config(shapes_dir, tmp_path / "full", epochs=3))
-    train(tiny_config(shapes_dir, tmp_path / "cut", epochs=3), on_epoch_end=lambda epoch, record: epoch == 1)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(shapes_dir, tmp_path, ema):
+    def cfg(name):
+        return tiny_config(shapes_dir, tmp_path / name, epochs=3).override([f"train.ema={ema}"])
+
+    full = train(cfg("full"))
+    train(cfg("cut"), on_epoch_end=lambda epoch, record: epoch == 1)
     assert read_meta(tmp_path / "cut" / "last").epoch == 1
-    resumed = train(tiny_config(shapes_dir, tmp_path / "cut", epochs=3), resume=True)
+    resumed = train(cfg("cut"), resume=True)
     a = load_file(str(tmp_path / "full" / "last.safetensors"))
     b = load_file(str(tmp_path / "cut" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -120,3 +124,55 @@ def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(shapes_dir, t
     for amp, match in (("fp16", "fp16 \\(CUDA only\\)"), ("half", "must be off, bf16 or fp16")):
         with pytest.raises(ConfigError, match=match):
             train(tiny_config(shapes_dir, tmp_path / amp, epochs=1).override([f"train.amp={amp}"]))
+
+
+def test_ema_checkpoint_is_the_warmed_up_average_of_the_raw_weights(shapes_dir, tmp_path):
+    """One step per epoch, two epochs: the raw run's weights after each step, w1 and w2, give the EMA by hand.
+    timm's warm-up decay is 0 at step 1 (the average starts at w1) and 1 - 2^(-2/3) at step 2."""
+
+    def cfg(name, ema):
+        return tiny_config(shapes_dir, tmp_path / name, epochs=2).override(
+            ["train.batch_size=32", f"train.ema={ema}"]
+        )
+
+    raw = []
+    train(
+        cfg("raw", 0.0),
+        on_epoch_end=lambda e, r: raw.append(load_file(str(tmp_path / "raw" / "last.safetensors"))),
+    )
+    train(cfg("ema", 0.99))
+    ema = load_file(str(tmp_path / "ema" / "last.safetensors"))
+    state = torch.load(tmp_path / "ema" / "last.state.pt", weights_only=True)
+    d = 1 - 2 ** (-2 / 3)
+    assert ema.keys() == raw[1].keys()
+    for k, w in ema.items():
+        assert torch.equal(
+            state["model"][k].contiguous(), raw[1][k]
+        )  # the EMA does not touch the raw trajectory
+        if w.is_floating_point():
+            torch.testing.assert_close(w, d * raw[0][k] + (1 - d) * raw[1][k], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(w, raw[1][k])
+    conv = next(k for k, w in ema.items() if w.ndim == 4)
+    assert not torch.equal(ema[conv], raw[1][conv])
+
+
+def test_ema_must_be_a_decay_below_one(shapes_dir, tmp_path):
+    with pytest.raises(ConfigError, match="train.ema"):
+        train(tiny_config(shapes_dir, tmp_path / "e", epochs=1).override(["train.ema=1.0"]))
+
+
+def test_an_empty_val_split_trains_without_validation_only_when_asked(shapes_dir, tmp_path):
+    """data.splits.val: [] is a final fit: no val metrics, and every epoch's weights are both best and last."""
+    stems = (shapes_dir / "splits" / "train.txt").read_text().split()
+    splits = "{train: [" + ", ".join(f'"{s}"' for s in stems) + "], val: []}"
+    cfg = tiny_config(shapes_dir, tmp_path / "fit", epochs=2).override([f"data.splits={splits}"])
+    result = train(cfg)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert not any(k.startswith("val_") for r in result.history for k in r)
+    assert result.best_metrics == {"epoch": 2} and read_meta(tmp_path / "fit" / "best").epoch == 2
+    best, last = (load_file(str(tmp_path / "fit" / f"{n}.safetensors")) for n in ("best", "last"))
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    unasked = "{train: [" + ", ".join(f'"{s}"' for s in stems) + "]}"
+    with pytest.raises(DataError, match=r"val split .* is empty.*data.splits.val: \[\]"):
+        train(tiny_config(shapes_dir, tmp_path / "e", epochs=1).override([f"data.splits={unasked}"]))
