@@ -1,7 +1,9 @@
 """Draw docs/figures/isbi2012.png: image | ground truth | membrane probability | error map, for one ISBI 2012
 test slice and a trained checkpoint (the recipe in configs/isbi2012-unet.yaml). Run:
 
-    .venv/bin/python scripts/isbi_figure.py runs/isbi2012-unet [--slice 27] [--out docs/figures/isbi2012.png]
+    .venv/bin/python scripts/isbi_figure.py runs/isbi2012-unet [more runs: an ensemble] [--slice 27]
+
+Several checkpoints are averaged as an ensemble (mean of their probabilities, as `--uncertainty ensemble`).
 
 The error map shows missed membrane (false negatives: cells may merge) in red and spurious membrane (false
 positives: cells may split) in blue, over the grayscale image.
@@ -19,9 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from seglab.checkpoint import load_checkpoint  # noqa: E402
 from seglab.data.io import class_index, read_image, read_mask_raw  # noqa: E402
-from seglab.engine.predict import predict_probs  # noqa: E402
+from seglab.engine.predict import image_tensor  # noqa: E402
 from seglab.files import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,9 @@ def error_map(image: np.ndarray, pred_membrane: np.ndarray, true_membrane: np.nd
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", help="run folder or .safetensors of the ISBI recipe")
+    ap.add_argument(
+        "checkpoints", nargs="+", help="run folders or .safetensors of the ISBI recipe (2+: ensemble)"
+    )
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--slice", default="27")
     ap.add_argument("--tile", type=int, default=256)
@@ -46,12 +49,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "isbi2012.png")
     args = ap.parse_args()
 
-    model, meta = load_checkpoint(args.checkpoint)
+    from seglab.uncertainty import UncertaintyConfig, build_predictor
+
+    first, *rest = args.checkpoints
+    method = (
+        UncertaintyConfig(method="ensemble", ensemble=rest)
+        if rest
+        else UncertaintyConfig(method="deterministic")
+    )
+    predictor, meta = build_predictor(first, method, tile=args.tile, overlap=args.overlap)
     membrane = class_index(meta.class_names, "membrane") if "membrane" in meta.class_names else 0
     image = read_image(args.data / "images" / f"{args.slice}.png", 1)
     truth = read_mask_raw(args.data / "masks" / f"{args.slice}.png") == 0  # 0 = membrane in the ISBI masks
-    probs = predict_probs(model, image, meta.mean, meta.std, torch.device("cpu"), meta.temperature,
-                          args.tile, args.overlap)[membrane].numpy()  # fmt: skip
+    with torch.no_grad():
+        probs = (
+            predictor(image_tensor(image, meta.mean, meta.std, torch.device("cpu")))
+            .probs[0, membrane]
+            .numpy()
+        )
     pred = probs >= 0.5  # = the argmax of two classes
     err = float((pred != truth).mean())
     dice = 2 * float((pred & truth).sum()) / float(pred.sum() + truth.sum())

@@ -20,7 +20,7 @@ def test_shapes_recipe_is_the_demo_recipe():
     assert cfg == demo
 
 
-def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path):
+def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path, monkeypatch, capsys):
     """The documented recipe, shrunk (tiny U-Net, 64x64 crops, one pass): its keys reach train and evaluate."""
     from seglab.checkpoint import read_meta
     from seglab.engine.evaluate import evaluate
@@ -38,3 +38,22 @@ def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path)
                       tile=256, overlap=64, out=tmp_path / "eval.json")  # fmt: skip
     assert report["num_images"] == 5 and 0 <= report["rand_error"] <= 1
     assert sum(map(sum, report["confusion_matrix"])) == 5 * 512 * 512
+
+    # the README figure's script: an "ensemble" of one checkpoint twice gives the single checkpoint's scores
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "isbi_figure", Path(__file__).resolve().parents[1] / "scripts" / "isbi_figure.py"
+    )
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    lines = []
+    for ckpts in ([result.best_checkpoint], [result.best_checkpoint] * 2):
+        out = tmp_path / f"fig{len(ckpts)}.png"
+        monkeypatch.setattr(
+            "sys.argv", ["isbi_figure.py", *map(str, ckpts), "--data", str(isbi_dir), "--out", str(out)]
+        )
+        figure.main()
+        lines.append(capsys.readouterr().out.split(":", 1)[1])
+        assert out.read_bytes()[:4] == b"\x89PNG"
+    assert lines[0] == lines[1] and "pixel error" in lines[0]
