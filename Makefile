@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean isbi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The ISBI 2012 recipe (configs/isbi2012-unet.yaml): two U-Nets, with and without augmentation, their ensemble
+# evaluated on the test slices 25-29, predictions and the README figure. Starts over (--overwrite).
+ISBI := ../shared/data/isbi2012-membrane
+ISBI_TEST := $(foreach s,25 26 27 28 29,$(ISBI)/images/$(s).png)
+isbi: $(STAMP)
+	$(BIN)/seglab train configs/isbi2012-unet.yaml --no-progress --overwrite
+	$(BIN)/seglab train configs/isbi2012-unet.yaml --out runs/isbi2012-unet-plain --no-progress --overwrite \
+		--set data.elastic=0 --set data.hflip=false --set data.vflip=false
+	$(BIN)/seglab evaluate runs/isbi2012-unet --ensemble runs/isbi2012-unet-plain --data $(ISBI) --split test \
+		--rand-class cell --no-progress
+	$(BIN)/seglab predict runs/isbi2012-unet $(ISBI_TEST) --ensemble runs/isbi2012-unet-plain \
+		--out runs/isbi2012-unet/test-pred --prob membrane --no-progress
+	$(BIN)/python scripts/isbi_figure.py runs/isbi2012-unet runs/isbi2012-unet-plain
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

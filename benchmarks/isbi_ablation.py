@@ -1,12 +1,14 @@
 """ISBI 2012 ablation: the U-Net paper's ingredients, one at a time, on the same budget and seed.
 
-Every run starts from configs/isbi2012-unet.yaml (the recipe: elastic deformation and flips, no border weights,
-transposed-conv upsampling) with ``--epochs`` epochs instead of 50, and is evaluated on the test slices 25-29:
+Every run starts from configs/isbi2012-unet.yaml (elastic deformation and flips, no border weights, transposed-conv
+upsampling, weight EMA) with ``--epochs`` epochs instead of 25, on the development split (train 00-22, validation
+23-24, best epoch on validation), and is evaluated on the test slices 25-29:
 
-(a) no augmentation; (b) + flips and elastic deformation (= the recipe); (c) (b) + the U-Net border weight map in
-the loss; (d) (b) with bilinear upsampling + conv instead of transposed convolutions. Each is evaluated on whole
-slices and with overlap-tile inference (``--tile``/``--overlap``, mirrored context); the validation scores of
-the chosen (best) epoch are shown too, since only they may guide choices. Run:
+(a) no augmentation; (b) + flips and elastic deformation; (c) (b) + the U-Net border weight map in the loss;
+(d) (b) with bilinear upsampling + conv instead of transposed convolutions; (a)+(b): the ensemble of (a) and (b),
+the recipe's form (no further training). Each is evaluated on whole slices and with overlap-tile inference
+(``--tile``/``--overlap``, mirrored context); the validation scores are shown too, since only they may guide
+choices. Run:
 
     .venv/bin/python benchmarks/isbi_ablation.py [--epochs 10]
 """
@@ -22,8 +24,11 @@ import torch
 from seglab.config import Config
 from seglab.engine.evaluate import evaluate
 from seglab.engine.train import train
+from seglab.uncertainty import UncertaintyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAIN_00_22 = ", ".join(f"'{i:02d}'" for i in range(23))
+DEV_SPLIT = f"{{train: [{TRAIN_00_22}], val: ['23', '24'], test: ['25', '26', '27', '28', '29']}}"
 VARIANTS = {
     "(a) no augmentation": [
         "data.elastic=0",
@@ -32,7 +37,7 @@ VARIANTS = {
         "data.rot90=false",
         "data.border_weights=false",
     ],
-    "(b) + flips, elastic (recipe)": [],
+    "(b) + flips, elastic": [],
     "(c) (b) + border weights": ["data.border_weights=true"],
     "(d) (b), bilinear upsampling": ["model.params.upsample=bilinear"],
 }
@@ -48,22 +53,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = Config.load(ROOT / "configs" / "isbi2012-unet.yaml")
     base = base.override([f"data.root={(ROOT / base.data.root).resolve()}"])
-    rows = []
+    rows, ckpts = [], []
+
+    def scores(name: str, ckpt: str, uncertainty: UncertaintyConfig | None, seconds: float) -> None:
+        val, whole, tiled = (
+            evaluate(ckpt, base.data.root, split, progress=False, out=f"{tmp}/e.json", rand_class="cell", tile=tile,
+                     overlap=args.overlap, uncertainty=uncertainty)
+            for split, tile in (("val", None), ("test", None), ("test", args.tile))
+        )  # fmt: skip
+        m = whole["classes"].index("membrane")
+        rows.append((name, 1 - val["pixel_accuracy"], val["miou"], 1 - whole["pixel_accuracy"], 1 - tiled["pixel_accuracy"],
+                     whole["iou"][m], whole["dice"][m], whole["miou"], whole["rand_error"], tiled["rand_error"], seconds))  # fmt: skip
+        print(f"{name}: validation pixel error {rows[-1][1]:.4f}, test pixel error {rows[-1][3]:.4f}, "
+              f"membrane Dice {rows[-1][6]:.4f}", flush=True)  # fmt: skip
+
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():
-            cfg = base.override([*overrides, f"train.epochs={args.epochs}", f"train.out_dir={tmp}/{len(rows)}",
-                                 "train.progress=false"])  # fmt: skip
+            cfg = base.override([f"data.splits={DEV_SPLIT}", *overrides, f"train.epochs={args.epochs}",
+                                 f"train.out_dir={tmp}/{len(rows)}", "train.progress=false"])  # fmt: skip
             result = train(cfg)
-            whole = evaluate(result.best_checkpoint, cfg.data.root, "test", progress=False, out=f"{tmp}/w.json",
-                             rand_class="cell")  # fmt: skip
-            tiled = evaluate(result.best_checkpoint, cfg.data.root, "test", progress=False, out=f"{tmp}/t.json",
-                             rand_class="cell", tile=args.tile, overlap=args.overlap)  # fmt: skip
-            m = whole["classes"].index("membrane")
-            val = result.best_metrics
-            rows.append((name, 1 - val["pixel_accuracy"], val["miou"], 1 - whole["pixel_accuracy"], 1 - tiled["pixel_accuracy"], whole["iou"][m],
-                         whole["dice"][m], whole["miou"], whole["rand_error"], tiled["rand_error"], result.seconds))  # fmt: skip
-            print(f"{name}: validation pixel error {rows[-1][1]:.4f}, test pixel error {rows[-1][3]:.4f}, "
-                  f"membrane Dice {rows[-1][6]:.4f}", flush=True)  # fmt: skip
+            ckpts.append(str(result.best_checkpoint))
+            scores(name, ckpts[-1], None, result.seconds)
+        ensemble = UncertaintyConfig(method="ensemble", ensemble=[ckpts[1]])
+        scores("(a)+(b) ensemble (the recipe's form)", ckpts[0], ensemble, rows[0][-1] + rows[1][-1])
     print(f"\n{args.epochs} epochs x 184 crops of 256x256 per run, best epoch on validation slices 23-24; "
           f"test slices 25-29; overlap-tile {args.tile} + {args.overlap} px mirrored context\n")  # fmt: skip
     print("| variant | val pixel error | val mIoU | test pixel error | pixel error, overlap-tile | membrane IoU | "
