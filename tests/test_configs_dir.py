@@ -5,6 +5,8 @@ import pytest
 from seglab.config import Config
 from seglab.engine.demo import demo_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -18,6 +20,16 @@ def test_shapes_recipe_is_the_demo_recipe():
     demo = demo_config("data/shapes", "runs/shapes")
     cfg.model.params.pop("upsample")
     assert cfg == demo
+
+
+def _figure_script():
+    """scripts/isbi_figure.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("isbi_figure", ROOT / "scripts" / "isbi_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path, monkeypatch, capsys):
@@ -40,13 +52,7 @@ def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path,
     assert sum(map(sum, report["confusion_matrix"])) == 5 * 512 * 512
 
     # the README figure's script: an "ensemble" of one checkpoint twice gives the single checkpoint's scores
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "isbi_figure", Path(__file__).resolve().parents[1] / "scripts" / "isbi_figure.py"
-    )
-    figure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figure)
+    figure = _figure_script()
     lines = []
     for ckpts in ([result.best_checkpoint], [result.best_checkpoint] * 2):
         out = tmp_path / f"fig{len(ckpts)}.png"
@@ -57,3 +63,17 @@ def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path,
         lines.append(capsys.readouterr().out.split(":", 1)[1])
         assert out.read_bytes()[:4] == b"\x89PNG"
     assert lines[0] == lines[1] and "pixel error" in lines[0]
+
+
+def test_near_edge_fraction_on_a_worked_example():
+    """A 4-px vertical membrane; the prediction is shifted 1 px right and has one 2x2 blob far from any edge."""
+    import numpy as np
+
+    figure = _figure_script()
+    truth = np.zeros((12, 12), bool)
+    truth[:, 2:6] = True
+    pred = np.zeros_like(truth)
+    pred[:, 3:7] = True  # wrong: column 2 (true edge) and column 6 (next to the true edge at 5): 24 pixels
+    pred[9:11, 9:11] = True  # wrong, 3+ px from the membrane: 4 pixels
+    assert figure.near_edge_fraction(pred, truth) == 24 / 28
+    assert figure.near_edge_fraction(truth, truth) == 0.0

@@ -176,3 +176,15 @@ def test_an_empty_val_split_trains_without_validation_only_when_asked(shapes_dir
     unasked = "{train: [" + ", ".join(f'"{s}"' for s in stems) + "]}"
     with pytest.raises(DataError, match=r"val split .* is empty.*data.splits.val: \[\]"):
         train(tiny_config(shapes_dir, tmp_path / "e", epochs=1).override([f"data.splits={unasked}"]))
+
+
+def test_val_ratio_zero_without_split_lists_trains_without_validation(shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        shutil.copytree(shapes_dir / sub, data / sub)
+    shutil.copy(shapes_dir / "classes.yaml", data / "classes.yaml")
+    cfg = tiny_config(data, tmp_path / "fit", epochs=1).override(["data.val_ratio=0"])
+    result = train(cfg)
+    assert result.best_metrics == {"epoch": 1} and not any(k.startswith("val_") for k in result.history[0])
