@@ -217,12 +217,13 @@ def train(
 
         state = torch.load(run_dir / "last.state.pt", weights_only=True)
         last = load_file(str(run_dir / "last.safetensors"), device=str(device))
-        if ema is not None:  # last.safetensors holds the averaged weights, the state file the raw ones
+        if (
+            ema is not None
+        ):  # with EMA, last.safetensors holds the averaged weights and the state file the raw ones
             if "model" not in state:
                 raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
             ema.module.load_state_dict(last)
-            last = state["model"]
-        model.load_state_dict(last)
+        model.load_state_dict(state.get("model", last))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):

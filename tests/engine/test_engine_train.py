@@ -188,3 +188,9 @@ def test_val_ratio_zero_without_split_lists_trains_without_validation(shapes_dir
     cfg = tiny_config(data, tmp_path / "fit", epochs=1).override(["data.val_ratio=0"])
     result = train(cfg)
     assert result.best_metrics == {"epoch": 1} and not any(k.startswith("val_") for k in result.history[0])
+
+
+def test_resume_with_ema_needs_a_run_trained_with_it(shapes_dir, tmp_path):
+    train(tiny_config(shapes_dir, tmp_path / "r", epochs=2), on_epoch_end=lambda epoch, record: True)
+    with pytest.raises(ConfigError, match="trained without it"):
+        train(tiny_config(shapes_dir, tmp_path / "r", epochs=2).override(["train.ema=0.9"]), resume=True)
