@@ -55,7 +55,7 @@ def main() -> None:
     base = base.override([f"data.root={(ROOT / base.data.root).resolve()}"])
     rows, ckpts = [], []
 
-    def scores(name: str, ckpt: str, uncertainty: UncertaintyConfig | None, seconds: float) -> None:
+    def scores(name: str, ckpt: str, uncertainty: UncertaintyConfig | None, seconds: float, tmp: str) -> None:
         val, whole, tiled = (
             evaluate(ckpt, base.data.root, split, progress=False, out=f"{tmp}/e.json", rand_class="cell", tile=tile,
                      overlap=args.overlap, uncertainty=uncertainty)
@@ -73,9 +73,9 @@ def main() -> None:
                                  f"train.out_dir={tmp}/{len(rows)}", "train.progress=false"])  # fmt: skip
             result = train(cfg)
             ckpts.append(str(result.best_checkpoint))
-            scores(name, ckpts[-1], None, result.seconds)
+            scores(name, ckpts[-1], None, result.seconds, tmp)
         ensemble = UncertaintyConfig(method="ensemble", ensemble=[ckpts[1]])
-        scores("(a)+(b) ensemble (the recipe's form)", ckpts[0], ensemble, rows[0][-1] + rows[1][-1])
+        scores("(a)+(b) ensemble (the recipe's form)", ckpts[0], ensemble, rows[0][-1] + rows[1][-1], tmp)
     print(f"\n{args.epochs} epochs x 184 crops of 256x256 per run, best epoch on validation slices 23-24; "
           f"test slices 25-29; overlap-tile {args.tile} + {args.overlap} px mirrored context\n")  # fmt: skip
     print("| variant | val pixel error | val mIoU | test pixel error | pixel error, overlap-tile | membrane IoU | "
