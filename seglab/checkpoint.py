@@ -2,7 +2,11 @@
 
 ``best.safetensors`` + ``best.yaml``: the sidecar records the architecture arguments, class names, palette,
 input normalisation, split, metrics and the weights' SHA-256, so evaluate and predict need nothing else.
-Both files are written to a temporary name and renamed.
+Both files are written to a temporary name, fsynced and renamed.
+
+The weights file also carries the same description in its safetensors header (metadata key ``seglab``), so it is
+self-contained: a save interrupted between the two files leaves a sidecar whose SHA-256 no longer matches, and
+``read_meta`` then reads the description from the weights file itself instead of failing.
 """
 
 from __future__ import annotations
@@ -67,14 +71,30 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(path: str | Path, model: Any, meta: CheckpointMeta) -> Path:
-    """Write ``<path>.safetensors`` and ``<path>.yaml`` atomically; returns the weights path."""
+    """Write ``<path>.safetensors`` (with ``meta`` in its header) and ``<path>.yaml`` atomically; returns the
+    weights path. ``model`` is a module or a state dict."""
     from safetensors.torch import save_file
 
     weights, _ = checkpoint_paths(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"seglab": yaml.safe_dump({"format": FORMAT, **dataclasses.asdict(meta)}, sort_keys=False)}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=header))
     write_sidecar(weights, meta)
     return weights
+
+
+def _embedded_doc(weights: Path) -> dict[str, Any] | None:
+    """The description a seglab weights file carries in its safetensors header, or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            text = (f.metadata() or {}).get("seglab")
+        doc = yaml.safe_load(text) if text else None
+    except Exception:  # not a safetensors file, truncated, or a header without our key
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
 def write_sidecar(weights: Path, meta: CheckpointMeta) -> None:
@@ -96,18 +116,30 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(
             f"checkpoint {weights} does not exist; pass a run folder or a .safetensors file"
         )
+    embedded = _embedded_doc(weights) if weights.suffix == ".safetensors" else None
     if not sidecar.is_file():
-        raise CheckpointError(f"{weights} has no sidecar {sidecar.name}; a seglab checkpoint is both files")
-    try:
-        doc = yaml.safe_load(sidecar.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        doc = None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{sidecar} is not a seglab checkpoint sidecar (format {FORMAT} expected)")
-    if doc.get("weights_sha256") != _sha256(weights):
-        raise CheckpointError(
-            f"{weights} does not match {sidecar.name} (SHA-256 differs); the pair is incomplete"
-        )
+        if embedded is None:
+            raise CheckpointError(
+                f"{weights} has no sidecar {sidecar.name}; a seglab checkpoint is both files"
+            )
+        doc = embedded  # the weights file describes itself
+    else:
+        try:
+            doc = yaml.safe_load(sidecar.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            if embedded is None:
+                raise CheckpointError(
+                    f"{sidecar} is not a seglab checkpoint sidecar (format {FORMAT} expected)"
+                )
+            doc = embedded
+        elif doc.get("weights_sha256") != _sha256(weights):
+            if embedded is None:
+                raise CheckpointError(
+                    f"{weights} does not match {sidecar.name} (SHA-256 differs); the pair is incomplete"
+                )
+            doc = embedded  # the sidecar is stale (an interrupted save): the weights' own header is right
     names = {f.name for f in dataclasses.fields(CheckpointMeta)}
     try:
         return CheckpointMeta(**{k: v for k, v in doc.items() if k in names})

@@ -5,17 +5,22 @@ Run folder (``train.out_dir``)::
     config.yaml          the resolved config
     metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput
     best.safetensors/.yaml, last.safetensors/.yaml   checkpoints (weights + sidecar)
-    last.state.pt        optimizer, schedule and progress, for --resume
+    last.state.pt        the commit point of each epoch: weights, optimizer, schedule, progress (for --resume)
 
 Reproducibility: every epoch re-seeds the global RNG and the shuffling generator from (seed, epoch), so a run
-resumed from ``last`` follows exactly the same path as an uninterrupted one.
+resumed from ``last.state.pt`` follows exactly the same path as an uninterrupted one, wherever it was killed
+(see ``seglab.engine.state`` for the order of the writes).
+
+Every image and mask is checked once before the run folder is made (``scan_folder(deep=True)``, cached), so bad
+data stops the run at the start, not in the middle of an epoch; a run that fails before its first epoch is
+committed leaves no files behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,13 +31,23 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from seglab.checkpoint import CheckpointMeta, save_checkpoint
+from seglab.checkpoint import CheckpointMeta
 from seglab.config import Config
 from seglab.data.folder import FolderDataset, scan_folder
 from seglab.data.transforms import build_transform, pad_collate
 from seglab.engine.evaluate import run_evaluation
-from seglab.errors import ConfigError, DataError, SeglabError
-from seglab.files import atomic_write, jsonable, to_json
+from seglab.engine.state import (
+    STATE_FILE,
+    check_signature,
+    load_state,
+    model_signature,
+    read_history,
+    repair,
+    save_state,
+    write_checkpoints,
+)  # fmt: skip
+from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
+from seglab.files import append_text, atomic_write, check_out_dir, jsonable, to_json
 from seglab.losses import make_loss
 from seglab.models.factory import MODELS, create_model
 
@@ -96,9 +111,10 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    has_ckpt = any((run_dir / f"{n}.safetensors").exists() for n in ("best", "last"))
-    if resume and not (run_dir / "last.state.pt").is_file():
-        raise ConfigError(f"cannot resume: {run_dir} has no last.state.pt from an earlier run")
+    check_out_dir(run_dir, "run folder")
+    has_ckpt = any((run_dir / n).exists() for n in ("best.safetensors", "last.safetensors", STATE_FILE))
+    if resume and not (run_dir / STATE_FILE).is_file():
+        raise ConfigError(f"cannot resume: {run_dir} has no {STATE_FILE} from an earlier run")
     if has_ckpt and not resume and not overwrite:
         raise ConfigError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"
@@ -127,7 +143,7 @@ def train(
     run_dir = Path(cfg.train.out_dir)
     _check_run_dir(run_dir, resume, overwrite)
 
-    scan = scan_folder(cfg.data.root, cfg.data.ignore_index)
+    scan = scan_folder(cfg.data.root, cfg.data.ignore_index, deep=True)  # every file, once, before any work
     scan.raise_problems()
     common = dict(
         ignore_index=cfg.data.ignore_index, val_ratio=cfg.data.val_ratio, test_ratio=cfg.data.test_ratio,
@@ -210,118 +226,108 @@ def train(
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True)
+    signature = model_signature(cfg.model.arch, cfg.model.params, spec.num_classes, in_ch)
     start_epoch, best, history = 0, {"miou": -1.0}, []
     log_path = run_dir / "metrics.jsonl"
     if resume:
-        from safetensors.torch import load_file
-
-        state = torch.load(run_dir / "last.state.pt", weights_only=True)
-        last = load_file(str(run_dir / "last.safetensors"), device=str(device))
-        if (
-            ema is not None
-        ):  # with EMA, last.safetensors holds the averaged weights and the state file the raw ones
-            if "model" not in state:
-                raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
-            ema.module.load_state_dict(last)
-        model.load_state_dict(state.get("model", last))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"], state["best"]
-        if log_path.is_file():
-            history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-            history = [r for r in history if r["epoch"] <= start_epoch]
+        start_epoch, best = _resume(run_dir, cfg, signature, model, ema, optimizer, scheduler, scaler, device)
+        history = read_history(log_path, start_epoch)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
     atomic_write(log_path, lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)))
+    try:
+        loader_gen = torch.Generator()
+        train_loader = DataLoader(
+            train_ds, batch_size=batch_size, drop_last=True,
+            sampler=RandomSampler(train_ds, num_samples=samples_per_epoch, generator=loader_gen),
+            collate_fn=pad_collate(spec.ignore_index), num_workers=cfg.data.num_workers,
+        )  # fmt: skip
+        val_loader = DataLoader(
+            val_ds,
+            batch_size=batch_size,
+            collate_fn=pad_collate(spec.ignore_index),
+            num_workers=cfg.data.num_workers,
+        )
+        from tqdm.auto import tqdm
 
-    loader_gen = torch.Generator()
-    train_loader = DataLoader(
-        train_ds, batch_size=batch_size, drop_last=True,
-        sampler=RandomSampler(train_ds, num_samples=samples_per_epoch, generator=loader_gen),
-        collate_fn=pad_collate(spec.ignore_index), num_workers=cfg.data.num_workers,
-    )  # fmt: skip
-    val_loader = DataLoader(
-        val_ds,
-        batch_size=batch_size,
-        collate_fn=pad_collate(spec.ignore_index),
-        num_workers=cfg.data.num_workers,
-    )
-    from tqdm.auto import tqdm
-
-    for epoch in range(start_epoch, cfg.train.epochs):
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
-        loader_gen.manual_seed(cfg.train.seed * 100_019 + epoch)
-        model.train()
-        t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
-        for step, batch in enumerate(bar):
-            images, masks = batch[0].to(device), batch[1].to(device)
-            extra = {"pixel_weight": batch[2].to(device)} if len(batch) > 2 else {}
-            if device.type == "cpu":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
-            ):
-                logits = model(images)
-            loss = criterion(logits.float(), masks, **extra)  # the loss in fp32 whatever the forward pass
-            if not torch.isfinite(loss):
-                raise SeglabError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    "lower train.lr or check the data"
+        for epoch in range(start_epoch, cfg.train.epochs):
+            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+            loader_gen.manual_seed(cfg.train.seed * 100_019 + epoch)
+            model.train()
+            t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress,
+                       leave=False, dynamic_ncols=True)  # fmt: skip
+            for step, batch in enumerate(bar):
+                images, masks = batch[0].to(device), batch[1].to(device)
+                extra = {"pixel_weight": batch[2].to(device)} if len(batch) > 2 else {}
+                if device.type == "cpu":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+                ):
+                    logits = model(images)
+                loss = criterion(logits.float(), masks, **extra)  # the loss in fp32 whatever the forward pass
+                if not torch.isfinite(loss):
+                    raise SeglabError(
+                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        "lower train.lr or check the data"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model, step=epoch * steps_per_epoch + step + 1)
+                seen += images.shape[0]
+                loss_sum += loss.item() * images.shape[0]
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.1f}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model, step=epoch * steps_per_epoch + step + 1)
-            seen += images.shape[0]
-            loss_sum += loss.item() * images.shape[0]
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.1f}"
-            )
-        train_seconds = time.perf_counter() - t_epoch
-        evaluated = model if ema is None else ema.module
-        summary = {}
-        if len(val_ds):
-            summary = run_evaluation(
-                evaluated, val_loader, spec.num_classes, spec.ignore_index, device
-            ).compute()
-        record = {
-            "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
-            "images": seen, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
-            **{f"val_{k}": v for k, v in summary.items()},
-        }  # fmt: skip
-        record = jsonable(record)
-        history.append(record)
-        with log_path.open("a") as f:
-            f.write(to_json(record) + "\n")
-        meta.epoch, meta.metrics = epoch + 1, jsonable(summary)
-        if not summary or summary["miou"] > best["miou"]:
-            best = {"miou": summary.get("miou", -1.0), "epoch": epoch + 1}
-            save_checkpoint(run_dir / "best", evaluated, meta)
-        save_checkpoint(run_dir / "last", evaluated, meta)
-        state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "best": best}  # fmt: skip
-        if ema is not None:
-            state["model"] = model.state_dict()
-        atomic_write(run_dir / "last.state.pt", lambda tmp, s=state: torch.save(s, tmp))
-        if cfg.train.progress:
-            val = (
-                f"val mIoU {summary['miou']:.4f}  pixel acc {summary['pixel_accuracy']:.4f}  "
-                if summary
-                else ""
-            )
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
-                f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s"
-            )
-        if on_epoch_end is not None and on_epoch_end(epoch + 1, record):
-            break
+            train_seconds = time.perf_counter() - t_epoch
+            evaluated = model if ema is None else ema.module
+            summary = {}
+            if len(val_ds):
+                summary = run_evaluation(
+                    evaluated, val_loader, spec.num_classes, spec.ignore_index, device
+                ).compute()
+            record = {
+                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
+                "images": seen, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
+                **{f"val_{k}": v for k, v in summary.items()},
+            }  # fmt: skip
+            record = jsonable(record)
+            history.append(record)
+            append_text(log_path, to_json(record) + "\n")
+            meta.epoch, meta.metrics = epoch + 1, jsonable(summary)
+            if not summary or summary["miou"] > best["miou"]:
+                best = {"miou": summary.get("miou", -1.0), "epoch": epoch + 1}
+            state = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "signature": signature,
+                     "model": model.state_dict(), "ema": None if ema is None else ema.module.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "best": best, "meta": dataclasses.asdict(meta)}  # fmt: skip
+            save_state(run_dir, state)  # the epoch is committed here; the checkpoints follow from it
+            write_checkpoints(run_dir, state)
+            if cfg.train.progress:
+                val = (
+                    f"val mIoU {summary['miou']:.4f}  pixel acc {summary['pixel_accuracy']:.4f}  "
+                    if summary
+                    else ""
+                )
+                tqdm.write(
+                    f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
+                    f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s"
+                )
+            if on_epoch_end is not None and on_epoch_end(epoch + 1, record):
+                break
+    except Exception:
+        if not (run_dir / STATE_FILE).exists():  # nothing committed: leave no half-made run behind
+            for name in ("config.yaml", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
     from seglab.checkpoint import read_meta
 
@@ -330,3 +336,66 @@ def train(
         run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors", {"epoch": best_meta.epoch,
         **best_meta.metrics}, history, time.perf_counter() - t0,
     )  # fmt: skip
+
+
+def _resume(
+    run_dir: Path, cfg: Config, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
+    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, device: torch.device,
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """Load the committed state of ``run_dir`` into the training objects and make its checkpoints agree with it;
+    returns (epochs done, best so far). Refuses, in one line, whatever would not continue exactly."""
+    state = load_state(run_dir)
+    check_signature(run_dir, state.get("signature"), signature)
+    if "meta" in state:  # the state holds the weights it was committed with
+        raw, averaged = state["model"], state.get("ema")
+    else:  # written by seglab before 0.2: the weights are in last.safetensors, which must be of the same epoch
+        raw, averaged = _legacy_weights(run_dir, state, device)
+    if ema is not None and averaged is None:
+        raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
+    try:
+        model.load_state_dict(raw)
+        if ema is not None:
+            ema.module.load_state_dict(averaged)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: {STATE_FILE} does not fit this model and optimizer "
+            f"({str(e).strip().splitlines()[0][:160]}); resume with the run's own config.yaml or restart with "
+            f"--overwrite"
+        ) from None
+    if "meta" in state:
+        repair(run_dir, state)
+    planned = state.get("epochs")
+    if planned is not None and planned != cfg.train.epochs:
+        import warnings
+
+        warnings.warn(
+            f"train.epochs changed from {planned} to {cfg.train.epochs}: the {cfg.train.schedule} schedule goes on "
+            f"from step {scheduler.last_epoch} over the new length, so the result differs from a run planned for "
+            f"{cfg.train.epochs} epochs from the start",
+            stacklevel=3,
+        )
+    return state["epoch"], state["best"]
+
+
+def _legacy_weights(run_dir: Path, state: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """(raw, averaged) weights of a state file that does not hold them (an older seglab): from last.safetensors,
+    refused unless its sidecar is of the state's epoch."""
+    from safetensors.torch import load_file
+
+    from seglab.checkpoint import read_meta
+
+    try:
+        epoch = read_meta(run_dir / "last").epoch
+    except SeglabError as e:
+        raise CheckpointError(f"cannot resume {run_dir}: {e}") from None
+    if epoch != state["epoch"]:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: last.safetensors is from epoch {epoch} but {STATE_FILE} from epoch "
+            f"{state['epoch']} (a save that was cut short); restart with --overwrite"
+        )
+    last = load_file(str(run_dir / "last.safetensors"), device=str(device))
+    return (state["model"], last) if "model" in state else (last, None)

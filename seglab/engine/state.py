@@ -1,0 +1,141 @@
+"""The training state of a run folder: one file, ``last.state.pt``, written atomically, is the commit point.
+
+Each epoch ends with three writes, in this order:
+
+1. a line in ``metrics.jsonl`` (a line past the committed epoch is dropped on resume);
+2. ``last.state.pt`` (fsynced, renamed): the epoch, the raw weights, the EMA weights, the optimizer, schedule and
+   scaler, the best epoch so far, and the description of the checkpoints this epoch produces. Once it is renamed,
+   the epoch is done, whatever happens next;
+3. the checkpoints ``best`` (when the epoch improved on it) and ``last``, derived from the state.
+
+A run killed at any point resumes from the last committed state: ``repair`` rewrites ``last`` and, when the
+committed epoch was the best one, ``best`` from it, so the files always agree with the state and the run continues
+exactly as an uninterrupted one. Whatever cannot be trusted (an unreadable state, a model that changed, a best
+checkpoint from another run) is refused with one line that names the files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglab.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+from seglab.errors import CheckpointError, ConfigError, SeglabError
+from seglab.files import atomic_write
+
+STATE_FORMAT = "seglab-train-state/2"
+STATE_FILE = "last.state.pt"
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Commit one epoch: write ``last.state.pt`` atomically (temporary name, fsync, rename, fsync the folder)."""
+    atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    """The committed state of ``run_dir``; one-line errors for a missing, truncated or foreign file."""
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {run_dir} has no {STATE_FILE} from an earlier run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled code
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointError(
+            f"cannot resume: {path} is unreadable ({reason[:120]}); it is damaged or not a seglab state file, "
+            f"so restart the run with --overwrite"
+        ) from None
+    if not isinstance(state, dict) or "epoch" not in state or "optimizer" not in state:
+        raise CheckpointError(
+            f"cannot resume: {path} is not a seglab training state; restart with --overwrite"
+        )
+    return state
+
+
+def model_signature(arch: str, params: dict[str, Any], num_classes: int, in_channels: int) -> dict[str, Any]:
+    """What must not change between a run and its resumption: the architecture, its arguments and the data's
+    class and channel counts."""
+    return {"arch": arch, "params": dict(params), "num_classes": num_classes, "in_channels": in_channels}
+
+
+def check_signature(run_dir: Path, saved: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """ConfigError naming the first setting that differs from the run being resumed."""
+    if saved is None or saved == now:
+        return
+    flat_saved = {**{k: v for k, v in saved.items() if k != "params"},
+                  **{f"params.{k}": v for k, v in saved["params"].items()}}  # fmt: skip
+    flat_now = {**{k: v for k, v in now.items() if k != "params"},
+                **{f"params.{k}": v for k, v in now["params"].items()}}  # fmt: skip
+    for key in sorted(set(flat_saved) | set(flat_now)):
+        if flat_saved.get(key) != flat_now.get(key):
+            where = f"model.{key}" if key in ("arch",) or key.startswith("params.") else f"the data's {key}"
+            raise ConfigError(
+                f"cannot resume {run_dir}: {where} is {flat_now.get(key)!r} now but the run was trained with "
+                f"{flat_saved.get(key)!r}; resume with the run's own config.yaml, or restart with --overwrite"
+            )
+
+
+def derived_checkpoints(state: dict[str, Any]) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """The checkpoints a committed state produces: name -> (weights, sidecar meta as a dict)."""
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    out = {"last": (weights, state["meta"])}
+    if state["best"].get("epoch") == state["epoch"]:
+        out["best"] = (weights, state["meta"])
+    return out
+
+
+def write_checkpoints(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoints of a committed state (best first, then last)."""
+    items = derived_checkpoints(state)
+    for name in ("best", "last"):
+        if name in items:
+            tensors, meta = items[name]
+            save_checkpoint(run_dir / name, tensors, CheckpointMeta(**meta))
+
+
+def repair(run_dir: Path, state: dict[str, Any]) -> None:
+    """Make the checkpoints agree with the committed state before training goes on.
+
+    ``last`` (and ``best`` when the committed epoch was the best) are rewritten from the state: a kill between the
+    state and the checkpoints may have left them missing, half-replaced or one epoch ahead. An older best must be
+    intact and of the epoch the state names, else the run is refused (that best cannot be rebuilt from the state).
+    """
+    for tmp in run_dir.glob(".*.tmp"):  # temporaries of writes a kill cut short (see seglab.files.atomic_write)
+        tmp.unlink(missing_ok=True)
+    write_checkpoints(run_dir, state)
+    best_epoch = state["best"].get("epoch")
+    if best_epoch is None or best_epoch == state["epoch"]:
+        return
+    try:
+        best = read_meta(run_dir / "best")
+    except SeglabError as e:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: {STATE_FILE} says the best epoch is {best_epoch} but {e}"
+        ) from None
+    if best.epoch != best_epoch:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: best.safetensors is from epoch {best.epoch} but {STATE_FILE} says the "
+            f"best epoch is {best_epoch}; the files come from different runs (restart with --overwrite)"
+        )
+
+
+def read_history(log_path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    """The metrics log's records of epochs 1..``upto_epoch``; a line cut short by a kill is dropped."""
+    if not log_path.is_file():
+        return []
+    records = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("epoch"), int)
+            and record["epoch"] <= upto_epoch
+        ):
+            records.append(record)
+    return records
