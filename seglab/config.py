@@ -6,6 +6,7 @@ No torch import here: the CLI builds and prints configs instantly.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,13 @@ import yaml
 from seglab.errors import ConfigError
 
 
+class Stem(str):
+    """Type hint for a file stem: a string; a YAML integer such as 12 is taken as its digits ("12").
+
+    The config reader keeps digits with a leading zero as strings, so ``[07, 08]`` gives "07", "08".
+    """
+
+
 @dataclass
 class DataConfig:
     """Where the data is and how it is split and augmented."""
@@ -25,8 +33,8 @@ class DataConfig:
     val_ratio: float = 0.1  # used when the folder has no splits/ lists
     test_ratio: float = 0.1
     split_seed: int = 0
-    splits: dict[str, list[str]] | None = (
-        None  # explicit stems per split (quote them in YAML: "07"); beats splits/
+    splits: dict[str, list[Stem]] | None = (
+        None  # explicit stems per split, {train: [...], val: [...], test: [...]}; beats splits/
     )
     ignore_index: int = 255
     class_names: list[str] | None = None  # names for the classes when the data declares none (binary masks)
@@ -93,7 +101,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Config:
-        return _build(cls, data or {}, "")
+        """Build and :meth:`validate` a Config from plain values (a YAML document, ``to_dict()``'s output)."""
+        return _build(cls, data or {}, "").validate()
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -101,7 +110,7 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_Loader)
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if data is not None and not isinstance(data, dict):
@@ -109,10 +118,10 @@ class Config:
         return cls.from_dict(data)
 
     def dump(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
     def override(self, assignments: list[str]) -> Config:
-        """Apply ``section.key=value`` strings (values parsed as YAML); returns a new Config."""
+        """Apply ``section.key=value`` strings (values parsed as YAML); returns a new, validated Config."""
         data = self.to_dict()
         for item in assignments:
             key, sep, raw = item.partition("=")
@@ -128,10 +137,137 @@ class Config:
                         raise ConfigError(f"unknown config key {key!r}")
                 node = node[p]
             try:
-                node[leaf] = yaml.safe_load(raw)
+                node[leaf] = yaml.load(raw, Loader=_Loader)
             except yaml.YAMLError:
                 raise ConfigError(f"cannot parse the value of override {item!r}") from None
         return Config.from_dict(data)
+
+    def validate(self) -> Config:
+        """Check the type and range of every value; raises ConfigError naming the key and what it accepts.
+
+        Values are normalised in place as ``from_dict`` does (ints to floats, "off" to False for a bool key).
+        What needs the machine or the data (CUDA for fp16, the device, the model's arguments, the number of
+        classes) is checked by ``train``. Returns ``self``.
+        """
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            hint = typing.get_type_hints(type(self))[section.name]
+            if not isinstance(value, hint):
+                raise ConfigError(f"config section {section.name} must be a {hint.__name__}, got {value!r}")
+            hints = typing.get_type_hints(hint)
+            for f in dataclasses.fields(value):
+                key = f"{section.name}.{f.name}"
+                setattr(value, f.name, _coerce(getattr(value, f.name), hints[f.name], key))
+        _check_data(self.data)
+        _check_model(self.model)
+        _check_train(self.train)
+        return self
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {_plain(value)!r}")
+
+
+def _check_data(d: DataConfig) -> None:
+    for name in ("val_ratio", "test_ratio"):
+        _require(0 <= getattr(d, name) < 1, f"data.{name}", "in [0, 1)", getattr(d, name))
+    if d.val_ratio + d.test_ratio >= 1:
+        raise ConfigError(
+            f"data.val_ratio + data.test_ratio must be < 1 (the rest is the training split), "
+            f"got {d.val_ratio} + {d.test_ratio}"
+        )
+    _require(d.split_seed >= 0, "data.split_seed", ">= 0", d.split_seed)
+    if d.splits is not None:
+        unknown = sorted(set(d.splits) - {"train", "val", "test"})
+        if unknown:
+            raise ConfigError(
+                f"data.splits has an unknown split {unknown[0]!r}; the splits are train, val and test"
+            )
+    _require(0 <= d.ignore_index <= 65535, "data.ignore_index", "a mask value in 0..65535", d.ignore_index)
+    _require(d.border_w0 >= 0, "data.border_w0", ">= 0", d.border_w0)
+    _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
+    _require(d.crop_size is None or d.crop_size >= 1, "data.crop_size", ">= 1 (or null for the whole image)",
+             d.crop_size)  # fmt: skip
+    lo, hi = d.scale
+    _require(0 < lo <= hi, "data.scale", "[lo, hi] with 0 < lo <= hi ([1, 1] = off)", d.scale)
+    _require(d.rotation >= 0, "data.rotation", ">= 0 (degrees; 0 = off)", d.rotation)
+    _require(d.elastic >= 0, "data.elastic", ">= 0 (pixels; 0 = off)", d.elastic)
+    _require(d.elastic_grid >= 2, "data.elastic_grid", ">= 2 (points per side of the displacement grid)",
+             d.elastic_grid)  # fmt: skip
+    _require(d.color_jitter >= 0, "data.color_jitter", ">= 0 (0 = off)", d.color_jitter)
+    for name in ("mean", "std"):
+        values = getattr(d, name)
+        _require(
+            values is None or len(values) > 0, f"data.{name}", "one value per image channel (or null)", values
+        )
+    if d.std is not None:
+        _require(all(s > 0 for s in d.std), "data.std", "> 0 for every channel", d.std)
+    if d.mean is not None and d.std is not None and len(d.mean) != len(d.std):
+        raise ConfigError(
+            f"data.mean and data.std must have one value per image channel each, got {len(d.mean)} and {len(d.std)}"
+        )
+    _require(d.repeat >= 1, "data.repeat", ">= 1", d.repeat)
+    _require(d.num_workers >= 0, "data.num_workers", ">= 0 (0 loads in the main process)", d.num_workers)
+
+
+def _check_model(m: ModelConfig) -> None:
+    _require(bool(m.arch), "model.arch", "an architecture name (seglab.list_models())", m.arch)
+
+
+def _check_train(t: TrainConfig) -> None:
+    _require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    _require(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
+    _require(t.lr > 0, "train.lr", "> 0", t.lr)
+    _require(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    _require(
+        t.schedule in ("poly", "cosine", "constant"), "train.schedule", "poly, cosine or constant", t.schedule
+    )
+    _require(t.warmup_iters >= 0, "train.warmup_iters", ">= 0", t.warmup_iters)
+    _require(0 <= t.ema < 1, "train.ema", "in [0, 1) (0 = off)", t.ema)
+    _require(t.amp in ("off", "bf16", "fp16"), "train.amp", "off, bf16 or fp16", t.amp)
+    _require(
+        t.threads is None or t.threads >= 1, "train.threads", ">= 1 (or null for torch's default)", t.threads
+    )
+
+
+# YAML scalars as in the YAML 1.2 core schema: only true/false are booleans, so `amp: off` is the string "off"
+# (YAML 1.1, PyYAML's default, reads off/on/yes/no as booleans); no octal, sexagesimal or date surprises, and
+# digits with a leading zero stay strings ("07"), as in YAML 1.2's JSON schema, so file stems keep their zeros.
+_SCALARS = [
+    ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("tag:yaml.org,2002:int", r"[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"[-+]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|\.(?:inf|Inf|INF))"
+        r"|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+    ("tag:yaml.org,2002:null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:merge", r"<<", "<"),
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars (see _SCALARS); reads config files and overrides."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string that YAML 1.1, YAML 1.2 or _Loader would read as something else
+    ('off', '1e-4', '08'), so a dumped config reads back the same everywhere."""
+
+
+for _tag, _pattern, _first in _SCALARS:
+    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+    _Dumper.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+# YAML 1.2 core-schema numbers, leading zeros included ('08' would be 8 in a YAML 1.2 reader)
+_Dumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
 
 
 def _plain(obj: Any) -> Any:
@@ -162,35 +298,70 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    return getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against type hint ``hint`` (recursively for lists, tuples and dicts), normalised."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        arms = [a for a in args if a is not type(None)]
+        errors = []
+        for arm in arms:
             try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"config key {key} has the wrong type: {value!r}")
+                return _coerce(value, arm, key)
+            except ConfigError as e:
+                errors.append((arm, e))
+        # the arm of the value's own kind (a mapping for str | dict) says best what is wrong inside it
+        for arm, error in errors:
+            kind = typing.get_origin(arm) or arm
+            if len(arms) == 1 or (isinstance(kind, type) and kind is not str and isinstance(value, kind)):
+                raise error
+        raise ConfigError(f"config key {key} must be {' or '.join(map(_type_name, args))}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"config key {key} needs {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {key} needs a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
+            what = 'a list of file stems (e.g. ["00", "01"])' if args[0] is Stem else "a list"
+            raise ConfigError(f"config key {key} needs {what}, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key} needs a mapping, got {value!r}")
-        return dict(value)
+        key_hint, value_hint = args or (Any, Any)
+        for k in value:
+            if key_hint is str and not isinstance(k, str):
+                raise ConfigError(f"config key {key} needs names (strings) as keys, got {k!r}")
+        return {k: _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+    if hint is Stem:
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        raise ConfigError(f'config key {key} must be a file stem (a string, e.g. "07"), got {value!r}')
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key} must be true or false, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint is Any or (
         isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
         return value
-    raise ConfigError(f"config key {key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    quote = (
+        " (YAML 1.1 reads off/no/on/yes as booleans: quote the value)"
+        if hint is str and isinstance(value, bool)
+        else ""
+    )
+    raise ConfigError(f"config key {key} must be {_type_name(hint)}, got {value!r}{quote}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ISBI = SHARED_DATA / "isbi2012-membrane"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _seglab_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the data-scan cache (seglab.data.folder) out of the home folder."""
+    os.environ["SEGLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("seglab-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,9 @@
-import pytest
+from pathlib import Path
 
-from seglab.config import Config
+import pytest
+import yaml
+
+from seglab.config import Config, DataConfig, TrainConfig
 from seglab.errors import ConfigError
 
 
@@ -47,3 +50,183 @@ def test_bad_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         Config.load(tmp_path / "list.yaml")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("word", ["off", "on", "yes", "no", "y", "n", "Off", "ON", "Yes", "NO", "Y", "N"])
+def test_yaml_1_1_boolean_words_stay_strings_in_overrides_and_files(tmp_path, word):
+    cfg = Config().override([f"model.params.upsample={word}", f"data.class_names=[{word}, b]"])
+    assert cfg.model.params["upsample"] == word and cfg.data.class_names == [word, "b"]
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  params: {{upsample: {word}}}\ndata:\n  class_names: [{word}, b]\n")
+    loaded = Config.load(path)
+    assert loaded.model.params["upsample"] == word and loaded.data.class_names == [word, "b"]
+
+
+def test_amp_off_from_override_and_file(tmp_path):
+    """Issue 13: `--set train.amp=off` (the documented value) was refused: YAML 1.1 reads off as false."""
+    assert Config().override(["train.amp=bf16", "train.amp=off"]).train.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert Config.load(path).train.amp == "off"
+
+
+def test_bool_keys_take_true_false_and_the_yaml_1_1_words():
+    for raw, value in [
+        ("false", False),
+        ("true", True),
+        ("off", False),
+        ("On", True),
+        ("no", False),
+        ("YES", True),
+    ]:
+        cfg = Config().override([f"data.hflip={raw}", f"train.progress={raw}"])
+        assert cfg.data.hflip is value and cfg.train.progress is value
+    with pytest.raises(ConfigError, match="^config key data.hflip must be true or false, got 'maybe'$"):
+        Config().override(["data.hflip=maybe"])
+    with pytest.raises(ConfigError, match="^config key data.cache must be true or false, got 1$"):
+        Config().override(["data.cache=1"])
+
+
+def test_numbers_are_read_as_in_yaml_1_2():
+    cfg = Config().override(
+        ["train.lr=1e-4", "train.weight_decay=5E-5", "data.splits={train: [07, 08, 10], val: []}"]
+    )
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 5e-5  # YAML 1.1 reads 1e-4 as a string
+    assert cfg.data.splits == {"train": ["07", "08", "10"], "val": []}  # YAML 1.1: 07 is octal 7, 08 a string
+    assert Config().override(["data.class_names=[2024-01-01, '12:30']"]).data.class_names == [
+        "2024-01-01",
+        "12:30",
+    ]
+
+
+def test_dump_round_trips_strings_that_yaml_would_misread(tmp_path):
+    tricky = ["off", "no", "Y", "null", "1e-4", "07", "08", "12", "2024-01-01", "1:30", ".5", "true"]
+    cfg = Config().override(["train.amp=off", "train.lr=1e-10"])
+    cfg.data.class_names = tricky
+    cfg.data.splits = {"train": ["07", "08", "010"], "val": [], "test": ["1e3"]}
+    cfg.model.params["upsample"] = "off"
+    text = cfg.dump()
+    assert "amp: 'off'" in text
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert Config.load(path) == cfg and Config.load(path).train.amp == "off"
+    assert yaml.safe_load(text) == cfg.to_dict()  # plain PyYAML (YAML 1.1) reads the dump back the same too
+
+
+def test_defaults_are_valid():
+    cfg = Config()
+    assert cfg.validate() is cfg and cfg == Config()
+    assert Config.from_dict(cfg.to_dict()) == cfg and Config.from_dict(None) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_example_configs_are_valid_and_round_trip(tmp_path, path):
+    cfg = Config.load(path)
+    assert cfg.validate() == Config.load(path)
+    (tmp_path / "c.yaml").write_text(cfg.dump())
+    assert Config.load(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.threads=-1", "train.threads must be >= 1 (or null for torch's default), got -1"),
+        ("train.threads=0", "train.threads must be >= 1 (or null for torch's default), got 0"),
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+        ("train.lr=0", "train.lr must be > 0, got 0.0"),
+        ("train.lr=-.1", "train.lr must be > 0, got -0.1"),
+        ("train.lr=.nan", "train.lr must be > 0, got nan"),
+        ("train.weight_decay=-1e-4", "train.weight_decay must be >= 0, got -0.0001"),
+        ("train.warmup_iters=-1", "train.warmup_iters must be >= 0, got -1"),
+        ("train.ema=1", "train.ema must be in [0, 1) (0 = off), got 1.0"),
+        ("train.ema=-0.5", "train.ema must be in [0, 1) (0 = off), got -0.5"),
+        ("train.amp=half", "train.amp must be off, bf16 or fp16, got 'half'"),
+        ("train.schedule=step", "train.schedule must be poly, cosine or constant, got 'step'"),
+        ("data.val_ratio=1", "data.val_ratio must be in [0, 1), got 1.0"),
+        ("data.test_ratio=-0.1", "data.test_ratio must be in [0, 1), got -0.1"),
+        ("data.split_seed=-1", "data.split_seed must be >= 0, got -1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 loads in the main process), got -1"),
+        ("data.repeat=0", "data.repeat must be >= 1, got 0"),
+        ("data.scale=[0,0]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [0.0, 0.0]"),
+        ("data.scale=[2,1]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [2.0, 1.0]"),
+        ("data.rotation=-10", "data.rotation must be >= 0 (degrees; 0 = off), got -10.0"),
+        ("data.elastic=-1", "data.elastic must be >= 0 (pixels; 0 = off), got -1.0"),
+        ("data.elastic_grid=1", "data.elastic_grid must be >= 2 (points per side of the displacement grid), got 1"),
+        ("data.color_jitter=-0.2", "data.color_jitter must be >= 0 (0 = off), got -0.2"),
+        ("data.crop_size=0", "data.crop_size must be >= 1 (or null for the whole image), got 0"),
+        ("data.ignore_index=-1", "data.ignore_index must be a mask value in 0..65535, got -1"),
+        ("data.ignore_index=65536", "data.ignore_index must be a mask value in 0..65535, got 65536"),
+        ("data.border_w0=-1", "data.border_w0 must be >= 0, got -1.0"),
+        ("data.border_sigma=0", "data.border_sigma must be > 0 (pixels), got 0.0"),
+        ("data.std=[0.2, 0, 0.2]", "data.std must be > 0 for every channel, got [0.2, 0.0, 0.2]"),
+        ("data.mean=[]", "data.mean must be one value per image channel (or null), got []"),
+        ("model.arch=''", "model.arch must be an architecture name (seglab.list_models()), got ''"),
+        ("data.splits={train: 5}", 'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5'),
+        ("data.splits=[a, b]", "config key data.splits needs a mapping, got ['a', 'b']"),
+        ("data.splits={tset: [a]}", "data.splits has an unknown split 'tset'; the splits are train, val and test"),
+        ("data.splits={train: [1.5]}", 'config key data.splits.train[0] must be a file stem (a string, e.g. "07"), got 1.5'),
+        ("data.splits={1: [a]}", "config key data.splits needs names (strings) as keys, got 1"),
+        ("model.params={1: 2}", "config key model.params needs names (strings) as keys, got 1"),
+        ("train.loss=5", "config key train.loss must be str or dict, got 5"),
+        ("train.loss={ce: 1, 2: 1}", "config key train.loss needs names (strings) as keys, got 2"),
+        ("data.class_names=[a, 1]", "config key data.class_names[1] must be str, got 1"),
+    ],
+)  # fmt: skip
+def test_out_of_range_values_give_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        Config().override([override])
+    assert str(e.value) == message
+
+
+def test_ratios_must_leave_a_training_split():
+    assert Config().override(["data.val_ratio=0.5", "data.test_ratio=0.4"]).data.val_ratio == 0.5
+    with pytest.raises(ConfigError) as e:
+        Config().override(["data.val_ratio=0.5", "data.test_ratio=0.5"])
+    assert (
+        str(e.value)
+        == "data.val_ratio + data.test_ratio must be < 1 (the rest is the training split), got 0.5 + 0.5"
+    )
+
+
+def test_mean_and_std_need_the_same_length():
+    cfg = Config().override(["data.mean=[0.5]", "data.std=[0.25]"])
+    assert cfg.data.mean == [0.5] and cfg.data.std == [0.25]
+    with pytest.raises(ConfigError) as e:
+        Config().override(["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25]"])
+    assert str(e.value) == "data.mean and data.std must have one value per image channel each, got 3 and 1"
+
+
+def test_split_stems_take_strings_and_yaml_integers():
+    cfg = Config().override(["data.splits={train: [a, '07', 7, 12], val: [], test: [x]}"])
+    assert cfg.data.splits == {"train": ["a", "07", "7", "12"], "val": [], "test": ["x"]}
+    assert Config().override(["data.splits=null"]).data.splits is None
+
+
+def test_yaml_files_and_the_python_api_are_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  num_workers: -1\n")
+    with pytest.raises(ConfigError, match=r"^data.num_workers must be >= 0"):
+        Config.load(path)
+    with pytest.raises(ConfigError, match=r"^train.threads must be >= 1"):
+        Config.from_dict({"train": {"threads": -1}})
+    cfg = Config()
+    cfg.train.threads = -1
+    with pytest.raises(ConfigError, match=r"^train.threads must be >= 1"):
+        cfg.validate()
+    cfg = Config(data=DataConfig(hflip="off", scale=[1, 2]), train=TrainConfig(lr=1))
+    assert cfg.validate().data.hflip is False and cfg.data.scale == (1.0, 2.0) and cfg.train.lr == 1.0
+    with pytest.raises(ConfigError, match="^config section train must be a TrainConfig"):
+        Config(train={"lr": 1}).validate()
+
+
+def test_a_boolean_for_a_text_key_says_to_quote_it():
+    """A dict read with plain yaml.safe_load (YAML 1.1) holds amp: False; the message says why and what to do."""
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict(yaml.safe_load("train:\n  amp: off\n"))
+    assert str(e.value) == (
+        "config key train.amp must be str, got False (YAML 1.1 reads off/no/on/yes as booleans: quote the value)"
+    )

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from seglab.data.folder import FolderScan, scan_folder
 
+MAX_CLASS_LINES = 32  # beyond this, list only the classes that hold pixels (at most this many)
+
 
 def check(root: str | Path, ignore_index: int = 255) -> FolderScan:
-    """Decode every image and mask of ``root``; the returned scan lists all problems and class pixel counts."""
+    """Decode every image and mask of ``root`` (or take what an earlier deep scan of the unchanged files found,
+    from the scan cache); the returned scan lists all problems and class pixel counts."""
     return scan_folder(root, ignore_index, deep=True)
 
 
@@ -23,8 +26,19 @@ def format_check(scan: FolderScan) -> str:
         )
     if spec is not None and scan.class_pixels is not None:
         total = int(scan.class_pixels.sum()) + scan.ignored_pixels
-        for name, n in zip(spec.names, scan.class_pixels):
+        rows = list(zip(spec.names, scan.class_pixels))
+        if (
+            len(rows) > MAX_CLASS_LINES
+        ):  # e.g. a stray mask value that set the class count: list what is there
+            rows = [(name, n) for name, n in rows if n > 0]
+        for name, n in rows[:MAX_CLASS_LINES]:
             lines.append(f"  {name:<16} {int(n):>12} px  {100 * n / max(total, 1):6.2f} %")
+        empty = int((scan.class_pixels == 0).sum())
+        if len(spec.names) > MAX_CLASS_LINES:
+            hidden = len(rows) - MAX_CLASS_LINES
+            lines.append(
+                f"  ... {f'{hidden} more classes with pixels, ' if hidden > 0 else ''}{empty} classes hold no pixels"
+            )
         lines.append(
             f"  {'(ignored)':<16} {scan.ignored_pixels:>12} px  {100 * scan.ignored_pixels / max(total, 1):6.2f} %"
         )

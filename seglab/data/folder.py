@@ -9,13 +9,21 @@ Layout::
 Masks are single-channel index PNGs (L or P), binary 0/255 masks (read as 0/1), or RGB colour masks mapped
 through ``colors`` in classes.yaml. Without classes.yaml the format and the number of classes are inferred from
 the masks: masks holding only 0 and 255 are binary, anything else is an index mask with
-``num_classes = max label + 1`` (``ignore_index`` excluded).
+``num_classes = max label + 1`` (``ignore_index`` excluded), trusted only when it is plausible (see
+``_check_classes``). A classes.yaml with two names, no ``ignore_index`` and ``mask_format`` auto reads 0/255 masks
+as binary too. ``scan_folder`` reports every problem it finds; a deep scan caches what it decoded per file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import re
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +33,17 @@ import yaml
 
 from seglab.data.io import (
     IMAGE_SUFFIXES,
+    check_pixels,
     default_palette,
     image_channels,
+    load_image,
     open_image,
+    oriented_size,
     read_image,
     read_mask_raw,
 )
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 MASK_FORMATS = ("auto", "index", "binary", "rgb")
@@ -66,15 +78,20 @@ class FolderScan:
     class_pixels: np.ndarray | None = None  # pixels per class, from a deep scan
     ignored_pixels: int = 0
     split_lists: dict[str, list[str]] | None = None  # from splits/, if present
+    # the problems (also in ``problems``) about the classes as a whole, as inferred from the masks: their count,
+    # or no class but 0 in any mask; moot for a caller that knows the classes (e.g. a checkpoint's num_classes)
+    class_problems: list[str] = field(default_factory=list)
 
     @property
     def stems(self) -> list[str]:
         return sorted(set(self.images) & set(self.masks))
 
-    def raise_problems(self) -> None:
-        if self.problems:
-            more = f" (and {len(self.problems) - 1} more problems; run `seglab data check {self.root}`)"
-            raise DataError(self.problems[0] + (more if len(self.problems) > 1 else ""))
+    def raise_problems(self, classes_known: bool = False) -> None:
+        """DataError with the first problem (and how many more); ``classes_known`` skips ``class_problems``."""
+        problems = [p for p in self.problems if not (classes_known and p in self.class_problems)]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems; run `seglab data check {self.root}`)"
+            raise DataError(problems[0] + (more if len(problems) > 1 else ""))
 
     def split(
         self,
@@ -139,28 +156,75 @@ def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
     return files
 
 
-def _read_classes_yaml(path: Path, ignore_index: int) -> dict[str, Any]:
+_YAML_KEYS = ("names", "colors", "mask_format", "ignore_index", "ignore_color")
+
+
+def _is_colour(c: Any) -> bool:
+    return (
+        isinstance(c, list)
+        and len(c) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+    )
+
+
+def _read_classes_yaml(path: Path) -> dict[str, Any]:
+    """classes.yaml, every key checked for its type: one-line DataError naming the file and the key otherwise.
+    ``ignore_index`` is present only if the file declares it."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("names"), list) or not data["names"]:
-        raise DataError(f"{path} must hold a mapping with a non-empty list 'names' (and optionally 'colors')")
-    unknown = set(data) - {"names", "colors", "mask_format", "ignore_index", "ignore_color"}
-    if unknown:
-        raise DataError(f"{path} has unknown keys {sorted(unknown)}")
-    fmt = data.get("mask_format", "auto")
-    if fmt not in MASK_FORMATS:
-        raise DataError(f"{path}: mask_format {fmt!r} must be one of {', '.join(MASK_FORMATS)}")
-    colors = data.get("colors")
-    if colors is not None and (
-        len(colors) != len(data["names"])
-        or not all(
-            isinstance(c, list | tuple) and len(c) == 3 and all(0 <= int(v) <= 255 for v in c) for c in colors
+    if not isinstance(data, dict):
+        raise DataError(
+            f"{path} must hold a mapping with a non-empty list 'names' (optionally {', '.join(_YAML_KEYS[1:])})"
         )
-    ):
-        raise DataError(f"{path}: 'colors' needs one [r, g, b] (0..255) per name ({len(data['names'])})")
-    data.setdefault("ignore_index", ignore_index)
+    unknown = sorted(str(k) for k in set(data) - set(_YAML_KEYS))
+    if unknown:
+        raise DataError(f"{path} has unknown keys {unknown}; the keys are {', '.join(_YAML_KEYS)}")
+    names = data.get("names")
+    if not isinstance(names, list) or not names:
+        raise DataError(
+            f"{path}: 'names' must be a non-empty list of class names, e.g. names: [background, cell]"
+        )
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise DataError(f"{path}: 'names' must be strings, but entry {i} is {n!r}; quote it, e.g. '{n}'")
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise DataError(f"{path}: 'names' lists {dup!r} twice; every class needs its own name")
+    fmt = data.get("mask_format", "auto")
+    if not isinstance(fmt, str) or fmt not in MASK_FORMATS:
+        raise DataError(f"{path}: 'mask_format' is {fmt!r} but must be one of {', '.join(MASK_FORMATS)}")
+    colors = data.get("colors")
+    if colors is not None:
+        if not isinstance(colors, list) or len(colors) != len(names) or not all(map(_is_colour, colors)):
+            bad = next((c for c in colors if not _is_colour(c)), None) if isinstance(colors, list) else colors
+            got = f"{len(colors)} entries" if bad is None else repr(bad)
+            raise DataError(
+                f"{path}: 'colors' needs one [r, g, b] of integers 0..255 per name ({len(names)}), got {got}"
+            )
+        dup_c = next((c for i, c in enumerate(colors) if c in colors[:i]), None)
+        if dup_c is not None:
+            raise DataError(
+                f"{path}: 'colors' gives {dup_c} to two classes; every class needs its own colour"
+            )
+    ignore_color = data.get("ignore_color")
+    if ignore_color is not None and (not _is_colour(ignore_color) or ignore_color in (colors or [])):
+        why = (
+            "is the colour of a class"
+            if _is_colour(ignore_color)
+            else "must be one [r, g, b] of integers 0..255"
+        )
+        raise DataError(f"{path}: 'ignore_color' {ignore_color!r} {why}")
+    if "ignore_index" in data:
+        value = data["ignore_index"]
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+        if not ok or value < len(names):
+            why = f"is class {value} ({names[value]!r})" if ok else f"is {value!r}"
+            raise DataError(
+                f"{path}: 'ignore_index' {why} but must be an integer mask value outside the classes "
+                f"0..{len(names) - 1}, e.g. ignore_index: 255"
+            )
     return data
 
 
@@ -172,17 +236,165 @@ def _value_counts(raw: np.ndarray) -> Counter:
         return Counter(
             {(int(v) >> 16, (int(v) >> 8) & 255, int(v) & 255): int(c) for v, c in zip(values, counts)}
         )
+    if raw.dtype in (np.uint8, np.uint16, np.bool_):  # a histogram is much faster than np.unique's sort
+        hist = np.bincount(raw.ravel().astype(np.intp, copy=False))
+        values = np.flatnonzero(hist)
+        return Counter({int(v): int(hist[v]) for v in values})
     values, counts = np.unique(raw, return_counts=True)
     return Counter({int(v): int(c) for v, c in zip(values, counts)})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scan cache: what decoding a file found, so that a second deep scan decodes nothing.
+
+SCAN_CACHE_VERSION = 1
+MAX_SCAN_CACHES = 64  # data roots with a cache file; the least recently used are dropped
+
+
+def scan_cache_dir() -> Path:
+    """Where scan results are cached: ``$SEGLAB_CACHE_DIR/scan``, by default ``~/.cache/seglab/scan`` (outside
+    the data folder, which may be read-only)."""
+    root = os.environ.get("SEGLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seglab"
+    )
+    return Path(root) / "scan"
+
+
+@dataclass
+class _FileInfo:
+    """What reading one file found: its (w, h) as seglab reads it, and an image's channels or a mask's values."""
+
+    size: tuple[int, int] = (0, 0)
+    channels: int = 0
+    counts: Counter | None = None
+    error: str | None = None
+
+
+Record = tuple[str, dict[str, Any]] | None  # (absolute path, cache entry) to keep in the scan cache
+
+
+class _ScanCache:
+    """Per-file results of decoding (an image's channels and size; a mask's size and value counts), keyed by
+    (absolute path, file size, mtime_ns): a file that changed is read again. One JSON file per data root,
+    written atomically; an unreadable or corrupt cache is ignored (and rewritten), an unwritable cache folder
+    just means no caching. Errors are never cached: a bad file is read again, so its message always names the
+    path as given and reflects the current limits."""
+
+    def __init__(self, root: Path) -> None:
+        resolved = str(root.resolve())
+        digest = hashlib.sha256(resolved.encode()).hexdigest()[:20]
+        self.file = scan_cache_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.resolve().name)}-{digest}.json"
+        self.old: dict[str, Any] = {}
+        try:
+            data = json.loads(self.file.read_text())
+            if data.get("version") == SCAN_CACHE_VERSION and data.get("root") == resolved:
+                self.old = dict(data["files"])
+                os.utime(self.file)  # used: the last to be dropped (see save)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass
+        self.root = resolved
+        self.new: dict[str, Any] = {}
+
+    @staticmethod
+    def stat(path: Path) -> tuple[str, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+    def get(self, key: tuple[str, int, int] | None, kind: str) -> tuple[_FileInfo, Record] | None:
+        """The cached result for the file ``key`` (from ``stat``) if it is unchanged, else None (a miss)."""
+        if key is None:
+            return None
+        entry = self.old.get(key[0])
+        if not isinstance(entry, dict) or (entry.get("kind"), entry.get("size"), entry.get("mtime_ns")) != (
+            kind,
+            key[1],
+            key[2],
+        ):
+            return None
+        try:  # a malformed entry is a miss
+            info = _FileInfo((int(entry["w"]), int(entry["h"])))
+            if kind == "image":
+                info.channels = int(entry["channels"])
+            else:
+                info.counts = Counter(
+                    {
+                        tuple(map(int, v)) if isinstance(v, list) else int(v): int(n)
+                        for v, n in entry["counts"]
+                    }
+                )
+        except (KeyError, TypeError, ValueError):
+            return None
+        return info, (key[0], entry)
+
+    @staticmethod
+    def record(key: tuple[str, int, int] | None, kind: str, **data: Any) -> tuple[str, dict[str, Any]] | None:
+        return None if key is None else (key[0], {"kind": kind, "size": key[1], "mtime_ns": key[2], **data})
+
+    def save(self) -> None:
+        if self.new == self.old:
+            return
+        text = json.dumps({"version": SCAN_CACHE_VERSION, "root": self.root, "files": self.new})
+        with contextlib.suppress(OSError, SeglabError):  # a read-only cache folder: scan without a cache
+            atomic_write(self.file, lambda tmp: tmp.write_text(text))
+            # keep the cache folder small: the most recently written MAX_SCAN_CACHES data roots
+            caches = sorted(self.file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            for old in caches[MAX_SCAN_CACHES:]:
+                old.unlink(missing_ok=True)
+
+
+def _image_info(path: Path, decode: bool, cache: _ScanCache) -> tuple[_FileInfo, Record]:
+    """Channels and size of an image: from the cache, by decoding it (``decode``), or from its header."""
+    key = cache.stat(path)
+    try:
+        hit = cache.get(key, "image")
+        if hit is not None:
+            check_pixels(path, hit[0].size)  # the limit may have changed since
+            return hit
+        if decode:
+            img = load_image(path)
+            info = _FileInfo(img.size, image_channels(img, path))
+            return info, cache.record(key, "image", w=img.size[0], h=img.size[1], channels=info.channels)
+        with open_image(path) as img:
+            return _FileInfo(oriented_size(img), image_channels(img, path)), None
+    except DataError as e:
+        return _FileInfo(error=str(e)), None
+
+
+def _mask_info(path: Path, read_values: bool, cache: _ScanCache) -> tuple[_FileInfo, Record]:
+    """Size (and with ``read_values`` the value counts) of a mask: from the cache, by decoding it, or its header."""
+    key = cache.stat(path)
+    try:
+        hit = cache.get(key, "mask")
+        if hit is not None:
+            check_pixels(path, hit[0].size)
+            return hit
+        if read_values:
+            raw = read_mask_raw(path)
+            counts = _value_counts(raw)
+            listed = [[list(v) if isinstance(v, tuple) else v, n] for v, n in counts.items()]
+            h, w = raw.shape[:2]
+            return _FileInfo((w, h), counts=counts), cache.record(key, "mask", w=w, h=h, counts=listed)
+        with open_image(path) as img:
+            return _FileInfo(oriented_size(img)), None
+    except DataError as e:
+        return _FileInfo(error=str(e)), None
 
 
 def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -> FolderScan:
     """Pair files, read headers, and (when needed or ``deep``) read every mask; collect every problem found.
 
-    ``deep`` also decodes every image (finding corrupt files) and counts class pixels: the `data check` pass.
-    Problems that make the folder unusable as a whole (missing folders, no pairs) raise DataError at once.
+    ``deep`` also decodes every image (finding corrupt files) and counts class pixels: the `data check` pass,
+    and the check training runs before it starts. What decoding finds is cached per file (see ``_ScanCache``,
+    ``scan_cache_dir``), so a second deep scan of an unchanged folder decodes nothing. Sizes are compared as
+    seglab reads the files, after EXIF orientation. Problems that make the folder unusable as a whole (missing
+    folders, no pairs, a malformed classes.yaml) raise DataError at once.
     """
     root = Path(root)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ConfigError(f"ignore_index must be an integer mask value, e.g. 255, not {ignore_index!r}")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     for sub in ("images", "masks"):
@@ -208,37 +420,54 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
         )
 
     yaml_path = root / "classes.yaml"
-    declared = _read_classes_yaml(yaml_path, ignore_index) if yaml_path.is_file() else None
-    if declared is not None:
+    declared = _read_classes_yaml(yaml_path) if yaml_path.is_file() else None
+    ignore_declared = declared is not None and "ignore_index" in declared
+    if declared is not None and ignore_declared:
         ignore_index = int(declared["ignore_index"])
 
     scan = FolderScan(root, images, masks, in_channels=1, classes=None, problems=problems)
-    channels: set[int] = set()
     need_masks = deep or declared is None or declared.get("mask_format", "auto") == "auto"
+    cache = _ScanCache(root)
+
+    def read(stem: str) -> tuple[tuple[_FileInfo, Record], tuple[_FileInfo, Record]]:
+        return _image_info(images[stem], deep, cache), _mask_info(masks[stem], need_masks, cache)
+
+    workers = min(4, os.cpu_count() or 1, len(stems))
+    if workers > 1:  # decoding (Pillow, NumPy) releases the GIL: threads overlap the files
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(read, stems))
+    else:
+        results = [read(stem) for stem in stems]
+
+    channels: set[int] = set()
     value_counts: dict[str, Counter] = {}
-    for stem in stems:
-        try:
-            img = open_image(images[stem])
-            channels.add(image_channels(img, images[stem]))
-            msk = open_image(masks[stem])
-            if img.size != msk.size:
-                problems.append(
-                    f"image {images[stem]} is {img.size[0]}x{img.size[1]} but mask {masks[stem]} is "
-                    f"{msk.size[0]}x{msk.size[1]}; image and mask must have the same size"
-                )
-                continue
-            scan.sizes[img.size] += 1
-            if deep:
-                read_image(images[stem])
-            if need_masks:
-                value_counts[stem] = _value_counts(read_mask_raw(masks[stem]))
-        except DataError as e:
-            problems.append(str(e))
+    for stem, ((img, img_record), (msk, msk_record)) in zip(stems, results):
+        for info, record in ((img, img_record), (msk, msk_record)):
+            if info.error is not None:
+                problems.append(info.error)
+            elif record is not None:
+                cache.new[record[0]] = record[1]
+        if img.error is not None or msk.error is not None:
+            continue
+        channels.add(img.channels)
+        if img.size != msk.size:
+            problems.append(
+                f"image {images[stem]} is {img.size[0]}x{img.size[1]} but mask {masks[stem]} is "
+                f"{msk.size[0]}x{msk.size[1]}; image and mask must have the same size"
+            )
+            continue
+        scan.sizes[img.size] += 1
+        if msk.counts is not None and need_masks:
+            value_counts[stem] = msk.counts
+    cache.save()
     scan.in_channels = 3 if 3 in channels else 1
 
     scan.classes = _resolve_classes(declared, value_counts, ignore_index, yaml_path, problems)
     if scan.classes is not None and value_counts:
         _check_values(scan, value_counts, deep)
+        _check_classes(scan, value_counts, inferred=declared is None)
+        if scan.classes.mask_format == "index" and not ignore_declared:
+            problems += _binary_masks_read_as_ignore(scan, value_counts)
     splits_dir = root / "splits"
     if splits_dir.is_dir():
         scan.split_lists = {}
@@ -261,15 +490,20 @@ def _resolve_classes(
     yaml_path: Path,
     problems: list[str],
 ) -> ClassSpec | None:
-    """The mask format and classes: as declared in classes.yaml, else inferred from the masks' values."""
+    """The mask format and classes: as declared in classes.yaml, else inferred from the masks' values.
+
+    With ``mask_format: auto`` (or no classes.yaml) masks holding only 0 and 255 are binary when there is no
+    classes.yaml, or when it names exactly two classes and declares no ``ignore_index``."""
     fmt = declared.get("mask_format", "auto") if declared else "auto"
     seen: Counter = Counter()
     for counts in value_counts.values():
         seen.update(counts)
     if fmt == "auto":
+        zero_255 = bool(seen) and set(seen) <= {0, 255} and 255 in seen
+        two_names = declared is not None and len(declared["names"]) == 2 and "ignore_index" not in declared
         if any(isinstance(v, tuple) for v in seen):
             fmt = "rgb"
-        elif declared is None and set(seen) <= {0, 255} and 255 in seen:
+        elif zero_255 and (declared is None or two_names):
             fmt = "binary"
         else:
             fmt = "index"
@@ -292,6 +526,149 @@ def _resolve_classes(
     labels = [v for v in seen if v != ignore_index]
     n = max(labels) + 1 if labels else 1
     return ClassSpec([f"class{i}" for i in range(n)], default_palette(n), "index", ignore_index)
+
+
+def _ranges(values: list[int], limit: int = 4) -> str:
+    """Sorted ints as compact ranges: [2, 3, 4, 7] -> '2..4, 7' (at most ``limit`` ranges, then '...')."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs[:limit])
+    return text + (", ..." if len(runs) > limit else "")
+
+
+def _check_classes(scan: FolderScan, value_counts: dict[str, Counter], inferred: bool) -> None:
+    """Problems with the classes as a whole: an ignore_index that is a class, a single class (or no class but 0
+    in any mask), and a class count inferred from the masks that is implausible.
+
+    Without classes.yaml the class count is the largest mask value + 1. That is trusted only if every value
+    from 0 to the largest is used by some mask, and if a largest value above 255 (16-bit masks) is not held
+    by a tiny share (< 1 %) of the labelled pixels (stray values, or instance ids rather than classes).
+    Otherwise one stray pixel would set the class count: the fix is to declare the classes in classes.yaml."""
+    spec = scan.classes
+    assert spec is not None
+    yaml_path = scan.root / "classes.yaml"
+    masks_dir = scan.root / "masks"
+    ignore = spec.ignore_index
+    if (
+        inferred
+        and spec.mask_format == "index"
+        and spec.num_classes > 1
+        and _implausible_class_count(scan, value_counts)
+    ):
+        return  # (an ignore_index inside 0..max is then no class either)
+    if 0 <= ignore < spec.num_classes:  # a declared ignore_index was checked with classes.yaml
+        where = "the masks' classes" if inferred else f"the classes of {yaml_path}"
+        scan.problems.append(
+            f"ignore_index {ignore} is class {ignore} of {where} (0..{spec.num_classes - 1}), so that class "
+            f"would vanish from training and metrics; set ignore_index (data.ignore_index, --ignore-index, or "
+            f"ignore_index: in classes.yaml) to a value no class uses, e.g. 255"
+        )
+        return
+    if spec.num_classes < 2:
+        if inferred:
+            holds = "only the value 0" + (
+                f" (and ignore_index {ignore})" if any(ignore in c for c in value_counts.values()) else ""
+            )
+            msg = (
+                f"every mask in {masks_dir} holds {holds}, so the data set has one class; binary masks must use "
+                f"255 for the foreground (0 = background), or declare the classes in {yaml_path} (names: [...])"
+            )
+        else:
+            msg = (
+                f"{yaml_path} names one class ({spec.names[0]!r}); a segmentation data set needs at least two "
+                f"(e.g. names: [background, {spec.names[0]}])"
+            )
+        scan.problems.append(msg)
+        scan.class_problems.append(msg)
+        return
+    lut = _value_map(spec)
+    present = {lut(v) for c in value_counts.values() for v in c} - {None, ignore}
+    if present <= {0}:
+        msg = (
+            f"no mask in {masks_dir} holds a class other than 0 ({spec.names[0]!r}), so nothing can be learnt or "
+            f"measured; label the objects with "
+            + (
+                f"the colours of classes 1..{spec.num_classes - 1}"
+                if spec.mask_format == "rgb"
+                else f"their class indices 1..{spec.num_classes - 1}"
+            )
+            + (
+                f", or, for binary 0/255 masks, keep two names and no ignore_index in {yaml_path}"
+                if spec.mask_format == "index"
+                else ""
+            )
+        )
+        scan.problems.append(msg)
+        scan.class_problems.append(msg)
+
+
+def _implausible_class_count(scan: FolderScan, value_counts: dict[str, Counter]) -> bool:
+    """Report (and say True) if the class count inferred from the masks (largest value + 1) is implausible."""
+    spec = scan.classes
+    assert spec is not None
+    ignore = spec.ignore_index
+    top = spec.num_classes - 1
+    unused = sorted(set(range(top + 1)) - {v for c in value_counts.values() for v in c})
+    holders = [stem for stem, c in value_counts.items() if top in c]
+    top_px = sum(value_counts[s][top] for s in holders)
+    labelled = sum(n for c in value_counts.values() for v, n in c.items() if v != ignore)
+    if unused:
+        why = f"the values {_ranges(unused)} are in no mask"
+    elif top > 255 and top_px < 0.01 * labelled:
+        why = (
+            f"{top} is held by only {top_px} of {labelled} labelled pixels (a stray value or an instance id?)"
+        )
+    else:
+        return False
+    more = f" and {len(holders) - 1} more masks" if len(holders) > 1 else ""
+    msg = (
+        f"the class count {spec.num_classes} inferred from the largest mask value {top} (in "
+        f"{scan.masks[holders[0]]}{more}, {top_px} px) is implausible: {why}; fix the mask, or declare the "
+        f"classes in {scan.root / 'classes.yaml'} (names: one per class; ignore_index: {top} if that value marks "
+        f"pixels to ignore)"
+    )
+    scan.problems.append(msg)
+    scan.class_problems.append(msg)
+    return True
+
+
+def _binary_masks_read_as_ignore(scan: FolderScan, value_counts: dict[str, Counter]) -> list[str]:
+    """Binary 0/255 masks inside an index data set, whose 255 (the default ignore_index) would silently drop the
+    object from the loss and the metrics.
+
+    The rule, for an index data set whose ignore_index is not declared in classes.yaml: a mask is reported when
+    (1) it holds only 0 and ignore_index (both), (2) other masks label objects with class indices (some mask
+    holds a label in 1..C-1), and (3) ignore_index covers at least 0.5 % of the mask and more than 4 times the
+    share it covers in those labelled masks taken together. An ordinary mask with a thin ignored border (as in
+    VOC), or a data set that ignores a region in every mask, does not pass (3); a data set that means it can say
+    so with ``ignore_index:`` in classes.yaml."""
+    spec = scan.classes
+    assert spec is not None
+    ignore = spec.ignore_index
+    labelled = [
+        c for c in value_counts.values() if any(isinstance(v, int) and 1 <= v < spec.num_classes for v in c)
+    ]
+    if not labelled:
+        return []
+    total = sum(sum(c.values()) for c in labelled)
+    share = sum(c.get(ignore, 0) for c in labelled) / max(total, 1)
+    out = []
+    for stem, counts in value_counts.items():
+        if set(counts) != {0, ignore}:
+            continue
+        own = counts[ignore] / sum(counts.values())
+        if own >= 0.005 and own > 4 * share:
+            out.append(
+                f"mask {scan.masks[stem]} holds only 0 and {ignore} ({100 * own:.1f} % of it), but {ignore} is "
+                f"ignore_index in this index data set (other masks use classes 1..{spec.num_classes - 1}), so its "
+                f"object would be ignored; relabel its {ignore} to the object's class index, or, if {ignore} "
+                f"really marks pixels to ignore, declare ignore_index: {ignore} in {scan.root / 'classes.yaml'}"
+            )
+    return out
 
 
 def _check_values(scan: FolderScan, value_counts: dict[str, Counter], deep: bool) -> None:
@@ -343,7 +720,9 @@ def _bad_value_message(path: Path, value: Any, spec: ClassSpec) -> str:
         )
     return (
         f"mask {path} has value {value} but the data set has {spec.num_classes} classes "
-        f"(0..{spec.num_classes - 1}, ignore_index={spec.ignore_index}); set ignore_index or num_classes"
+        f"(0..{spec.num_classes - 1}, ignore_index={spec.ignore_index}); fix the mask, add the missing classes to "
+        f"'names:' in classes.yaml, or, if {value} marks pixels to ignore, set ignore_index: {value} in "
+        f"classes.yaml (or data.ignore_index)"
     )
 
 
@@ -403,7 +782,7 @@ class FolderDataset:
         weight_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.scan = scan if scan is not None else scan_folder(root, ignore_index)
-        self.scan.raise_problems()
+        self.scan.raise_problems(classes_known=num_classes is not None)
         spec = self.scan.classes
         assert spec is not None
         if num_classes is not None and num_classes != spec.num_classes:

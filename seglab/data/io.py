@@ -1,18 +1,26 @@
-"""Reading images and masks, writing PNGs atomically. Every failure is a DataError naming the file."""
+"""Reading images and masks, writing PNGs atomically. Every failure is a DataError naming the file.
+
+Every image and mask is read through ``load_image``: one pixel limit (``max_pixels()``, checked from the header
+before decoding), EXIF orientation applied, and for images one mode policy (``image_channels``: 8-bit only)."""
 
 from __future__ import annotations
 
+import os
+import struct
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from seglab.errors import ConfigError, DataError
 from seglab.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MAX_PIXELS = 20_000 * 20_000  # beyond this an input is almost surely a mistake (and would exhaust memory)
+MAX_PIXELS = 2**28  # the default of ``max_pixels()``: 268 M pixels, e.g. 16384 x 16384
+_OPEN_LOCK = threading.Lock()
 
 # Distinct colours for classes without a palette; index 0 (usually background) is black.
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -43,44 +51,120 @@ def class_index(names: Sequence[str], cls: str | int) -> int:
     )
 
 
+def max_pixels() -> int:
+    """The largest image seglab reads, in pixels: ``$SEGLAB_MAX_PIXELS`` if set, else ``MAX_PIXELS`` (2**28, e.g.
+    16384 x 16384). Larger inputs are almost surely a mistake and would exhaust memory. This one limit governs:
+    Pillow's own decompression-bomb limit is set from it (so Pillow never refuses or warns below it), and every
+    image is checked against it from its header, before any pixel is decoded."""
+    value = os.environ.get("SEGLAB_MAX_PIXELS", "").strip().replace("_", "")
+    if not value:
+        return MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"SEGLAB_MAX_PIXELS={value!r} must be a whole number of pixels, e.g. {MAX_PIXELS}")
+    return int(value)
+
+
+def _too_large(path: Path, what: str, limit: int) -> DataError:
+    return DataError(
+        f"{path} is {what}, above the limit of {limit:,} pixels; shrink or tile it, or raise the limit with "
+        f"the environment variable SEGLAB_MAX_PIXELS"
+    )
+
+
+def check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """DataError if an image of ``size`` (w, h) is empty or above ``max_pixels()``."""
+    w, h = size
+    limit = max_pixels()
+    if w < 1 or h < 1:
+        raise DataError(f"{path} is {w}x{h} pixels, an empty image; replace or remove it")
+    if w * h > limit:
+        raise _too_large(path, f"{w}x{h} = {w * h:,} pixels", limit)
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open an image lazily (header only); DataError if missing, unreadable or absurdly large."""
+    """Open an image lazily (header only); DataError if missing, unreadable, empty or above ``max_pixels()``."""
+    limit = max_pixels()
     try:
-        img = Image.open(path)
+        # Pillow warns above its limit and refuses above twice it; seglab refuses above the same limit, with a
+        # message that says how to raise it, so Pillow's warning is silenced (under a lock: threads that scan
+        # a folder must not restore each other's warning filters)
+        with _OPEN_LOCK, warnings.catch_warnings():
+            Image.MAX_IMAGE_PIXELS = limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except FileNotFoundError:
         raise DataError(f"file {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise _too_large(path, f"over {2 * limit:,} pixels", limit) from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e.__class__.__name__}: {e}; is it a valid image?") from None
-    w, h = img.size
-    if w * h > MAX_PIXELS or w < 1 or h < 1:
-        raise DataError(f"{path} is {w}x{h} pixels, outside the supported range (1 .. {MAX_PIXELS} pixels)")
+    try:
+        check_pixels(path, img.size)
+    except DataError:
+        img.close()
+        raise
     return img
 
 
-def _load(path: Path) -> Image.Image:
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened image, read without decoding pixels (for a PNG, Pillow's
+    ``getexif`` would decode the image to look for an eXIf chunk after the pixel data: only the header is read)."""
+    try:
+        exif = Image.Image.getexif(img) if img.format == "PNG" else img.getexif()
+        value = exif.get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a broken EXIF block: Pillow's exif_transpose would fail on it too, when decoding
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(w, h) of an opened image as seglab reads it: EXIF orientations 5..8 (quarter turns) swap w and h."""
+    w, h = img.size
+    return (h, w) if _orientation(img) >= 5 else (w, h)
+
+
+def load_image(path: Path) -> Image.Image:
+    """The one loading function for images and masks: open (header checks, ``open_image``), decode, and apply the
+    EXIF orientation (``ImageOps.exif_transpose``) so that pixels come out as photo viewers show them. DataError
+    naming the file if it is missing, unreadable, too large, corrupt or truncated."""
     img = open_image(path)
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError) as e:
+        ImageOps.exif_transpose(img, in_place=True)
+    except Image.DecompressionBombError:  # a tiled TIFF's tiles are checked when decoded
+        raise _too_large(path, "too large to decode", max_pixels()) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error) as e:
         raise DataError(f"cannot decode {path}: {e}; the file is corrupt or truncated") from None
     return img
 
 
 def image_channels(img: Image.Image, path: Path) -> int:
-    """1 for grayscale modes, 3 for colour modes; DataError for modes we do not read (e.g. 16-bit)."""
-    if img.mode in ("L", "1", "LA"):
+    """1 for grayscale modes, 3 for colour modes; DataError for modes we do not read (16-bit, 32-bit, float).
+
+    The policy for 16-bit and float images is to refuse them, here, in the one place all readers go through:
+    mapping their values to 8 bits has no single right answer (full range? the data's own range?), so the user
+    chooses it when converting."""
+    if img.mode in ("L", "1", "LA", "La"):
         return 1
-    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "PA"):
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "PA", "RGBX", "RGBa"):
         return 3
+    depth = {"F": "32-bit float", "I": "32-bit integer"}.get(img.mode, "16-bit" if "16" in img.mode else "")
     raise DataError(
-        f"image {path} has mode {img.mode}; seglab reads 8-bit grayscale or RGB images (convert it)"
+        f"image {path} has mode {img.mode}{f' ({depth})' if depth else ''}; seglab reads 8-bit grayscale or RGB "
+        f"images: convert it to 8 bits (choosing how its values map to 0..255)"
     )
 
 
 def read_image(path: Path, channels: int | None = None) -> np.ndarray:
-    """Image as uint8 (H, W, C) with C = ``channels`` (1 or 3) or, if None, the file's own channel count."""
-    img = _load(path)
-    c = image_channels(img, path) if channels is None else channels
+    """Image as uint8 (H, W, C) with C = ``channels`` (1 or 3) or, if None, the file's own channel count.
+
+    Training, evaluation and prediction all read images here: the mode is always checked (``image_channels``),
+    whatever ``channels`` asks for, and the EXIF orientation is applied (``load_image``)."""
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"images are read with 1 or 3 channels, not {channels}")
+    img = load_image(path)
+    own = image_channels(img, path)
+    c = own if channels is None else channels
     img = img.convert("L" if c == 1 else "RGB")
     arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     return arr[..., None] if arr.ndim == 2 else arr
@@ -88,7 +172,7 @@ def read_image(path: Path, channels: int | None = None) -> np.ndarray:
 
 def read_mask_raw(path: Path) -> np.ndarray:
     """Mask pixels as stored: (H, W) integers for L/P/I/1 masks, (H, W, 3) uint8 for colour masks."""
-    img = _load(path)
+    img = load_image(path)
     if img.mode in ("RGB", "RGBA"):
         return np.array(img.convert("RGB"), dtype=np.uint8)
     if img.mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):

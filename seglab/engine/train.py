@@ -132,11 +132,9 @@ def train(
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint; returning True stops training.
     """
-    cfg, t0 = config, time.perf_counter()
+    cfg, t0 = config.validate(), time.perf_counter()  # a config changed after it was built is checked too
     if not cfg.data.root:
         raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -190,8 +188,6 @@ def train(
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.data.repeat < 1:
-        raise ConfigError(f"data.repeat must be >= 1, got {cfg.data.repeat}")
     samples_per_epoch = len(train_ds) * cfg.data.repeat
     batch_size = min(cfg.train.batch_size, samples_per_epoch)
     steps_per_epoch = samples_per_epoch // batch_size
@@ -199,11 +195,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
     )
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp, "?")
-    if amp_dtype == "?" or (amp_dtype is torch.float16 and device.type != "cuda"):
-        raise ConfigError(
-            f"train.amp must be off, bf16 or fp16 (CUDA only), got {cfg.train.amp!r} on {device}"
-        )
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    if amp_dtype is torch.float16 and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 (CUDA only) needs a CUDA device, got {device}; use bf16 or off")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     criterion = make_loss(cfg.train.loss, ignore_index=spec.ignore_index)
     terms = getattr(criterion, "losses", {"loss": criterion}).values()
@@ -219,8 +213,6 @@ def train(
                "split_lists": cfg.data.splits},
     )  # fmt: skip
 
-    if not 0.0 <= cfg.train.ema < 1.0:
-        raise ConfigError(f"train.ema must be in [0, 1) (0 = off), got {cfg.train.ema}")
     ema = None
     if cfg.train.ema > 0:
         from timm.utils import ModelEmaV3

@@ -76,7 +76,7 @@ def test_value_outside_declared_classes(tmp_path):
 
 
 def test_random_split_is_seeded_disjoint_and_complete(tmp_path):
-    root = make_folder(tmp_path / "s", [np.zeros((2, 2))] * 20)
+    root = make_folder(tmp_path / "s", [np.eye(2)] * 20)
     scan = scan_folder(root)
     parts = {name: scan.split(name, 0.2, 0.1, seed=1) for name in ("train", "val", "test")}
     assert [len(parts[n]) for n in ("train", "val", "test")] == [14, 4, 2]
@@ -86,7 +86,7 @@ def test_random_split_is_seeded_disjoint_and_complete(tmp_path):
 
 
 def test_split_files(tmp_path):
-    root = make_folder(tmp_path / "s", [np.zeros((2, 2))] * 4)
+    root = make_folder(tmp_path / "s", [np.eye(2)] * 4)
     (root / "splits").mkdir()
     (root / "splits" / "train.txt").write_text("00\n01\n02\n")
     (root / "splits" / "test.txt").write_text("03\n")
@@ -112,7 +112,7 @@ def test_split_files(tmp_path):
 def test_bad_folders_name_the_culprit(tmp_path, breakage, message):
     root = tmp_path / "d"
     if breakage != "missing":
-        make_folder(root, [np.zeros((4, 4))] * 2)
+        make_folder(root, [np.eye(4)] * 2)
     if breakage == "no_masks_dir":
         for p in (root / "masks").iterdir():
             p.unlink()
@@ -173,7 +173,7 @@ def test_isbi_membrane_through_the_folder_loader(isbi_dir):
 
 
 def test_explicit_split_lists_beat_split_files(tmp_path):
-    root = make_folder(tmp_path / "s", [np.zeros((2, 2))] * 5)
+    root = make_folder(tmp_path / "s", [np.eye(2)] * 5)
     lists = {"train": ["00", "01", "02"], "val": ["03"], "test": ["04"]}
     assert FolderDataset(root, "test", split_lists=lists).stems == ["04"]
     assert FolderDataset(root, "train", split_lists=lists).stems == ["00", "01", "02"]
