@@ -62,6 +62,20 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".yaml")
 
 
+def torch_load_problem(error: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice to
+    retry with ``weights_only=False`` (seglab never runs code from a file)."""
+    text = str(error)
+    if "Unsupported global" in text:
+        return (
+            "it holds pickled Python objects, and seglab loads only tensors and never runs code from a file"
+        )
+    if "Weights only load failed" in text:
+        return "it is not a torch file of tensors (damaged, truncated or of another kind)"
+    first = text.strip().splitlines()[0] if text.strip() else error.__class__.__name__
+    return f"it is damaged or truncated ({first[:160]})"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -97,7 +97,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     cfg = _uncertainty_config(args, predict=True)
     results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
                       device=args.device, progress=not args.no_progress, uncertainty=cfg,
-                      tile=args.tile, overlap=args.overlap, prob_maps=args.prob or (), threshold=args.threshold)  # fmt: skip
+                      tile=args.tile, overlap=args.overlap, prob_maps=args.prob or (), threshold=args.threshold,
+                      log=lambda line: print(f"seglab: {line}", file=sys.stderr))  # fmt: skip
     what = "" if args.no_overlay else " and overlays"
     if cfg is not None:
         what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")

@@ -50,7 +50,7 @@ class ModelSpec:
 
 def parse_spec(text: str) -> ModelSpec:
     """``unet``, ``unet:resnet18``, ``deeplabv3plus:mobilenet``, a run folder / .safetensors checkpoint, or an
-    exported ``.onnx`` / ``.pt`` file."""
+    exported ``.onnx`` / TorchScript ``.pt`` file (timed; MACs are n/a for TorchScript, which takes no hooks)."""
     p = Path(text)
     if p.suffix in (".onnx", ".pt", ".ts") and p.is_file():
         return ModelSpec(p.name, exported=str(p))
@@ -301,8 +301,11 @@ def benchmark_models(
             model, in_ch = build(spec, num_classes)
             if isinstance(model, nn.Module):
                 model = model.to(dev)
+            scripted = isinstance(model, torch.jit.ScriptModule)  # no forward hooks: no cost model
             for size in sizes:
-                cost = count_cost(model, size, in_ch) if isinstance(model, nn.Module) else None
+                cost = (
+                    count_cost(model, size, in_ch) if isinstance(model, nn.Module) and not scripted else None
+                )
                 for batch in batch_sizes:
                     x = torch.randn(batch, in_ch, size, size, generator=gen).to(dev)
                     with torch.inference_mode():
@@ -313,6 +316,11 @@ def benchmark_models(
                             "params": cost.params if cost else None, "gmacs": cost.gmacs if cost else None,
                             "miou": (miou or {}).get(spec.name),
                         }  # fmt: skip
+                        if scripted:  # parameters are countable, MACs need the hook-based cost model
+                            row["params"] = sum(p.numel() for p in model.parameters())
+                            cost_note = "TorchScript: MACs n/a"
+                        else:
+                            cost_note = ""
                         try:
                             with warnings.catch_warnings():
                                 warnings.simplefilter("ignore")
@@ -335,7 +343,7 @@ def benchmark_models(
                             peak_mem_mb=peak / 2**20 if peak is not None else None,
                             max_abs_diff=diff,
                             faithful=diff <= FAITHFUL_ATOL * max(1.0, float(ref.abs().max())),
-                            note=note,
+                            note="; ".join(n for n in (cost_note, note) if n),
                         )
                         rows.append(row)
                         if log:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.errors import ConfigError
+from seglab.files import ensure_dir
 
 
 def cost_report(
@@ -53,7 +54,7 @@ def run_benchmark(
     if data is not None and not checkpoints:
         raise ConfigError("--data evaluates mIoU of trained models; add --checkpoints RUN_DIR ...")
     miou: dict[str, float] = {}
-    out = Path(out)
+    out = ensure_dir(out)
     if data is not None:
         from seglab.bench.latency import parse_spec
         from seglab.engine.evaluate import evaluate

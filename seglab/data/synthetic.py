@@ -126,12 +126,15 @@ def write_folder(
     """
     from seglab.data.io import save_png
     from seglab.errors import DataError
+    from seglab.files import ensure_dir
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"data folder {out} is blocked by a file of that name; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     ds = SyntheticShapes(num_images=num_images, size=size, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, "parent folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         width = len(str(num_images - 1))

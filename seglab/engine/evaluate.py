@@ -141,10 +141,17 @@ def evaluate(
     """
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.engine.train import resolve_device
-    from seglab.files import write_json
+    from seglab.errors import ConfigError
+    from seglab.files import ensure_dir, write_json
 
-    dev = resolve_device(device)
     out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
+    if out is not None:  # checked before any work; the default lies beside the checkpoint
+        if out_path.is_dir():
+            raise ConfigError(
+                f"evaluate --out {out_path} is a folder; give a file path such as {out_path / 'eval.json'}"
+            )
+        ensure_dir(out_path.parent, "report folder")
+    dev = resolve_device(device)
     section: dict[str, Any] | None = None
     if uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))

@@ -5,20 +5,34 @@ Segmentor's padding to its stride is exported as shape arithmetic, so any H x W 
 export with dynamic sizes it is exported for the example size only and the result says so. TorchScript is
 ``torch.jit.trace`` (the traced graph keeps the example's padding, so it takes inputs of the example's size and
 is marked static). ``OnnxModel`` wraps an ONNX Runtime session as a callable (N, C, H, W) -> logits.
+
+An ONNX export is one self-contained file (weights inside, no external-data file), so ``m.onnx`` and its
+sidecar ``m.onnx.yaml`` can be copied anywhere; that caps a model at protobuf's 2 GB, far above any model here.
+The model's input geometry (stride multiple, margin, pad mode) is stored in the file's metadata, so
+``OnnxModel`` can replicate-pad inputs too small for the exported reflect padding (a 1-pixel side), as the
+PyTorch model does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import pickle
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from seglab.errors import ConfigError, SeglabError
+from seglab.errors import CheckpointError, ConfigError, SeglabError
 
 FORMATS = ("onnx", "torchscript")
+GEOMETRY_KEY = "seglab.geometry"  # ONNX metadata: the Segmentor's InputGeometry and pad_mode, as JSON
+PROTOBUF_LIMIT = 2**31  # bytes: the largest single-file ONNX model
 
 
 @dataclass
@@ -32,10 +46,10 @@ class ExportResult:
     )
 
 
-def _export_onnx(
+def _torch_export_onnx(
     model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int | None
 ) -> bool:
-    """Write ``model`` as ONNX to ``path``; returns whether the sizes are dynamic."""
+    """torch.onnx.export ``model`` to ``path`` (weights possibly beside it); returns whether sizes are dynamic."""
     kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": ["input"],
                               "output_names": ["logits"]}  # fmt: skip
     if opset is not None:
@@ -51,6 +65,31 @@ def _export_onnx(
                 pass
         torch.onnx.export(model, (x,), str(path), **kwargs)
     return False
+
+
+def _export_onnx(
+    model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int | None
+) -> bool:
+    """Write ``model`` as one self-contained ONNX file to ``path`` (the exporter works in a private temporary
+    folder, then the model is saved with every weight inside it and the input geometry in its metadata);
+    returns whether the sizes are dynamic."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="seglab-onnx-") as work:
+        raw = Path(work) / "model.onnx"
+        is_dynamic = _torch_export_onnx(model, x, raw, dynamic, opset)
+        proto = onnx.load_model(str(raw), load_external_data=True)
+    geometry = getattr(model, "geometry", None)
+    if dataclasses.is_dataclass(geometry) and isinstance(getattr(model, "pad_mode", None), str):
+        doc = {**dataclasses.asdict(geometry), "pad_mode": model.pad_mode}  # type: ignore[arg-type]
+        onnx.helper.set_model_props(proto, {GEOMETRY_KEY: json.dumps(doc)})
+    if proto.ByteSize() >= PROTOBUF_LIMIT:
+        raise SeglabError(
+            f"{type(model).__name__} is {proto.ByteSize() / 2**30:.1f} GiB, beyond the 2 GB of a single ONNX file; "
+            "export it with --format torchscript"
+        )
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return is_dynamic
 
 
 def export_model(
@@ -69,11 +108,17 @@ def export_model(
     ``check`` the exported model runs on a random input of another odd size (the example's for static exports)
     and the largest absolute logit difference to PyTorch is recorded in the result.
     """
-    from seglab.files import atomic_write
+    from seglab.files import atomic_write, ensure_dir
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
+    if out.is_dir():
+        suffix = "onnx" if fmt == "onnx" else "pt"
+        raise ConfigError(
+            f"export --out {out} is a folder; give a file path such as {out / ('model.' + suffix)}"
+        )
+    ensure_dir(out.parent)
     model = model.eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, in_channels, *example_size, generator=gen)
@@ -121,7 +166,10 @@ def export_checkpoint(
 
 class OnnxModel:
     """An ONNX model in ONNX Runtime (CPU unless ``providers`` says otherwise), called like a module:
-    float tensor (N, C, H, W) in, logits tensor out. ``threads``: intra-op threads (default: ORT's)."""
+    float tensor (N, C, H, W) in, logits tensor out. ``threads``: intra-op threads (default: ORT's).
+
+    A seglab export records its input geometry; an input too small for the exported reflect padding (a side
+    of 1 pixel) is then padded here by replication to the size the network takes, as the PyTorch model does."""
 
     def __init__(
         self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
@@ -136,9 +184,16 @@ class OnnxModel:
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(
+                str(path), opts, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types for every kind of bad file
+            raise CheckpointError(f"{self.path} is not an ONNX model: {_first_line(e)}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.training = False
+        meta = self.session.get_modelmeta().custom_metadata_map.get(GEOMETRY_KEY)
+        self.geometry: dict[str, Any] | None = json.loads(meta) if meta else None
 
     @property
     def in_channels(self) -> int:
@@ -152,9 +207,72 @@ class OnnxModel:
         """An exported graph has no training mode; accepted so evaluation loops can restore modes."""
         return self
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            raise SeglabError(
+                f"ONNX Runtime cannot run {self.path} on an input of {tuple(x.shape)}: {_first_line(e)}"
+            ) from None
         return torch.from_numpy(out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        if not g or g.get("pad_mode") != "reflect":
+            return self._run(x)
+        # Segmentor.forward pads by reflection unless a pad exceeds the image, and then by replication; the
+        # exported graph holds only the reflection, so the replication happens here (to the final size).
+        h, w = x.shape[-2:]
+        oh, ow = (_output_size(g, s) for s in (h, w))
+        m = g["margin"]
+        if max(m, m + ow - w) < w and max(m, m + oh - h) < h:
+            return self._run(x)
+        if m:
+            raise SeglabError(
+                f"{self.path.name} takes inputs of at least {m + 1} x {m + 1} pixels (its reflect padding), "
+                f"got {h} x {w}; predict this image with the PyTorch checkpoint"
+            )
+        return self._run(F.pad(x, (0, ow - w, 0, oh - h), mode="replicate"))[..., :h, :w]
+
+
+def _output_size(g: dict[str, Any], size: int) -> int:
+    """``InputGeometry.output_size`` on the geometry recorded in an exported file."""
+    o = max(size, g.get("min_size", 1) - 2 * g.get("margin", 0), 1)
+    return o + (g.get("offset", 0) - o) % g.get("multiple", 1)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` file (a zip with data.pkl but no TorchScript code, or a bare pickle)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [n.split("/", 1)[-1] for n in z.namelist()]
+        return "data.pkl" in names and "constants.pkl" not in names
+    with path.open("rb") as f:
+        return f.read(1) == b"\x80"  # a pickle's PROTO opcode
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """A TorchScript file in eval mode; CheckpointError (one line) for anything else. A ``torch.save`` pickle is
+    refused without being unpickled: it may hold code, and seglab never runs code from a file."""
+    path = Path(path)
+    if _is_pickle(path):
+        raise CheckpointError(
+            f"{path} holds pickled Python objects (torch.save), not a TorchScript model; seglab loads only "
+            "TorchScript, safetensors or ONNX files and never runs code from a file"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # TorchScript is deprecated in favour of torch.export
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path} is not a TorchScript model: {_first_line(e)}") from None
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> Any:
@@ -164,9 +282,15 @@ def load_exported(path: str | Path, threads: int | None = None) -> Any:
         raise SeglabError(f"exported model {path} does not exist")
     if path.suffix == ".onnx":
         return OnnxModel(path, threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in favour of torch.export
-        return torch.jit.load(str(path)).eval()
+    return load_torchscript(path)
 
 
-__all__ = ["FORMATS", "ExportResult", "OnnxModel", "export_checkpoint", "export_model", "load_exported"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "OnnxModel",
+    "export_checkpoint",
+    "export_model",
+    "load_exported",
+    "load_torchscript",
+]

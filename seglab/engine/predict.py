@@ -1,10 +1,15 @@
 """Prediction: a checkpoint on image files or folders -> palette index-mask PNGs and colour overlays
-(and, with ``uncertainty``, per-pixel uncertainty heatmaps; see ``seglab.uncertainty``)."""
+(and, with ``uncertainty``, per-pixel uncertainty heatmaps; see ``seglab.uncertainty``).
+
+Memory: with ``tile`` nothing of full-image size is float except what is asked for; the labels (1 byte per
+pixel), each requested probability map (1 byte) and the overlay (3 bytes) are filled tile by tile.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,28 +17,51 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
-from seglab.engine.tiling import TiledModel
+from seglab.engine.tiling import iter_tiles
 from seglab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from seglab.uncertainty.config import UncertaintyConfig
 
+# The files predict writes: <stem>_mask.png, _overlay.png, _prob_<class>.png, _uncertainty.png / .npz
+OUTPUT_NAME = re.compile(r".+_(mask|overlay|uncertainty|prob_[A-Za-z0-9_.-]+)\.(png|npz)")
 
-def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files given directly or found (non-recursively) in given folders; DataError if none or missing."""
+
+class PredictError(DataError):
+    """Some inputs could not be read; the others were predicted. ``results``: the records of the predicted
+    images (as :func:`predict` returns them); ``failures``: (input path, reason) per skipped image."""
+
+    def __init__(self, message: str, results: list[dict[str, Any]], failures: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.results, self.failures = results, failures
+
+
+def collect_inputs(inputs: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
+    """Image files given directly or found (non-recursively) in given folders; DataError if none or missing.
+
+    With ``out_dir``, files inside it named like predict's outputs (``*_mask.png``, ``*_overlay.png``,
+    ``*_prob_*.png``, ``*_uncertainty.png``) are left out, so predicting into the input folder (or a folder that
+    a shell glob passes back in) never predicts on earlier outputs."""
+    out = Path(out_dir).resolve() if out_dir is not None else None
+
+    def ours(p: Path) -> bool:
+        return out is not None and p.parent.resolve() == out and OUTPUT_NAME.fullmatch(p.name) is not None
+
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
+            kept = [p for p in found if not ours(p)]
+            if not kept and not (found and item.resolve() == out):
                 raise DataError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
+            files += kept
         elif item.is_file():
-            files.append(item)
+            if not ours(item):
+                files.append(item)
         else:
             raise DataError(f"input {item} does not exist")
     if not files:
-        raise DataError("no input images given")
+        raise DataError("no input images given" + (f" (only earlier outputs in {out_dir})" if inputs else ""))
     stems: dict[str, Path] = {}
     for f in files:
         if f.stem in stems:
@@ -44,15 +72,41 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def normalise(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float on ``device``, scaled to 0..1 and normalised with ``mean`` and ``std``."""
+    x = x.to(device).to(torch.float32, copy=True).div_(255)
+    x.sub_(torch.tensor(mean, device=device)[:, None, None])
+    return x.div_(torch.tensor(std, device=device)[:, None, None])
+
+
 def image_tensor(
     image: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> torch.Tensor:
     """One uint8 (H, W, C) image as the normalised float batch (1, C, H, W) a model takes."""
-    x = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div(255)
-    x = (x - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[
-        :, None, None
-    ]
-    return x.unsqueeze(0)
+    return normalise(torch.from_numpy(image).permute(2, 0, 1), mean, std, device).unsqueeze(0)
+
+
+def _prob_windows(
+    model: Any,
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    temperature: float,
+    tile: int | None,
+    overlap: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(y0, x0, probabilities (C, h, w)) of the whole image at once, or tile by tile with ``tile`` (each tile is
+    normalised on its own: the uint8 image is the only full-size input)."""
+    if tile is None:
+        yield 0, 0, (model(image_tensor(image, mean, std, device))[0] / temperature).softmax(0)
+        return
+    src = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # a view, no copy
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: normalise(t, mean, std, device)  # noqa: E731
+    for y0, x0, logits in iter_tiles(model, src, tile, overlap, prepare):
+        yield y0, x0, (logits[0] / temperature).softmax(0)
 
 
 @torch.inference_mode()
@@ -69,9 +123,53 @@ def predict_probs(
     """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops);
     the logits are divided by ``temperature`` (a checkpoint's fitted one) first. With ``tile`` the image is
     predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images)."""
-    x = image_tensor(image, mean, std, device)
-    logits = (model if tile is None else TiledModel(model, tile, overlap))(x)
-    return (logits[0] / temperature).softmax(0)
+    h, w = image.shape[:2]
+    out: torch.Tensor | None = None
+    for y0, x0, probs in _prob_windows(model, image, mean, std, device, temperature, tile, overlap):
+        if tile is None:
+            return probs
+        if out is None:
+            out = probs.new_empty(probs.shape[0], h, w)
+        out[:, y0 : y0 + probs.shape[1], x0 : x0 + probs.shape[2]] = probs
+    assert out is not None
+    return out
+
+
+def _labels_and_maps(
+    probs: torch.Tensor, prob_idx: Sequence[int], threshold: float | None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """uint8 labels (argmax, or ``threshold`` on the one ``prob_idx`` class) and 8-bit maps of ``prob_idx``."""
+    labels = probs.argmax(0) if threshold is None else threshold_labels(probs, prob_idx[0], threshold)
+    maps = [(probs[c] * 255).round().byte().cpu().numpy() for c in prob_idx]
+    return labels.cpu().numpy().astype(np.uint8), maps
+
+
+@torch.inference_mode()
+def predict_labels(
+    model: Any,
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    temperature: float = 1.0,
+    tile: int | None = None,
+    overlap: int = 32,
+    prob_idx: Sequence[int] = (),
+    threshold: float | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels uint8 (H, W) of one uint8 (H, W, C) image (the argmax, or with ``threshold`` see
+    :func:`threshold_labels` on the one ``prob_idx`` class) and the 8-bit probability map (255 = 1.0) of each
+    ``prob_idx`` class. With ``tile`` they are filled tile by tile: no full-image logits or probabilities."""
+    h, w = image.shape[:2]
+    labels = np.empty((h, w), np.uint8)
+    maps = [np.empty((h, w), np.uint8) for _ in prob_idx]
+    for y0, x0, probs in _prob_windows(model, image, mean, std, device, temperature, tile, overlap):
+        lab, pm = _labels_and_maps(probs, prob_idx, threshold)
+        win = np.s_[y0 : y0 + lab.shape[0], x0 : x0 + lab.shape[1]]
+        labels[win] = lab
+        for full, part in zip(maps, pm):
+            full[win] = part
+    return labels, maps
 
 
 def threshold_labels(probs: torch.Tensor, cls: int, threshold: float) -> torch.Tensor:
@@ -87,13 +185,20 @@ def threshold_labels(probs: torch.Tensor, cls: int, threshold: float) -> torch.T
 def overlay(
     image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
 ) -> np.ndarray:
-    """Blend the palette colour of every non-zero label into the image; label 0 (background) stays as it is."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    colours = np.asarray(palette, dtype=np.float32)[np.clip(mask, 0, len(palette) - 1)]
-    out = rgb.astype(np.float32)
-    fg = mask > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
-    return out.round().astype(np.uint8)
+    """Blend the palette colour of every non-zero label into the image; label 0 (background) stays as it is.
+    Works in blocks of rows, so beyond the uint8 result it needs only a few MB whatever the image size."""
+    out = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image.copy()
+    colours = np.asarray(palette, dtype=np.float32)
+    rows = max(1, (1 << 18) // max(1, mask.shape[1]))
+    for r in range(0, mask.shape[0], rows):
+        block, m = out[r : r + rows], mask[r : r + rows]
+        fg = m > 0
+        if fg.any():
+            blend = (1 - alpha) * block[fg].astype(np.float32) + alpha * colours[
+                np.clip(m[fg], 0, len(palette) - 1)
+            ]
+            block[fg] = blend.round().astype(np.uint8)
+    return out
 
 
 def predict(
@@ -109,6 +214,7 @@ def predict(
     overlap: int = 32,
     prob_maps: Sequence[str | int] = (),
     threshold: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image.
 
@@ -120,9 +226,16 @@ def predict(
     mask is the argmax of that predictor's mean probabilities, and ``<stem>_uncertainty.png`` (entropy or mutual
     information on the fixed scale 0 .. log C, viridis) and optionally ``<stem>_uncertainty.npz`` (every raw map)
     are written too.
+
+    Returns one record (the input and its output paths) per image. An image that cannot be read is skipped:
+    ``log`` (default: standard error) gets one line naming it, the other images are predicted, and at the end
+    :class:`PredictError` (a DataError; ``.results`` and ``.failures``) says how many failed and why. Any other
+    error (a bad checkpoint or flag, an output folder blocked by a file) stops at once, before the first image.
+    Files in ``out_dir`` named like these outputs are never taken as inputs (``out_dir`` may be an input folder).
     """
     from seglab.checkpoint import load_checkpoint
     from seglab.engine.train import resolve_device
+    from seglab.files import ensure_dir
 
     dev = resolve_device(device)
     predictor = None
@@ -139,36 +252,55 @@ def predict(
     if threshold is not None and (len(prob_idx) != 1 or not 0.0 < threshold < 1.0):
         raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
                           f"{len(prob_idx)} classes")  # fmt: skip
-    files = collect_inputs(inputs)
-    out = Path(out_dir)
+    files = collect_inputs(inputs, out_dir)
+    out = ensure_dir(out_dir)  # after every check of the arguments, before the first image
     # a checkpoint saved from Python may lack a palette: fall back to the default colours
     palette = meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
-    results = []
+    results: list[dict[str, Any]] = []
+    failures: list[tuple[Path, str]] = []
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        files = tqdm(files, desc="predict", leave=False, dynamic_ncols=True)
-    for path in files:
-        image = read_image(path, meta.in_channels)
+        bar = tqdm(files, desc="predict", leave=False, dynamic_ncols=True)
+    for path in bar if bar is not None else files:
+        try:
+            image = read_image(path, meta.in_channels)
+        except DataError as e:  # skip it, name it, carry on; summarised at the end
+            failures.append((path, str(e)))
+            _log(log, f"skipped {path.name}: {e}", bar)
+            continue
         if predictor is None:
-            probs = predict_probs(model, image, meta.mean, meta.std, dev, meta.temperature, tile, overlap)
+            labels, maps = predict_labels(model, image, meta.mean, meta.std, dev, meta.temperature, tile,
+                                          overlap, prob_idx, threshold)  # fmt: skip
         else:
             result = predictor(image_tensor(image, meta.mean, meta.std, dev))
-            probs = result.probs[0]
-        if threshold is None:
-            labels = probs.argmax(0).cpu().numpy().astype(np.uint8)
-        else:
-            labels = threshold_labels(probs, prob_idx[0], threshold).cpu().numpy().astype(np.uint8)
+            labels, maps = _labels_and_maps(result.probs[0], prob_idx, threshold)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
-        for c in prob_idx:
+        for c, prob in zip(prob_idx, maps):
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", meta.class_names[c])
             record[f"prob_{name}"] = str(out / f"{path.stem}_prob_{name}.png")
-            save_png(Path(record[f"prob_{name}"]), (probs[c] * 255).round().byte().cpu().numpy())
+            save_png(Path(record[f"prob_{name}"]), prob)
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
             save_png(Path(record["overlay"]), overlay(image, labels, palette))
         if predictor is not None:
             record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)
+    if failures:
+        shown = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
+        more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+        raise PredictError(f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
+                           f"{shown}{more}", results, failures)  # fmt: skip
     return results
+
+
+def _log(log: Callable[[str], None] | None, line: str, bar: Any = None) -> None:
+    """``line`` to ``log`` (default: standard error), clearing a progress bar around it."""
+    write = log or (lambda text: print(text, file=sys.stderr))
+    if bar is None:
+        write(line)
+        return
+    with bar.external_write_mode(file=sys.stderr):
+        write(line)

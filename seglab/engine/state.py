@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from seglab.checkpoint import CheckpointMeta, read_meta, save_checkpoint
+from seglab.checkpoint import CheckpointMeta, read_meta, save_checkpoint, torch_load_problem
 from seglab.errors import CheckpointError, ConfigError, SeglabError
 from seglab.files import atomic_write
 
@@ -39,14 +39,17 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     """The committed state of ``run_dir``; one-line errors for a missing, truncated or foreign file."""
     path = run_dir / STATE_FILE
     if not path.is_file():
-        raise ConfigError(f"cannot resume: {run_dir} has no {STATE_FILE} from an earlier run")
+        why = (
+            "its run stopped before the first epoch ended, so start it again without --resume"
+            if (run_dir / "config.yaml").is_file()
+            else "pass the folder of an earlier run"
+        )
+        raise ConfigError(f"cannot resume: {run_dir} has no {STATE_FILE}; {why}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled code
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise CheckpointError(
-            f"cannot resume: {path} is unreadable ({reason[:120]}); it is damaged or not a seglab state file, "
-            f"so restart the run with --overwrite"
+            f"cannot resume: {path} cannot be loaded: {torch_load_problem(e)}; restart the run with --overwrite"
         ) from None
     if not isinstance(state, dict) or "epoch" not in state or "optimizer" not in state:
         raise CheckpointError(
@@ -103,7 +106,9 @@ def repair(run_dir: Path, state: dict[str, Any]) -> None:
     state and the checkpoints may have left them missing, half-replaced or one epoch ahead. An older best must be
     intact and of the epoch the state names, else the run is refused (that best cannot be rebuilt from the state).
     """
-    for tmp in run_dir.glob(".*.tmp"):  # temporaries of writes a kill cut short (see seglab.files.atomic_write)
+    for tmp in run_dir.glob(
+        ".*.tmp"
+    ):  # temporaries of writes a kill cut short (see seglab.files.atomic_write)
         tmp.unlink(missing_ok=True)
     write_checkpoints(run_dir, state)
     best_epoch = state["best"].get("epoch")

@@ -113,8 +113,8 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     check_out_dir(run_dir, "run folder")
     has_ckpt = any((run_dir / n).exists() for n in ("best.safetensors", "last.safetensors", STATE_FILE))
-    if resume and not (run_dir / STATE_FILE).is_file():
-        raise ConfigError(f"cannot resume: {run_dir} has no {STATE_FILE} from an earlier run")
+    if resume:
+        load_state(run_dir)  # refuses now, before the data is read, if there is nothing to resume
     if has_ckpt and not resume and not overwrite:
         raise ConfigError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"

@@ -99,12 +99,18 @@ def build_predictor(
 
 
 def heatmap(values: np.ndarray | Tensor, num_classes: int, colormap: str = COLORMAP) -> np.ndarray:
-    """An (H, W) map in nats as uint8 RGB (H, W, 3) on the fixed scale 0 .. log C (comparable across images)."""
+    """An (H, W) map in nats as uint8 RGB (H, W, 3) on the fixed scale 0 .. log C (comparable across images).
+    Coloured in blocks of rows: the colormap's float64 RGBA never exists for the whole image."""
     import matplotlib
 
     v = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    scaled = np.clip(v / math.log(num_classes), 0.0, 1.0)
-    return (matplotlib.colormaps[colormap](scaled)[..., :3] * 255).round().astype(np.uint8)
+    cmap = matplotlib.colormaps[colormap]
+    out = np.empty((*v.shape, 3), np.uint8)
+    rows = max(1, (1 << 16) // max(1, v.shape[-1]))
+    for r in range(0, v.shape[0], rows):
+        scaled = np.clip(v[r : r + rows] / math.log(num_classes), 0.0, 1.0)
+        out[r : r + rows] = (cmap(scaled)[..., :3] * 255).round().astype(np.uint8)
+    return out
 
 
 def save_maps(path: Path, result: UncertaintyResult) -> None:

@@ -154,7 +154,9 @@ def test_resume_refuses_a_truncated_state_in_one_line(fit_data, tmp_path):
     train(make_config(fit_data, run, epochs=1))
     data = (run / "last.state.pt").read_bytes()
     (run / "last.state.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"last.state.pt is unreadable .*--overwrite") as e:
+    with pytest.raises(
+        CheckpointError, match=r"last.state.pt cannot be loaded: it is damaged or truncated .*--overwrite"
+    ) as e:
         train(make_config(fit_data, run, epochs=2), resume=True)
     assert "\n" not in str(e.value)
 
@@ -183,7 +185,9 @@ def test_resume_refuses_an_old_state_whose_weights_are_of_another_epoch(fit_data
     old = torch.load(run / "last.state.pt", weights_only=True)
     legacy = {k: old[k] for k in ("optimizer", "scheduler", "scaler", "best")} | {"epoch": 1}
     torch.save(legacy, run / "last.state.pt")
-    with pytest.raises(CheckpointError, match="last.safetensors is from epoch 2 but last.state.pt from epoch 1"):
+    with pytest.raises(
+        CheckpointError, match="last.safetensors is from epoch 2 but last.state.pt from epoch 1"
+    ):
         train(make_config(fit_data, run, epochs=3), resume=True)
     torch.save(legacy | {"epoch": 2}, run / "last.state.pt")  # consistent: continues from the weights file
     assert train(make_config(fit_data, run, epochs=3), resume=True).history[-1]["epoch"] == 3
@@ -213,3 +217,48 @@ def test_a_run_folder_blocked_by_a_file_is_one_line(fit_data, tmp_path, blocked)
     out = tmp_path / "f" if blocked == "file" else tmp_path / "f" / "run"
     with pytest.raises(SeglabError, match=r"run folder .* is blocked by the file .*f; choose another path"):
         train(make_config(fit_data, out, epochs=1))
+
+
+class Payload:  # a class torch.load(weights_only=True) refuses to unpickle
+    pass
+
+
+def test_pickled_state_and_weights_files_are_refused_in_one_line(fit_data, tmp_path):
+    from seglab.models.encoders.base import read_state_dict
+
+    run = tmp_path / "run"
+    train(make_config(fit_data, run, epochs=1))
+    torch.save({"epoch": 1, "optimizer": Payload()}, run / "last.state.pt")
+    with pytest.raises(CheckpointError, match="holds pickled Python objects") as e:
+        train(make_config(fit_data, run, epochs=2), resume=True)
+    assert "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
+    torch.save({"conv.weight": Payload()}, tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match="holds pickled Python objects") as e:
+        read_state_dict(tmp_path / "w.pt")
+    assert "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["mask value", "corrupt image"])
+def test_bad_files_in_any_split_stop_training_before_the_run_folder_exists(shapes_dir, tmp_path, damage):
+    """Files of the test split (never loaded by training) are checked before training starts, not found late."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    stem = (data / "splits" / "test.txt").read_text().split()[0]
+    if damage == "mask value":
+        mask = np.array(Image.open(data / "masks" / f"{stem}.png"))
+        mask[0, 0] = 9  # classes.yaml declares 4 classes (mask_format: index)
+        Image.fromarray(mask).save(data / "masks" / f"{stem}.png")
+        match = rf"mask .*{stem}.png has value 9"
+    else:
+        image = next((data / "images").glob(f"{stem}.*"))
+        image.write_bytes(image.read_bytes()[:60])
+        match = rf"{stem}.* (corrupt|truncated|cannot)"
+    out = tmp_path / "run"
+    cfg = Config().override([f"data.root={data}", f"train.out_dir={out}", "train.epochs=1", "train.progress=false",
+                             "model.params={depth: 2, base_channels: 4}"])  # fmt: skip
+    with pytest.raises(SeglabError, match=match):
+        train(cfg)
+    assert not out.exists()
