@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,11 @@ print(json.dumps({"code": code, "maxrss_kib": resource.getrusage(resource.RUSAGE
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    import torch
+
+    from seglab.bench.latency import device_name
+
+    return device_name(torch.device("cpu"))
 
 
 def peak_mib(argv: list[str], threads: int) -> float:

@@ -33,3 +33,32 @@ def isbi_dir() -> Path:
     if not ISBI.is_dir():
         pytest.skip(f"{ISBI} is not available")
     return ISBI
+
+
+TINY = {"depth": 2, "base_channels": 4}
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture):
+    """``run_cli(*argv)`` runs ``seglab ARGV`` in-process and returns (exit code, stdout, stderr)."""
+    from seglab.cli import main
+
+    def run(*argv: object) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained 2-class RGB U-Net checkpoint (classes bg, fg); returns its .safetensors path."""
+    from seglab.checkpoint import CheckpointMeta, save_checkpoint
+    from seglab.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=2, in_channels=3, **TINY).eval()
+    meta = CheckpointMeta(arch="unet", num_classes=2, in_channels=3, model_params=dict(TINY),
+                          class_names=["bg", "fg"], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, meta)

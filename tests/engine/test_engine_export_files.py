@@ -10,29 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from seglab.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, write_sidecar
-from seglab.cli import main
+from seglab.checkpoint import load_checkpoint, write_sidecar
 from seglab.engine.export import OnnxModel, export_checkpoint, load_exported
 from seglab.engine.predict import predict
 from seglab.errors import CheckpointError
-from seglab.models.factory import create_model
-
-TINY = {"depth": 2, "base_channels": 4}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("unet", num_classes=2, in_channels=3, **TINY).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=2, in_channels=3, model_params=dict(TINY),
-                          class_names=["bg", "fg"], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, meta)
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +76,7 @@ def test_onnx_takes_images_with_a_one_pixel_side(onnx_export, ckpt, tmp_path, h,
     np.testing.assert_array_equal(np.array(Image.open(a["mask"])), np.array(Image.open(b["mask"])))
 
 
-def test_text_file_named_onnx_with_a_valid_sidecar_is_one_line(ckpt, tmp_path, capsys):
+def test_text_file_named_onnx_with_a_valid_sidecar_is_one_line(ckpt, tmp_path, run_cli):
     pytest.importorskip("onnxruntime")
     fake = tmp_path / "m.onnx"
     fake.write_text("this is not a model\n")
@@ -98,7 +84,7 @@ def test_text_file_named_onnx_with_a_valid_sidecar_is_one_line(ckpt, tmp_path, c
     write_sidecar(fake, meta)  # its SHA-256 matches: only the content is wrong
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    code, _, err = run(capsys, "predict", fake, image, "--out", tmp_path / "out", "--no-progress")
+    code, _, err = run_cli("predict", fake, image, "--out", tmp_path / "out", "--no-progress")
     assert (
         code == 2 and err.startswith(f"seglab: error: {fake} is not an ONNX model: ") and err.count("\n") == 1
     )
@@ -109,7 +95,7 @@ class Payload:
     """Any class: torch.save pickles a reference to it, which weights_only loading refuses."""
 
 
-def test_pickled_files_are_refused_in_one_line_without_unpickling(tmp_path, capsys):
+def test_pickled_files_are_refused_in_one_line_without_unpickling(tmp_path, run_cli):
     code_file, weights_file = tmp_path / "code.pt", tmp_path / "weights.pt"
     torch.save({"payload": Payload(), "w": torch.zeros(2)}, code_file)
     torch.save({"w": torch.zeros(2)}, weights_file)
@@ -122,7 +108,7 @@ def test_pickled_files_are_refused_in_one_line_without_unpickling(tmp_path, caps
             "TorchScript, safetensors or ONNX files and never runs code from a file"
         )
         assert "weights_only" not in message
-    code, _, err = run(capsys, "benchmark", code_file, "--size", 16, "--out", tmp_path / "b", "--no-progress")
+    code, _, err = run_cli("benchmark", code_file, "--size", 16, "--out", tmp_path / "b", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "holds pickled Python objects" in err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"PK\x03\x04 truncated")

@@ -10,30 +10,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from seglab.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from seglab.cli import main
+from seglab.checkpoint import load_checkpoint
 from seglab.engine import tiling
 from seglab.engine.predict import PredictError, overlay, predict, predict_labels, predict_probs
 from seglab.engine.tiling import predict_tiled, tile_starts, tile_window
 from seglab.errors import CheckpointError
 from seglab.models.factory import create_model
 
-TINY = {"depth": 2, "base_channels": 4}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("unet", num_classes=2, in_channels=3, **TINY).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=2, in_channels=3, model_params=dict(TINY),
-                          class_names=["bg", "fg"], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, meta)
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
 
 
 def images(folder, n=4, size=(32, 40)):
@@ -44,11 +31,11 @@ def images(folder, n=4, size=(32, 40)):
     return folder
 
 
-def test_unreadable_file_is_skipped_named_and_summarised(ckpt, tmp_path, capsys):
+def test_unreadable_file_is_skipped_named_and_summarised(ckpt, tmp_path, capsys, run_cli):
     src = images(tmp_path / "in")
     (src / "x.png").write_text("not an image")
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "predict", ckpt, src, "--out", out, "--no-progress")
+    code, stdout, err = run_cli("predict", ckpt, src, "--out", out, "--no-progress")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2, err
     assert lines[0].startswith("seglab: skipped x.png: cannot read") and str(src / "x.png") in lines[0]
@@ -90,7 +77,7 @@ def test_second_run_predicts_exactly_the_original_images(ckpt, tmp_path, layout)
     assert len(list(out.glob("*_mask.png"))) == 3 and not list(out.glob("*_mask_mask.png"))
 
 
-def test_blocked_output_paths_fail_in_one_line(ckpt, tmp_path, capsys, shapes_dir):
+def test_blocked_output_paths_fail_in_one_line(ckpt, tmp_path, run_cli, shapes_dir):
     src = images(tmp_path / "in", n=1)
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file")
@@ -108,7 +95,7 @@ def test_blocked_output_paths_fail_in_one_line(ckpt, tmp_path, capsys, shapes_di
         (["export", ckpt, "--out", tmp_path], f"export --out {tmp_path} is a folder"),
     ]  # fmt: skip
     for argv, message in cases:
-        code, out, err = run(capsys, *argv)
+        code, out, err = run_cli(*argv)
         assert code == 2 and err.startswith("seglab: error: ") and err.count("\n") == 1, (argv, err)
         assert message in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == before and blocker.read_text() == "a file"
@@ -138,7 +125,7 @@ def reference_tiled(model, image, tile, overlap):
                                                  (1, 9, 4, 2), (40, 33, 10, 0)])  # fmt: skip
 def test_tiles_equal_the_former_whole_image_mirroring(h, w, tile, overlap):
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=3, in_channels=2, **TINY).eval()
+    model = create_model("unet", num_classes=3, in_channels=2, depth=2, base_channels=4).eval()
     image = torch.randn(2, 2, h, w)
     mode = "reflect" if overlap < min(h, w) else "replicate"
     whole = F.pad(image, (overlap,) * 4, mode=mode)
