@@ -140,7 +140,7 @@ def evaluate(
     reliability data) and the reliability diagram is written beside the report as ``<report>-reliability.png``.
     """
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.engine.train import resolve_device
+    from seglab.engine.device import resolve_device
     from seglab.errors import ConfigError
     from seglab.files import ensure_dir, write_json
 
@@ -207,7 +207,7 @@ def calibrate(
     import yaml
 
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.engine.train import resolve_device
+    from seglab.engine.device import resolve_device
     from seglab.files import atomic_write
     from seglab.uncertainty.calibration import collect_logits, fit_temperature, temperature_report
 

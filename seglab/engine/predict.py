@@ -234,7 +234,7 @@ def predict(
     Files in ``out_dir`` named like these outputs are never taken as inputs (``out_dir`` may be an input folder).
     """
     from seglab.checkpoint import load_checkpoint
-    from seglab.engine.train import resolve_device
+    from seglab.engine.device import resolve_device
     from seglab.files import ensure_dir
 
     dev = resolve_device(device)

@@ -35,6 +35,7 @@ from seglab.checkpoint import CheckpointMeta
 from seglab.config import Config
 from seglab.data.folder import FolderDataset, scan_folder
 from seglab.data.transforms import build_transform, pad_collate
+from seglab.engine.device import resolve_device
 from seglab.engine.evaluate import run_evaluation
 from seglab.engine.state import (
     STATE_FILE,
@@ -60,17 +61,6 @@ class TrainResult:
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto") from None
 
 
 def lr_factor(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
