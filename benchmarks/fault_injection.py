@@ -46,10 +46,10 @@ CHILD = r"""
 import os, sys
 target, when, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from seglab.config import Config
-from seglab.engine import train as T
+from seglab.engine import callbacks as C, train as T
 count = [0]
 if target == "metrics.jsonl":
-    real_append = T.append_text
+    real_append = C.append_text
     def append(path, text):
         count[0] += 1
         if count[0] == k:
@@ -57,7 +57,7 @@ if target == "metrics.jsonl":
                 f.write(text[: len(text) // 2])
             os._exit(137)
         real_append(path, text)
-    T.append_text = append
+    C.append_text = append
 else:
     real_replace = os.replace
     def replace(src, dst, *a, **kw):

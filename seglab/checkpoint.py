@@ -21,6 +21,7 @@ import yaml
 
 from seglab.errors import CheckpointError
 from seglab.files import atomic_write
+from seglab.models.torch_files import torch_load_problem  # noqa: F401  (re-exported: seglab.engine.state)
 
 FORMAT = "seglab-checkpoint/1"
 
@@ -60,20 +61,6 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix in (".safetensors", ".yaml"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".yaml")
-
-
-def torch_load_problem(error: Exception) -> str:
-    """One line saying why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice to
-    retry with ``weights_only=False`` (seglab never runs code from a file)."""
-    text = str(error)
-    if "Unsupported global" in text:
-        return (
-            "it holds pickled Python objects, and seglab loads only tensors and never runs code from a file"
-        )
-    if "Weights only load failed" in text:
-        return "it is not a torch file of tensors (damaged, truncated or of another kind)"
-    first = text.strip().splitlines()[0] if text.strip() else error.__class__.__name__
-    return f"it is damaged or truncated ({first[:160]})"
 
 
 def _sha256(path: Path) -> str:
@@ -171,7 +158,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Checkpo
     meta = read_meta(path)
     weights, _ = checkpoint_paths(path)
     if weights.suffix == ".onnx":  # an exported model: ONNX Runtime, called like a module
-        from seglab.engine.export import OnnxModel
+        from seglab.models.onnx_model import OnnxModel
 
         return OnnxModel(weights), meta
     try:

@@ -56,7 +56,9 @@ class DataConfig:
     std: list[float] | None = None
     repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
     cache: bool = True  # keep decoded images in memory after the first epoch
-    num_workers: int = 0
+    # loader processes; null: 0 when training on the CPU (the cores compute the model; decoded images are cached),
+    # else min(8, cores - 1). Workers persist across epochs (so do their caches); results do not depend on it
+    num_workers: int | None = None
 
 
 @dataclass
@@ -74,9 +76,20 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16
     lr: float = 3e-3
-    weight_decay: float = 1e-4
-    schedule: str = "poly"  # poly | cosine | constant
-    warmup_iters: int = 0
+    weight_decay: float = 1e-4  # not applied to biases and normalisation layers
+    optimizer: str = "adamw"  # adamw | adam | sgd (with momentum; nesterov)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    encoder_lr: float = 1.0  # the encoder's learning rate is lr * encoder_lr (e.g. 0.1 for a pretrained one)
+    clip_grad: float | None = None  # clip the gradients' global L2 norm to this value
+    accumulate: int = 1  # batches per optimizer step (effective batch = batch_size * accumulate)
+    schedule: str = (
+        "poly"  # poly | cosine | constant, over the steps or over time_limit, whichever ends first
+    )
+    warmup_iters: int = 0  # linear warm-up (optimizer steps), for every schedule
+    # a wall-clock budget for the whole run ("10m", "90s", "1h30m" or seconds): the schedule runs over elapsed
+    # time and training stops at the limit with a final validation and checkpoint; null = epochs only
+    time_limit: str | float | None = None
     # a loss name or a weighted sum {name: weight}; names in seglab.losses.list_losses() (ce, dice, focal, ...)
     loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
     seed: int = 0
@@ -84,8 +97,18 @@ class TrainConfig:
     # exponential moving average of the weights (e.g. 0.995; 0 = off): validation and the best/last checkpoints use
     # the averaged weights, which average out the noise of the last steps (timm's ModelEmaV3, with its warm-up)
     ema: float = 0.0
-    amp: str = "off"  # off | bf16 (CPU with AVX-512 BF16/AMX, or CUDA) | fp16 (CUDA, with a gradient scaler)
+    # auto: a short timed probe of fp32 and bf16 (fp16 on CUDA without bf16) on the model and a real batch at
+    # start-up keeps the faster; off | bf16 (CPU with AVX-512 BF16/AMX, or CUDA) | fp16 (CUDA, gradient scaler)
+    amp: str = "auto"
+    channels_last: bool | None = None  # null: on for CPU, and for CUDA under bf16/fp16 autocast
+    compile: bool = False  # torch.compile the model (benchmarks/train_step.py measures whether it pays off)
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    log_interval: int = (
+        20  # optimizer steps between reads of the running loss (the only host syncs of a step)
+    )
+    tensorboard: bool | None = (
+        None  # TensorBoard event files in the run folder; null: when tensorboard is installed
+    )
     out_dir: str = "runs/train"
     progress: bool = True
 
@@ -164,6 +187,26 @@ class Config:
         return self
 
 
+def parse_duration(value: str | float, key: str) -> float:
+    """Seconds of a duration given as a number of seconds or text such as "90s", "10m", "1h30m", "2.5h"."""
+    import re
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or parts is None:
+            raise ConfigError(
+                f"{key} must be a duration such as 90s, 10m or 1h30m (or seconds), got {value!r}"
+            )
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * h + 60 * m + sec
+    if not seconds > 0:
+        raise ConfigError(f"{key} must be a positive duration, got {value!r}")
+    return seconds
+
+
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key} must be {allowed}, got {_plain(value)!r}")
@@ -208,7 +251,8 @@ def _check_data(d: DataConfig) -> None:
             f"data.mean and data.std must have one value per image channel each, got {len(d.mean)} and {len(d.std)}"
         )
     _require(d.repeat >= 1, "data.repeat", ">= 1", d.repeat)
-    _require(d.num_workers >= 0, "data.num_workers", ">= 0 (0 loads in the main process)", d.num_workers)
+    _require(d.num_workers is None or d.num_workers >= 0, "data.num_workers",
+             ">= 0 (0 loads in the main process; null chooses)", d.num_workers)  # fmt: skip
 
 
 def _check_model(m: ModelConfig) -> None:
@@ -225,7 +269,22 @@ def _check_train(t: TrainConfig) -> None:
     )
     _require(t.warmup_iters >= 0, "train.warmup_iters", ">= 0", t.warmup_iters)
     _require(0 <= t.ema < 1, "train.ema", "in [0, 1) (0 = off)", t.ema)
-    _require(t.amp in ("off", "bf16", "fp16"), "train.amp", "off, bf16 or fp16", t.amp)
+    _require(t.amp in ("auto", "off", "bf16", "fp16"), "train.amp", "auto, off, bf16 or fp16", t.amp)
+    _require(t.optimizer in ("adamw", "adam", "sgd"), "train.optimizer", "adamw, adam or sgd", t.optimizer)
+    _require(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
+    _require(
+        t.encoder_lr >= 0, "train.encoder_lr", ">= 0 (a multiplier of train.lr; 0 freezes)", t.encoder_lr
+    )
+    _require(
+        t.clip_grad is None or t.clip_grad > 0,
+        "train.clip_grad",
+        "> 0 (or null for no clipping)",
+        t.clip_grad,
+    )
+    _require(t.accumulate >= 1, "train.accumulate", ">= 1", t.accumulate)
+    _require(t.log_interval >= 1, "train.log_interval", ">= 1", t.log_interval)
+    if t.time_limit is not None:
+        t.time_limit = parse_duration(t.time_limit, "train.time_limit")
     _require(
         t.threads is None or t.threads >= 1, "train.threads", ">= 1 (or null for torch's default)", t.threads
     )

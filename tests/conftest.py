@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ ISBI = SHARED_DATA / "isbi2012-membrane"
 def _seglab_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the data-scan cache (seglab.data.folder) out of the home folder."""
     os.environ["SEGLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("seglab-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_unless_asked() -> Iterator[None]:
+    """train.amp: auto times fp32 against bf16 on the machine at hand; tests must not depend on the machine, so
+    auto finds one candidate (fp32) here, for every fixture scope. Tests of the probe itself call it directly."""
+    import seglab.engine.train
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(seglab.engine.train, "amp_candidates", lambda device: ["off"])
+        yield
 
 
 @pytest.fixture(scope="session")

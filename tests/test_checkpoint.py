@@ -4,7 +4,7 @@ import yaml
 
 from seglab import create_model
 from seglab.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
-from seglab.errors import CheckpointError
+from seglab.errors import CheckpointError, ConfigError
 
 
 def tiny_meta(**kw):
@@ -58,10 +58,37 @@ def test_mismatched_weights_and_sidecar(tmp_path):
         read_meta(tmp_path / "a.safetensors")
 
 
-def test_weights_that_do_not_fit_the_architecture(tmp_path):
+def saved_with_model_params(tmp_path, **params):
+    """The sidecar of a saved tiny checkpoint whose model_params were then changed by ``params``."""
     save_checkpoint(tmp_path / "a", trained_like_model(), tiny_meta())
     doc = yaml.safe_load((tmp_path / "a.yaml").read_text())
-    doc["model_params"]["base_channels"] = 8
+    doc["model_params"].update(params)
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc))
+    return tmp_path / "a.yaml"
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit a unet model"):
-        load_checkpoint(tmp_path / "a.yaml")
+        load_checkpoint(saved_with_model_params(tmp_path, base_channels=8))
+
+
+def test_former_fcn_layout_is_refused_in_one_line(tmp_path):
+    """FCN's classifier moved from the decoder into the head (issue 14): weights of the former layout, whose
+    score convs sat under ``decoder.``, do not load silently into the new one."""
+    params = {"encoder": "vgg", "base_channels": 2}
+    model = create_model("fcn", num_classes=3, **params)
+    moved = {"head.score.": "decoder.score.2.", "head.skip_scores.": "decoder.skip_scores."}
+    former = {}
+    for key, value in model.state_dict().items():
+        new = next((key.replace(a, b, 1) for a, b in moved.items() if key.startswith(a)), key)
+        former[new] = value
+    assert former.keys() != model.state_dict().keys()
+    meta = CheckpointMeta(arch="fcn", num_classes=3, in_channels=3, model_params=params)
+    save_checkpoint(tmp_path / "old", former, meta)
+    with pytest.raises(CheckpointError, match="old.safetensors does not fit a fcn model"):
+        load_checkpoint(tmp_path / "old.safetensors")
+
+
+def test_unknown_model_params_name_the_argument(tmp_path):
+    with pytest.raises(ConfigError, match="width is not an argument of unet; accepted: act, base_channels, "):
+        load_checkpoint(saved_with_model_params(tmp_path, width=8))

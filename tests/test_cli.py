@@ -133,7 +133,7 @@ def test_set_values_are_validated_with_exit_2_and_amp_off_is_accepted(tmp_path, 
     assert code == 0 and "amp: 'off'" in out, err
     for value, message in [
         ("train.threads=-1", "train.threads must be >= 1 (or null for torch's default), got -1"),
-        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 loads in the main process), got -1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 loads in the main process; null chooses), got -1"),
         ("data.scale=[0,0]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [0.0, 0.0]"),
         ("data.splits={train: 5}", 'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5'),
     ]:  # fmt: skip

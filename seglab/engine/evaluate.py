@@ -33,8 +33,8 @@ def run_evaluation(
     meters: Sequence[Any] = (),
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches (and update any
-    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.engine.tiling``)."""
-    from seglab.engine.tiling import TiledModel
+    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.models.tiling``)."""
+    from seglab.models.tiling import TiledModel
 
     net = model if tile is None else TiledModel(model, tile, overlap)
     was_training = model.training

@@ -4,7 +4,8 @@ ONNX goes through PyTorch's torch.export-based exporter with the batch, height a
 Segmentor's padding to its stride is exported as shape arithmetic, so any H x W works); where a model does not
 export with dynamic sizes it is exported for the example size only and the result says so. TorchScript is
 ``torch.jit.trace`` (the traced graph keeps the example's padding, so it takes inputs of the example's size and
-is marked static). ``OnnxModel`` wraps an ONNX Runtime session as a callable (N, C, H, W) -> logits.
+is marked static). ``OnnxModel`` (in :mod:`seglab.models.onnx_model`, re-exported here) wraps an ONNX Runtime
+session as a callable (N, C, H, W) -> logits.
 
 An ONNX export is one self-contained file (weights inside, no external-data file), so ``m.onnx`` and its
 sidecar ``m.onnx.yaml`` can be copied anywhere; that caps a model at protobuf's 2 GB, far above any model here.
@@ -26,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from seglab.errors import CheckpointError, ConfigError, SeglabError
+from seglab.models.onnx_model import GEOMETRY_KEY, OnnxModel, first_line
 
 FORMATS = ("onnx", "torchscript")
-GEOMETRY_KEY = "seglab.geometry"  # ONNX metadata: the Segmentor's InputGeometry and pad_mode, as JSON
 PROTOBUF_LIMIT = 2**31  # bytes: the largest single-file ONNX model
 
 
@@ -164,88 +164,6 @@ def export_checkpoint(
     return result
 
 
-class OnnxModel:
-    """An ONNX model in ONNX Runtime (CPU unless ``providers`` says otherwise), called like a module:
-    float tensor (N, C, H, W) in, logits tensor out. ``threads``: intra-op threads (default: ORT's).
-
-    A seglab export records its input geometry; an input too small for the exported reflect padding (a side
-    of 1 pixel) is then padded here by replication to the size the network takes, as the PyTorch model does."""
-
-    def __init__(
-        self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
-    ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise SeglabError("running ONNX models needs onnxruntime: pip install 'seglab[onnx]'") from None
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = Path(path)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), opts, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as e:  # noqa: BLE001 - ORT raises its own types for every kind of bad file
-            raise CheckpointError(f"{self.path} is not an ONNX model: {_first_line(e)}") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.training = False
-        meta = self.session.get_modelmeta().custom_metadata_map.get(GEOMETRY_KEY)
-        self.geometry: dict[str, Any] | None = json.loads(meta) if meta else None
-
-    @property
-    def in_channels(self) -> int:
-        c = self.session.get_inputs()[0].shape[1]
-        return c if isinstance(c, int) else 3
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        """An exported graph has no training mode; accepted so evaluation loops can restore modes."""
-        return self
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        try:
-            out = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
-        except Exception as e:  # noqa: BLE001 - one line for the user
-            raise SeglabError(
-                f"ONNX Runtime cannot run {self.path} on an input of {tuple(x.shape)}: {_first_line(e)}"
-            ) from None
-        return torch.from_numpy(out)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.geometry
-        if not g or g.get("pad_mode") != "reflect":
-            return self._run(x)
-        # Segmentor.forward pads by reflection unless a pad exceeds the image, and then by replication; the
-        # exported graph holds only the reflection, so the replication happens here (to the final size).
-        h, w = x.shape[-2:]
-        oh, ow = (_output_size(g, s) for s in (h, w))
-        m = g["margin"]
-        if max(m, m + ow - w) < w and max(m, m + oh - h) < h:
-            return self._run(x)
-        if m:
-            raise SeglabError(
-                f"{self.path.name} takes inputs of at least {m + 1} x {m + 1} pixels (its reflect padding), "
-                f"got {h} x {w}; predict this image with the PyTorch checkpoint"
-            )
-        return self._run(F.pad(x, (0, ow - w, 0, oh - h), mode="replicate"))[..., :h, :w]
-
-
-def _output_size(g: dict[str, Any], size: int) -> int:
-    """``InputGeometry.output_size`` on the geometry recorded in an exported file."""
-    o = max(size, g.get("min_size", 1) - 2 * g.get("margin", 0), 1)
-    return o + (g.get("offset", 0) - o) % g.get("multiple", 1)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _is_pickle(path: Path) -> bool:
     """Whether ``path`` is a ``torch.save`` file (a zip with data.pkl but no TorchScript code, or a bare pickle)."""
     if zipfile.is_zipfile(path):
@@ -272,7 +190,7 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
             )  # TorchScript is deprecated in favour of torch.export
             return torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path} is not a TorchScript model: {_first_line(e)}") from None
+        raise CheckpointError(f"{path} is not a TorchScript model: {first_line(e)}") from None
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> Any:

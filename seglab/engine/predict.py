@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
-from seglab.engine.tiling import iter_tiles
 from seglab.errors import ConfigError, DataError
+from seglab.models.tiling import iter_tiles
 
 if TYPE_CHECKING:
     from seglab.uncertainty.config import UncertaintyConfig

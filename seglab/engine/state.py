@@ -16,18 +16,89 @@ checkpoint from another run) is refused with one line that names the files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seglab.checkpoint import CheckpointMeta, read_meta, save_checkpoint, torch_load_problem
+from seglab.checkpoint import CheckpointMeta, read_meta, save_checkpoint
 from seglab.errors import CheckpointError, ConfigError, SeglabError
 from seglab.files import atomic_write
+from seglab.models.torch_files import torch_load_problem
 
 STATE_FORMAT = "seglab-train-state/2"
 STATE_FILE = "last.state.pt"
+
+
+@dataclass
+class TrainState:
+    """The progress of a run: what ``last.state.pt`` records beside the weights and the optimizer."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done (the schedule's and the EMA's clock)
+    elapsed: float = 0.0  # seconds of the time budget spent
+    best: dict[str, Any] = field(default_factory=lambda: {"miou": -1.0})
+    amp: str | None = None  # the precision in use (train.amp: auto resolves it once, at the start)
+    stopped: str | None = None  # why training ended early ("time limit"), if it did
+
+    def save(
+        self, run_dir: Path, *, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: Any,
+        meta: CheckpointMeta, signature: dict[str, Any], epochs: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Commit: write the state with everything needed to continue, then the checkpoints derived from it."""
+        doc = {**dataclasses.asdict(self), "epochs": epochs, "signature": signature, "model": model.state_dict(),
+               "ema": None if ema is None else ema.module.state_dict(), "optimizer": optimizer.state_dict(),
+               "scaler": scaler.state_dict(), "meta": dataclasses.asdict(meta)}  # fmt: skip
+        save_state(run_dir, doc)
+        write_checkpoints(run_dir, doc)
+        return doc
+
+    @classmethod
+    def resume(
+        cls, run_dir: Path, *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
+        optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device,
+    ) -> TrainState:  # fmt: skip
+        """Load the committed state of ``run_dir`` into the training objects and make its checkpoints agree with
+        it. Refuses, in one line, whatever would not continue exactly."""
+        doc = load_state(run_dir)
+        check_signature(run_dir, doc.get("signature"), signature)
+        if "meta" in doc:  # the state holds the weights it was committed with
+            raw, averaged = doc["model"], doc.get("ema")
+        else:  # written by seglab before 0.2: the weights are in last.safetensors, which must be of the same epoch
+            raw, averaged = _legacy_weights(run_dir, doc, device)
+        if ema is not None and averaged is None:
+            raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
+        try:
+            model.load_state_dict(raw)
+            if ema is not None:
+                ema.module.load_state_dict(averaged)
+            optimizer.load_state_dict(doc["optimizer"])
+            if doc.get("scaler"):
+                scaler.load_state_dict(doc["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot resume {run_dir}: {STATE_FILE} does not fit this model and optimizer "
+                f"({str(e).strip().splitlines()[0][:160]}); resume with the run's own config.yaml or restart with "
+                f"--overwrite"
+            ) from None
+        if "meta" in doc:
+            repair(run_dir, doc)
+        if doc.get("epochs") not in (None, epochs):
+            warnings.warn(
+                f"train.epochs changed from {doc['epochs']} to {epochs}: the learning-rate schedule goes on from "
+                f"the step reached over the new length, so the result differs from a run planned for {epochs} "
+                f"epochs from the start",
+                stacklevel=3,
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in doc.items() if k in names})
+        if "step" not in doc:  # an older state: the scheduler counted the steps
+            state.step = int(doc.get("scheduler", {}).get("last_epoch", 0))
+        return state
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:
@@ -144,3 +215,21 @@ def read_history(log_path: Path, upto_epoch: int) -> list[dict[str, Any]]:
         ):
             records.append(record)
     return records
+
+
+def _legacy_weights(run_dir: Path, state: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """(raw, averaged) weights of a state file that does not hold them (an older seglab): from last.safetensors,
+    refused unless its sidecar is of the state's epoch."""
+    from safetensors.torch import load_file
+
+    try:
+        epoch = read_meta(run_dir / "last").epoch
+    except SeglabError as e:
+        raise CheckpointError(f"cannot resume {run_dir}: {e}") from None
+    if epoch != state["epoch"]:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: last.safetensors is from epoch {epoch} but {STATE_FILE} from epoch "
+            f"{state['epoch']} (a save that was cut short); restart with --overwrite"
+        )
+    last = load_file(str(run_dir / "last.safetensors"), device=str(device))
+    return (state["model"], last) if "model" in state else (last, None)

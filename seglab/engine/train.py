@@ -1,56 +1,60 @@
-"""Training: one function, driven by a Config; seeded, resumable, with best/last checkpoints and a metrics log.
+"""Training: ``train(config)`` orchestrates named parts; seeded, resumable, on a step or a wall-clock budget.
 
 Run folder (``train.out_dir``)::
 
     config.yaml          the resolved config
     metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput
     best.safetensors/.yaml, last.safetensors/.yaml   checkpoints (weights + sidecar)
-    last.state.pt        the commit point of each epoch: weights, optimizer, schedule, progress (for --resume)
+    last.state.pt        the commit point of each epoch: weights, optimizer, progress (for --resume)
+    tensorboard/         TensorBoard event files (when tensorboard is installed)
 
-Reproducibility: every epoch re-seeds the global RNG and the shuffling generator from (seed, epoch), so a run
-resumed from ``last.state.pt`` follows exactly the same path as an uninterrupted one, wherever it was killed
-(see ``seglab.engine.state`` for the order of the writes).
+The parts: ``seglab.engine.data`` (scan, splits, loaders), ``build_model``, ``seglab.engine.optim`` (optimizer,
+schedule, time budget), ``seglab.engine.device`` (precision, memory format), ``seglab.engine.state``
+(``TrainState``: atomic commit and resume), ``seglab.engine.loop`` (one epoch, validation) and
+``seglab.engine.callbacks`` (metrics log, checkpoints, progress, TensorBoard).
 
-Every image and mask is checked once before the run folder is made (``scan_folder(deep=True)``, cached), so bad
-data stops the run at the start, not in the middle of an epoch; a run that fails before its first epoch is
-committed leaves no files behind.
+Reproducibility: every epoch re-seeds the global random stream from (seed, epoch), and every training item's
+augmentation is seeded from (seed, epoch, draw), so a run resumed from ``last.state.pt`` follows exactly the same
+path as an uninterrupted one, wherever it was killed, whatever ``data.num_workers``. Every image and mask is
+checked once before the run folder is made, and a run that fails before its first epoch is committed leaves no
+files behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-import math
+import contextlib
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 from seglab.checkpoint import CheckpointMeta
 from seglab.config import Config
-from seglab.data.folder import FolderDataset, scan_folder
-from seglab.data.transforms import build_transform, pad_collate
-from seglab.engine.device import resolve_device
-from seglab.engine.evaluate import run_evaluation
-from seglab.engine.state import (
-    STATE_FILE,
-    check_signature,
-    load_state,
-    model_signature,
-    read_history,
-    repair,
-    save_state,
-    write_checkpoints,
+from seglab.engine.callbacks import (
+    Callback,
+    Checkpointer,
+    MetricsLog,
+    ProgressPrinter,
+    Run,
+    TensorBoardLogger,
+    UserHook,
+    tensorboard_available,
 )  # fmt: skip
-from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
-from seglab.files import append_text, atomic_write, check_out_dir, jsonable, to_json
+from seglab.engine.data import TrainData, build_data
+from seglab.engine.device import amp_candidates, probe_amp, resolve_device, use_channels_last
+from seglab.engine.loop import StepParts, forward_loss, to_device, train_one_epoch, validate
+from seglab.engine.optim import Budget, Schedule, build_optimizer, lr_factor
+from seglab.engine.state import STATE_FILE, TrainState, load_state, model_signature, read_history
+from seglab.errors import ConfigError
+from seglab.files import atomic_write, check_out_dir, jsonable, to_json
 from seglab.losses import make_loss
-from seglab.models.factory import MODELS, create_model
+from seglab.models.factory import create_model
+
+__all__ = ["TrainResult", "build_model", "lr_factor", "train"]
 
 
 @dataclass
@@ -63,41 +67,235 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def lr_factor(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at iteration ``it``: linear warm-up, then poly(0.9) or cosine."""
-    if schedule not in ("poly", "cosine", "constant"):
-        raise ConfigError(f"unknown train.schedule {schedule!r}; choose poly, cosine or constant")
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``config.model`` on the folder data set ``config.data.root``; returns where everything went.
 
-    def factor(it: int) -> float:
-        if it < warmup:
-            return (it + 1) / warmup
-        t = min(1.0, (it - warmup) / max(1, total - warmup))
-        if schedule == "poly":
-            return (1 - t) ** 0.9
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
+    ``on_epoch_end(epoch, record)`` is called after each epoch's commit; returning True stops training.
+    ``callbacks`` run after the built-in ones (see ``seglab.engine.callbacks``).
+    """
+    cfg, t0 = config.validate(), time.perf_counter()  # a config changed after it was built is checked too
+    budget = Budget(cfg.train.time_limit)  # the whole run counts, data checks included
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(cfg.train.out_dir)
+    _check_run_dir(run_dir, resume, overwrite)
 
-    return factor
+    data = build_data(cfg, device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, data.spec.num_classes, data.in_channels).to(device)
+    optimizer = build_optimizer(cfg.train, model)
+    steps_per_epoch = -(-data.batches_per_epoch // cfg.train.accumulate)
+    schedule = Schedule(cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters,
+                        cfg.train.time_limit)  # fmt: skip
+    criterion = _build_criterion(cfg, data)
+    ema = _build_ema(cfg.train.ema, model)
+    meta = _build_meta(cfg, data)
+    signature = model_signature(cfg.model.arch, cfg.model.params, data.spec.num_classes, data.in_channels)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    state = TrainState()
+    if resume:
+        state = TrainState.resume(run_dir, signature=signature, model=model, ema=ema, optimizer=optimizer,
+                                  scaler=scaler, epochs=cfg.train.epochs, device=device)  # fmt: skip
+        budget = Budget(cfg.train.time_limit, spent=state.elapsed)
+    state.amp = _choose_amp(cfg, state, model, criterion, data, device)
+    if state.amp == "fp16":
+        scaler = _fp16_scaler(device, scaler)
+    channels_last = use_channels_last(cfg.train.channels_last, device, state.amp)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    parts = StepParts(
+        model=model, net=torch.compile(model) if cfg.train.compile else model, criterion=criterion,
+        optimizer=optimizer, scaler=scaler, schedule=schedule, base_lr=cfg.train.lr, device=device, amp=state.amp,
+        channels_last=channels_last, accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, ema=ema,
+    )  # fmt: skip
+    history = read_history(run_dir / "metrics.jsonl", state.epoch) if resume else []
+    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device)
+    cbs = _default_callbacks(cfg, on_epoch_end) + list(callbacks)
+    with _no_half_made_run(run_dir):
+        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+        atomic_write(
+            run_dir / "metrics.jsonl", lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history))
+        )
+        _fit(run, parts, budget, cbs, history)
+
+    from seglab.checkpoint import read_meta
+
+    best = read_meta(run_dir / "best")
+    return TrainResult(run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors",
+                       {"epoch": best.epoch, **best.metrics}, history, time.perf_counter() - t0)  # fmt: skip
+
+
+def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], history: list[dict]) -> None:
+    """The epochs: train, validate, then the callbacks (log line, commit, checkpoints, ...) of each."""
+    cfg, state, data = run.cfg, run.state, run.data
+    for cb in callbacks:
+        cb.on_train_start(run)
+    try:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            if state.stopped or budget.exhausted():
+                break
+            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+            data.sampler.set_epoch(epoch)
+            t_epoch = time.perf_counter()
+            stats = train_one_epoch(
+                parts, data.train_loader, state, budget, epoch=epoch, log_interval=cfg.train.log_interval,
+                on_log=lambda scalars: [cb.on_log(run, scalars) for cb in callbacks],
+                progress=_progress_bar(cfg, epoch),
+            )  # fmt: skip
+            train_seconds = time.perf_counter() - t_epoch
+            t_val = time.perf_counter()
+            summary = validate(
+                run.evaluated, data.val_loader, data.spec.num_classes, data.spec.ignore_index, run.device
+            )
+            state.epoch, state.elapsed = epoch + 1, budget.elapsed()
+            state.stopped = "time limit" if stats.out_of_time else None
+            record = jsonable({
+                "epoch": epoch + 1, "train_loss": stats.loss, "lr": run.optimizer.param_groups[0]["lr"],
+                "images": stats.images, "images_per_s": stats.images / max(train_seconds, 1e-9),
+                "seconds": time.perf_counter() - t_epoch, "steps": state.step, "amp": state.amp,
+                **({"stopped": state.stopped} if state.stopped else {}),
+                **{f"val_{k}": v for k, v in summary.items()},
+            })  # fmt: skip
+            history.append(record)
+            stop = False
+            for cb in callbacks:
+                stop = bool(cb.on_epoch_end(run, record)) or stop
+            budget.reserve = (
+                time.perf_counter() - t_val
+            )  # the closing validation and commit must fit the budget
+            if stop or stats.out_of_time:
+                break
+    finally:
+        for cb in callbacks:
+            cb.on_train_end(run)
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """create_model with a clear error for keyword arguments the architecture does not take."""
-    builder = MODELS.get(cfg.model.arch) if cfg.model.arch in MODELS else None
-    if builder is not None:
-        accepted = set(inspect.signature(builder).parameters)
-        unknown = sorted(set(cfg.model.params) - accepted)
-        if unknown:
-            raise ConfigError(
-                f"model.params.{unknown[0]} is not an argument of {cfg.model.arch}; "
-                f"accepted: {', '.join(sorted(accepted - {'num_classes', 'in_channels'}))}"
-            )
-    try:
-        return create_model(
-            cfg.model.arch, num_classes=num_classes, in_channels=in_channels, **cfg.model.params
+    """The model of ``cfg.model`` for the data's classes and channels (create_model checks the arguments)."""
+    return create_model(cfg.model.arch, num_classes=num_classes, in_channels=in_channels, **cfg.model.params)
+
+
+def _build_criterion(cfg: Config, data: TrainData) -> torch.nn.Module:
+    criterion = make_loss(cfg.train.loss, ignore_index=data.spec.ignore_index)
+    terms = getattr(criterion, "losses", {"loss": criterion}).values()
+    if cfg.data.border_weights and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
+        raise ConfigError(
+            f"data.border_weights needs a loss with per-pixel weights (ce, focal); got {cfg.train.loss}"
         )
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"cannot build model {cfg.model.arch!r}: {e}") from None
+    return criterion
+
+
+def _build_ema(decay: float, model: torch.nn.Module) -> Any:
+    """timm's ModelEmaV3 (with its warm-up) for ``decay`` > 0, else None."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
+def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
+    return CheckpointMeta(
+        arch=cfg.model.arch, num_classes=data.spec.num_classes, in_channels=data.in_channels,
+        model_params=dict(cfg.model.params), class_names=data.class_names,
+        palette=[list(c) for c in data.spec.palette], mean=data.mean, std=data.std, ignore_index=data.spec.ignore_index,
+        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
+               "split_lists": cfg.data.splits},
+    )  # fmt: skip
+
+
+def _choose_amp(
+    cfg: Config,
+    state: TrainState,
+    model: torch.nn.Module,
+    criterion: Any,
+    data: TrainData,
+    device: torch.device,
+) -> str:
+    """``train.amp``, or for ``auto`` the faster precision on a real batch (kept on resume, so a resumed run keeps
+    its numerics); logs the choice."""
+    amp = cfg.train.amp
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 (CUDA only) needs a CUDA device, got {device}; use bf16 or off")
+    if amp != "auto":
+        return amp
+    candidates = amp_candidates(device)
+    if state.amp is not None or len(candidates) == 1:
+        return state.amp or candidates[0]
+    batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=data.batch_size,
+                                                  collate_fn=data.train_loader.collate_fn)))  # fmt: skip
+    images, masks, extra = to_device(
+        batch, device, use_channels_last(cfg.train.channels_last, device, "bf16")
+    )
+
+    def step(amp: str) -> None:
+        parts = StepParts(model=model, net=model, criterion=criterion, optimizer=None, scaler=None,  # type: ignore[arg-type]
+                          schedule=None, base_lr=0.0, device=device, amp=amp)  # type: ignore[arg-type]  # fmt: skip
+        forward_loss(parts, images, masks, extra).backward()
+        model.zero_grad(set_to_none=True)
+
+    with _untouched(model):
+        if use_channels_last(cfg.train.channels_last, device, "bf16"):
+            model.to(memory_format=torch.channels_last)
+        choice, seconds = probe_amp(step, candidates)
+    if cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        times = ", ".join(f"{'fp32' if a == 'off' else a} {s:.3f} s" for a, s in seconds.items())
+        tqdm.write(f"train.amp auto: {times} per step on {device.type} -> {choice}")
+    return choice
+
+
+@contextlib.contextmanager
+def _untouched(model: torch.nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves the model's weights, buffers (batch-norm statistics), memory format, gradients
+    and the random streams as they were."""
+    saved = copy.deepcopy(model.state_dict())
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+            model.load_state_dict(saved)
+            model.zero_grad(set_to_none=True)
+
+
+def _fp16_scaler(device: torch.device, old: Any) -> Any:
+    scaler = torch.amp.GradScaler(device.type, enabled=True)
+    if old.state_dict():
+        scaler.load_state_dict(old.state_dict())
+    return scaler
+
+
+def _progress_bar(cfg: Config, epoch: int) -> Callable[[Any], Any] | None:
+    if not cfg.train.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda loader: tqdm(
+        loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True
+    )
+
+
+def _default_callbacks(cfg: Config, on_epoch_end: Callable | None) -> list[Callback]:
+    cbs: list[Callback] = [MetricsLog(), Checkpointer()]
+    if cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        cbs.append(ProgressPrinter(tqdm.write))
+    if cfg.train.tensorboard or (cfg.train.tensorboard is None and tensorboard_available()):
+        cbs.append(TensorBoardLogger())
+    if on_epoch_end is not None:
+        cbs.append(UserHook(on_epoch_end))
+    return cbs
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -111,273 +309,20 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def train(
-    config: Config,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None,
-) -> TrainResult:
-    """Train ``config.model`` on the folder data set ``config.data.root``; returns where everything went.
-
-    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint; returning True stops training.
-    """
-    cfg, t0 = config.validate(), time.perf_counter()  # a config changed after it was built is checked too
-    if not cfg.data.root:
-        raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    run_dir = Path(cfg.train.out_dir)
-    _check_run_dir(run_dir, resume, overwrite)
-
-    scan = scan_folder(cfg.data.root, cfg.data.ignore_index, deep=True)  # every file, once, before any work
-    scan.raise_problems()
-    common = dict(
-        ignore_index=cfg.data.ignore_index, val_ratio=cfg.data.val_ratio, test_ratio=cfg.data.test_ratio,
-        split_seed=cfg.data.split_seed, split_lists=cfg.data.splits, cache=cfg.data.cache, scan=scan,
-    )  # fmt: skip
-    in_ch = scan.in_channels
-    eval_transform = build_transform(cfg.data, in_ch, train=False)
-    weight_fn = None
-    if cfg.data.border_weights:
-        from seglab.losses.weights import unet_weight_map
-
-        weight_fn = functools.partial(
-            unet_weight_map,
-            w0=cfg.data.border_w0,
-            sigma=cfg.data.border_sigma,
-            ignore_index=cfg.data.ignore_index,
-        )
-    train_ds = FolderDataset(
-        cfg.data.root, "train", build_transform(cfg.data, in_ch, train=True), weight_fn=weight_fn, **common
-    )
-    val_ds = FolderDataset(cfg.data.root, "val", eval_transform, **common)
-    # no validation only when asked for (data.splits.val: [], or data.val_ratio: 0 without split lists):
-    # every epoch's weights are then both "last" and "best", e.g. for a final fit on all the labelled data
-    no_val_asked = cfg.data.splits.get("val") == [] if cfg.data.splits else cfg.data.val_ratio == 0
-    for ds in (train_ds, val_ds):
-        if len(ds) == 0 and not (ds is val_ds and no_val_asked):
-            raise DataError(
-                f"the {ds.split} split of {cfg.data.root} is empty; add splits/{ds.split}.txt or change "
-                f"data.val_ratio/data.test_ratio"
-                + (" (data.splits.val: [] trains without validation)" if ds is val_ds else "")
-            )
-    spec = train_ds.classes
-    names = list(spec.names)
-    if cfg.data.class_names is not None:
-        if len(cfg.data.class_names) != spec.num_classes:
-            raise ConfigError(
-                f"data.class_names has {len(cfg.data.class_names)} names but {cfg.data.root} has "
-                f"{spec.num_classes} classes ({', '.join(spec.names)})"
-            )
-        names = [str(n) for n in cfg.data.class_names]
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, spec.num_classes, in_ch).to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    samples_per_epoch = len(train_ds) * cfg.data.repeat
-    batch_size = min(cfg.train.batch_size, samples_per_epoch)
-    steps_per_epoch = samples_per_epoch // batch_size
-    total = steps_per_epoch * cfg.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg.train.schedule, total, cfg.train.warmup_iters)
-    )
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-    if amp_dtype is torch.float16 and device.type != "cuda":
-        raise ConfigError(f"train.amp=fp16 (CUDA only) needs a CUDA device, got {device}; use bf16 or off")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    criterion = make_loss(cfg.train.loss, ignore_index=spec.ignore_index)
-    terms = getattr(criterion, "losses", {"loss": criterion}).values()
-    if weight_fn is not None and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
-        raise ConfigError(
-            f"data.border_weights needs a loss with per-pixel weights (ce, focal); got {cfg.train.loss}"
-        )
-    meta = CheckpointMeta(
-        arch=cfg.model.arch, num_classes=spec.num_classes, in_channels=in_ch, model_params=dict(cfg.model.params),
-        class_names=names, palette=[list(c) for c in spec.palette], mean=list(eval_transform.mean), std=list(eval_transform.std),
-        ignore_index=spec.ignore_index,
-        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
-               "split_lists": cfg.data.splits},
-    )  # fmt: skip
-
-    ema = None
-    if cfg.train.ema > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.train.ema, use_warmup=True)
-    signature = model_signature(cfg.model.arch, cfg.model.params, spec.num_classes, in_ch)
-    start_epoch, best, history = 0, {"miou": -1.0}, []
-    log_path = run_dir / "metrics.jsonl"
-    if resume:
-        start_epoch, best = _resume(run_dir, cfg, signature, model, ema, optimizer, scheduler, scaler, device)
-        history = read_history(log_path, start_epoch)
+@contextlib.contextmanager
+def _no_half_made_run(run_dir: Path) -> Iterator[None]:
+    """A run that fails before its first epoch is committed leaves nothing behind."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
-    atomic_write(log_path, lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)))
     try:
-        loader_gen = torch.Generator()
-        train_loader = DataLoader(
-            train_ds, batch_size=batch_size, drop_last=True,
-            sampler=RandomSampler(train_ds, num_samples=samples_per_epoch, generator=loader_gen),
-            collate_fn=pad_collate(spec.ignore_index), num_workers=cfg.data.num_workers,
-        )  # fmt: skip
-        val_loader = DataLoader(
-            val_ds,
-            batch_size=batch_size,
-            collate_fn=pad_collate(spec.ignore_index),
-            num_workers=cfg.data.num_workers,
-        )
-        from tqdm.auto import tqdm
-
-        for epoch in range(start_epoch, cfg.train.epochs):
-            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
-            loader_gen.manual_seed(cfg.train.seed * 100_019 + epoch)
-            model.train()
-            t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress,
-                       leave=False, dynamic_ncols=True)  # fmt: skip
-            for step, batch in enumerate(bar):
-                images, masks = batch[0].to(device), batch[1].to(device)
-                extra = {"pixel_weight": batch[2].to(device)} if len(batch) > 2 else {}
-                if device.type == "cpu":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(
-                    device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
-                ):
-                    logits = model(images)
-                loss = criterion(logits.float(), masks, **extra)  # the loss in fp32 whatever the forward pass
-                if not torch.isfinite(loss):
-                    raise SeglabError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        "lower train.lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model, step=epoch * steps_per_epoch + step + 1)
-                seen += images.shape[0]
-                loss_sum += loss.item() * images.shape[0]
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_epoch):.1f}"
-                )
-            train_seconds = time.perf_counter() - t_epoch
-            evaluated = model if ema is None else ema.module
-            summary = {}
-            if len(val_ds):
-                summary = run_evaluation(
-                    evaluated, val_loader, spec.num_classes, spec.ignore_index, device
-                ).compute()
-            record = {
-                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[0],
-                "images": seen, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - t_epoch,
-                **{f"val_{k}": v for k, v in summary.items()},
-            }  # fmt: skip
-            record = jsonable(record)
-            history.append(record)
-            append_text(log_path, to_json(record) + "\n")
-            meta.epoch, meta.metrics = epoch + 1, jsonable(summary)
-            if not summary or summary["miou"] > best["miou"]:
-                best = {"miou": summary.get("miou", -1.0), "epoch": epoch + 1}
-            state = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "signature": signature,
-                     "model": model.state_dict(), "ema": None if ema is None else ema.module.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "best": best, "meta": dataclasses.asdict(meta)}  # fmt: skip
-            save_state(run_dir, state)  # the epoch is committed here; the checkpoints follow from it
-            write_checkpoints(run_dir, state)
-            if cfg.train.progress:
-                val = (
-                    f"val mIoU {summary['miou']:.4f}  pixel acc {summary['pixel_accuracy']:.4f}  "
-                    if summary
-                    else ""
-                )
-                tqdm.write(
-                    f"epoch {epoch + 1}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
-                    f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s"
-                )
-            if on_epoch_end is not None and on_epoch_end(epoch + 1, record):
-                break
+        yield
     except Exception:
-        if not (run_dir / STATE_FILE).exists():  # nothing committed: leave no half-made run behind
+        if not (run_dir / STATE_FILE).exists():
+            import shutil
+
             for name in ("config.yaml", "metrics.jsonl"):
                 (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             if created and not any(run_dir.iterdir()):
                 run_dir.rmdir()
         raise
-
-    from seglab.checkpoint import read_meta
-
-    best_meta = read_meta(run_dir / "best")
-    return TrainResult(
-        run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors", {"epoch": best_meta.epoch,
-        **best_meta.metrics}, history, time.perf_counter() - t0,
-    )  # fmt: skip
-
-
-def _resume(
-    run_dir: Path, cfg: Config, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
-    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, device: torch.device,
-) -> tuple[int, dict[str, Any]]:  # fmt: skip
-    """Load the committed state of ``run_dir`` into the training objects and make its checkpoints agree with it;
-    returns (epochs done, best so far). Refuses, in one line, whatever would not continue exactly."""
-    state = load_state(run_dir)
-    check_signature(run_dir, state.get("signature"), signature)
-    if "meta" in state:  # the state holds the weights it was committed with
-        raw, averaged = state["model"], state.get("ema")
-    else:  # written by seglab before 0.2: the weights are in last.safetensors, which must be of the same epoch
-        raw, averaged = _legacy_weights(run_dir, state, device)
-    if ema is not None and averaged is None:
-        raise ConfigError(f"cannot resume {run_dir} with train.ema: it was trained without it")
-    try:
-        model.load_state_dict(raw)
-        if ema is not None:
-            ema.module.load_state_dict(averaged)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"cannot resume {run_dir}: {STATE_FILE} does not fit this model and optimizer "
-            f"({str(e).strip().splitlines()[0][:160]}); resume with the run's own config.yaml or restart with "
-            f"--overwrite"
-        ) from None
-    if "meta" in state:
-        repair(run_dir, state)
-    planned = state.get("epochs")
-    if planned is not None and planned != cfg.train.epochs:
-        import warnings
-
-        warnings.warn(
-            f"train.epochs changed from {planned} to {cfg.train.epochs}: the {cfg.train.schedule} schedule goes on "
-            f"from step {scheduler.last_epoch} over the new length, so the result differs from a run planned for "
-            f"{cfg.train.epochs} epochs from the start",
-            stacklevel=3,
-        )
-    return state["epoch"], state["best"]
-
-
-def _legacy_weights(run_dir: Path, state: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
-    """(raw, averaged) weights of a state file that does not hold them (an older seglab): from last.safetensors,
-    refused unless its sidecar is of the state's epoch."""
-    from safetensors.torch import load_file
-
-    from seglab.checkpoint import read_meta
-
-    try:
-        epoch = read_meta(run_dir / "last").epoch
-    except SeglabError as e:
-        raise CheckpointError(f"cannot resume {run_dir}: {e}") from None
-    if epoch != state["epoch"]:
-        raise CheckpointError(
-            f"cannot resume {run_dir}: last.safetensors is from epoch {epoch} but {STATE_FILE} from epoch "
-            f"{state['epoch']} (a save that was cut short); restart with --overwrite"
-        )
-    last = load_file(str(run_dir / "last.safetensors"), device=str(device))
-    return (state["model"], last) if "model" in state else (last, None)

@@ -14,6 +14,7 @@ from seglab.losses.functional import (
     jaccard_loss,
     lovasz_softmax,
     soft_counts,
+    trusted_labels,
     tversky_loss,
 )
 from seglab.losses.modules import (
@@ -46,6 +47,7 @@ __all__ = [
     "balanced_class_weights",
     "binary_cross_entropy",
     "check_target",
+    "trusted_labels",
     "cross_entropy",
     "dice_loss",
     "focal_loss",

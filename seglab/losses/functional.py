@@ -15,7 +15,9 @@ not NaN.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -85,7 +87,7 @@ def check_target(
             raise ValueError(f"multilabel target must have the logits' shape {shape}, got {tshape}")
         if target.dtype == torch.bool:
             return mode
-        if target.is_floating_point():
+        if target.is_floating_point() and not _LABELS_TRUSTED.get():
             vals = target if ignore_index is None else target[target != ignore_index]
             if vals.numel() and (bool((vals < 0).any()) or bool((vals > 1).any())):
                 raise ValueError(
@@ -105,8 +107,23 @@ def _check_integer(target: Tensor) -> None:
         )
 
 
+_LABELS_TRUSTED: ContextVar[bool] = ContextVar("seglab_labels_trusted", default=False)
+
+
+@contextmanager
+def trusted_labels() -> Iterator[None]:
+    """Inside this block the losses skip the range check of the target's values (an ``aminmax`` and a host sync
+    per loss term): for a training loop whose data pipeline has already checked every mask once, at load time.
+    Shape and dtype checks, which cost nothing, still run."""
+    token = _LABELS_TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _LABELS_TRUSTED.reset(token)
+
+
 def _check_labels(target: Tensor, hi: int, ignore_index: int | None) -> None:
-    if not target.numel():
+    if not target.numel() or _LABELS_TRUSTED.get():
         return
     lo_v, hi_v = torch.aminmax(target)
     if int(lo_v) >= 0 and int(hi_v) <= hi:

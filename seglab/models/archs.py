@@ -5,13 +5,15 @@ any timm model name, or None for the architecture's native encoder, ``NATIVE_DEF
 "imagenet" or a local file), ``output_stride``, ``depth`` and ``base_channels`` (native encoders),
 ``norm``/``act`` (seglab's own layers), ``dropout`` and ``pad_mode``.
 All arguments are plain values (str, int, float, bool, lists), so checkpoints can record them in YAML.
+A builder turns its encoder arguments into one :class:`EncoderSpec` (:func:`encoder_spec`), builds the encoder
+with :func:`build_encoder`, and gives decoders and heads keyword arguments only.
 """
 
 from __future__ import annotations
 
 import inspect
-
-from torch import nn
+from collections.abc import Mapping
+from typing import Any
 
 from seglab.errors import ConfigError
 from seglab.layers.resolve import ActArg, NormArg
@@ -25,11 +27,13 @@ from seglab.models.decoders import (
     UNetDecoder,
 )
 from seglab.models.decoders.unet import unet_valid_geometry
-from seglab.models.encoders import NATIVE_ENCODERS, PlainConvEncoder, create_encoder
+from seglab.models.encoders import NATIVE_ENCODERS, EncoderSpec, PlainConvEncoder, build_encoder
 from seglab.models.encoders.plain import PLAIN_WIDTHS
-from seglab.models.factory import MODELS
-from seglab.models.heads import ScoreUpsampleHead, SegmentationHead
+from seglab.models.heads import FCNHead, LRASPPHead, SegmentationHead
 from seglab.models.segmentor import Segmentor
+from seglab.registry import Registry
+
+MODELS: Registry = Registry("model")
 
 # The from-scratch encoder each architecture uses for ``encoder=None`` (no timm, no download).
 NATIVE_DEFAULT: dict[str, str] = {
@@ -49,6 +53,14 @@ def _native_options(encoder: str, **options: object) -> dict[str, object]:
     return {k: v for k, v in options.items() if k in accepted}
 
 
+def encoder_spec(arch: str, arguments: Mapping[str, Any], **options: object) -> EncoderSpec:
+    """The encoder of architecture ``arch``, from its builder's ``arguments`` (its ``locals()``: ``encoder``
+    names the encoder, None for ``NATIVE_DEFAULT[arch]``; the other EncoderSpec fields are read by name), plus
+    those ``options`` that the named native encoder accepts (for a timm encoder they are the decoder's alone)."""
+    name = arguments["encoder"] or NATIVE_DEFAULT[arch]
+    return EncoderSpec.from_arguments(arguments, name=name, options=_native_options(name, **options))
+
+
 @MODELS.register("plain_fcn")
 def plain_fcn(
     num_classes: int,
@@ -63,8 +75,9 @@ def plain_fcn(
     then a 3x3 conv to ``num_classes``. No downsampling, so it needs no padding and sees only a
     2 * (len(widths) + 1) + 1 pixel window; its cost grows with H x W at full width."""
     encoder = PlainConvEncoder(in_channels, widths or PLAIN_WIDTHS, norm, act)
-    head = SegmentationHead(encoder.feature_info[-1].channels, num_classes, dropout, kernel_size=3)
-    return Segmentor(encoder, LastFeature(), head, pad_mode)
+    decoder = LastFeature(feature_info=encoder.feature_info)
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout, kernel_size=3)
+    return Segmentor(encoder, decoder, head, pad_mode)
 
 
 @MODELS.register("fcn")
@@ -89,19 +102,17 @@ def fcn(
     initialised to bilinear), then learned upsampling to the input (``upsample="transposed"``) or bilinear
     interpolation everywhere (``"bilinear"``: with variant 32s and output_stride 8 this is torchvision's
     ``fcn_resnet50``)."""
-    encoder = encoder or NATIVE_DEFAULT["fcn"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        output_stride=output_stride,
-        weights=weights,
-        base_channels=base_channels,
-        norm=norm,
-        act=act,
+    enc = build_encoder(encoder_spec("fcn", locals()))
+    decoder = FCNDecoder(feature_info=enc.feature_info, channels=head_channels, norm=norm, act=act)
+    head = FCNHead(
+        feature_info=enc.feature_info,
+        in_channels=decoder.out_channels,
+        num_classes=num_classes,
+        variant=variant,
+        upsample=upsample,
+        dropout=dropout,
     )
-    decoder = FCNDecoder(enc.feature_info, num_classes, variant, head_channels, dropout, upsample, norm, act)
-    return Segmentor(enc, decoder, ScoreUpsampleHead(num_classes, decoder.reduction, upsample), pad_mode)
+    return Segmentor(enc, decoder, head, pad_mode)
 
 
 @MODELS.register("segnet")
@@ -122,24 +133,21 @@ def segnet(
     unpooling in a mirrored decoder, then a 1x1 conv head. ``dropout`` > 0 is Bayesian SegNet's: Dropout2d
     after the deepest three encoder and decoder stages. Other encoders work with a non-learned ``upsample``
     that needs no indices ("bed_of_nails", "nearest", "bilinear")."""
-    encoder = encoder or NATIVE_DEFAULT["segnet"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        weights=weights,
-        base_channels=base_channels,
-        norm=norm,
-        act=act,
-        **_native_options(encoder, dropout=dropout),
-    )
+    spec = encoder_spec("segnet", locals(), dropout=dropout)
+    enc = build_encoder(spec)
     if upsample == "max_unpool" and not enc.pool_indices:
         raise ConfigError(
-            f"segnet's max unpooling needs pooling indices, which encoder {encoder!r} does not return; "
+            f"segnet's max unpooling needs pooling indices, which encoder {spec.name!r} does not return; "
             "use encoder 'vgg' or upsample 'bed_of_nails', 'nearest' or 'bilinear'"
         )
-    convs = getattr(enc, "convs_per_stage", None)
-    decoder = SegNetDecoder(enc.feature_info, convs, upsample, norm, act, dropout)
+    decoder = SegNetDecoder(
+        feature_info=enc.feature_info,
+        convs=getattr(enc, "convs_per_stage", None),
+        upsample=upsample,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+    )
     return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
 
 
@@ -167,24 +175,20 @@ def unet(
     paper's unpadded convs and cropped skips (native encoder only); the input is then mirror-padded by the
     context it needs (overlap-tile) so the logits still cover it. ``dropout``: Dropout2d on the input of each
     decoder block, the first being the end of the contracting path (the paper's dropout)."""
-    encoder = encoder or NATIVE_DEFAULT["unet"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        output_stride=output_stride,
-        weights=weights,
-        base_channels=base_channels,
+    spec = encoder_spec("unet", locals(), padding=padding)
+    if padding != "same" and "padding" not in spec.options:
+        raise ConfigError(f"padding={padding!r} needs the native U-Net encoder (encoder: unet)")
+    enc = build_encoder(spec)
+    geometry = unet_valid_geometry(len(enc.feature_info)) if padding != "same" else None
+    decoder = UNetDecoder(
+        feature_info=enc.feature_info,
+        decoder_channels=decoder_channels,
+        upsample=upsample,
         norm=norm,
         act=act,
-        **_native_options(encoder, padding=padding),
+        padding=padding,
+        dropout=dropout,
     )
-    geometry = None
-    if padding != "same":
-        if "padding" not in _native_options(encoder, padding=padding):
-            raise ConfigError(f"padding={padding!r} needs the native U-Net encoder (encoder: unet)")
-        geometry = unet_valid_geometry(len(enc.feature_info))
-    decoder = UNetDecoder(enc.feature_info, decoder_channels, upsample, norm, act, padding, dropout)
     head = SegmentationHead(decoder.out_channels, num_classes)
     return Segmentor(enc, decoder, head, pad_mode, geometry)
 
@@ -211,19 +215,18 @@ def deeplabv3(
     12/24/36 at 8, or ``rates``), a 3x3 ConvNormAct and a 1x1 head. On resnet50 at stride 8 it is
     torchvision's ``deeplabv3_resnet50`` except the ASPP image-pooling branch: a conv with bias instead of
     conv + batch norm (trains at batch size 1); ``pool_norm="bn"`` makes it torchvision's exactly."""
-    encoder = encoder or NATIVE_DEFAULT["deeplabv3"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        output_stride=output_stride,
-        weights=weights,
-        base_channels=base_channels,
+    enc = build_encoder(encoder_spec("deeplabv3", locals()))
+    decoder = DeepLabV3Decoder(
+        feature_info=enc.feature_info,
+        channels=channels,
+        rates=rates,
+        separable=separable,
         norm=norm,
         act=act,
+        pool_norm=pool_norm,
+        dropout=dropout,
     )
-    decoder = DeepLabV3Decoder(enc.feature_info, channels, rates, separable, norm, act, pool_norm, dropout)
-    return Segmentor(enc, decoder, SegmentationHead(channels, num_classes), pad_mode)
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
 
 
 @MODELS.register("deeplabv3plus")
@@ -249,30 +252,20 @@ def deeplabv3plus(
     """DeepLabv3+: DeepLabv3's atrous encoder and ASPP, plus a decoder that upsamples the ASPP output to the
     stride-4 low-level features (reduced to 48 channels by a 1x1 conv), concatenates and refines with two 3x3
     convs. ``separable=True``: depthwise-separable ASPP and decoder convs (the paper's Xception variant)."""
-    encoder = encoder or NATIVE_DEFAULT["deeplabv3plus"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        output_stride=output_stride,
-        weights=weights,
-        base_channels=base_channels,
+    enc = build_encoder(encoder_spec("deeplabv3plus", locals()))
+    decoder = DeepLabV3PlusDecoder(
+        feature_info=enc.feature_info,
+        channels=channels,
+        low_level_reduction=low_level_reduction,
+        low_level_channels=low_level_channels,
+        rates=rates,
+        separable=separable,
         norm=norm,
         act=act,
+        pool_norm=pool_norm,
+        dropout=dropout,
     )
-    decoder = DeepLabV3PlusDecoder(
-        enc.feature_info,
-        channels,
-        low_level_reduction,
-        low_level_channels,
-        rates,
-        separable,
-        norm,
-        act,
-        pool_norm,
-        dropout,
-    )
-    return Segmentor(enc, decoder, SegmentationHead(channels, num_classes), pad_mode)
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
 
 
 @MODELS.register("lraspp")
@@ -293,16 +286,18 @@ def lraspp(
     """LR-ASPP, the fast end: a MobileNet encoder (timm's mobilenetv3_large_100 at stride 16, as
     torchvision's ``lraspp_mobilenet_v3_large``, whose parameter count it has; or the native depthwise-
     separable "mobilenet") and a head of 1x1 convs on the stride-16 and stride-8 features."""
-    encoder = encoder or NATIVE_DEFAULT["lraspp"]
-    enc = create_encoder(
-        encoder,
-        in_channels,
-        depth=depth,
-        output_stride=output_stride,
-        weights=weights,
-        base_channels=base_channels,
+    enc = build_encoder(encoder_spec("lraspp", locals()))
+    decoder = LRASPPDecoder(
+        feature_info=enc.feature_info,
+        inter_channels=inter_channels,
+        low_level_reduction=low_level_reduction,
         norm=norm,
         act=act,
     )
-    decoder = LRASPPDecoder(enc.feature_info, num_classes, inter_channels, low_level_reduction, norm, act)
-    return Segmentor(enc, decoder, nn.Identity(), pad_mode)
+    head = LRASPPHead(
+        in_channels=decoder.out_channels,
+        low_channels=enc.feature_info[decoder.low_index].channels,
+        low_index=decoder.low_index,
+        num_classes=num_classes,
+    )
+    return Segmentor(enc, decoder, head, pad_mode)

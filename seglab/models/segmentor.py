@@ -37,7 +37,12 @@ class InputGeometry:
 
 
 class Segmentor(nn.Module):
-    """Any H x W in, logits (N, num_classes, H, W) out.
+    """Any H x W in, logits (N, num_classes, H, W) out: ``features = encoder(x)``, then
+    ``head(decoder(features), features)``.
+
+    The decoder turns the encoder's features into features (``decoder.out_channels`` channels, never class
+    scores); the head makes the class scores from them, reading the encoder's ``features`` too where its
+    architecture scores skips (FCN, LR-ASPP; other heads ignore them).
 
     Inputs are padded (``pad_mode``: "reflect", "constant" (zeros) or "replicate") at the bottom and right to
     the next size the network takes (a multiple of the encoder's output stride, see :class:`InputGeometry`),
@@ -81,7 +86,8 @@ class Segmentor(nn.Module):
             fits = max(pads[:2]) < w and max(pads[2:]) < h  # reflect needs pad < size
             mode = self.pad_mode if (fits or self.pad_mode != "reflect") else "replicate"
             x = F.pad(x, pads, mode=mode)
-        logits = self.head(self.decoder(self.encoder(x)))
+        features = self.encoder(x)
+        logits = self.head(self.decoder(features), features)
         if logits.shape[-2:] != (oh, ow):
             if m:
                 raise RuntimeError(f"logits of {tuple(logits.shape[-2:])} do not fit the geometry {g}")

@@ -70,7 +70,7 @@ def build_predictor(
     """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
     meta. Inputs are normalised with the main checkpoint's mean/std; each model divides its logits by its own
     fitted temperature. With ``tile`` every model runs overlap-tile inference."""
-    from seglab.engine.tiling import TiledModel
+    from seglab.models.tiling import TiledModel
 
     def tiled(m: nn.Module) -> nn.Module:
         return TiledModel(m, tile, overlap) if tile is not None else m

@@ -107,9 +107,10 @@ class _DropOutput(_DropInput):
 def add_dropout(model: nn.Module, p: float = 0.1, where: str | Sequence[str] = "head") -> nn.Module:
     """Give ``model`` ``nn.Dropout2d(p)`` layers (in place; returns it) without changing its parameters.
 
-    ``where``: ``"head"`` drops the head's input channels (the usual place), ``"decoder"`` the output of every
-    decoder block (Bayesian SegNet's placement), any other name the output of that submodule (e.g.
-    ``"decoder.blocks.0"``). The layers are registered as parameter-free submodules ``mc_dropout_<k>`` applied
+    ``where``: ``"head"`` drops the head's input, the decoder's feature channels (the usual place: in every
+    seglab architecture the head makes the class scores, so this never drops a class), ``"decoder"`` the
+    output of every decoder block (Bayesian SegNet's placement), any other name the output of that submodule
+    (e.g. ``"decoder.blocks.0"``). The layers are registered as parameter-free submodules ``mc_dropout_<k>`` applied
     by forward hooks, so ``state_dict`` keys and deterministic (eval) outputs stay exactly as they were; only
     :class:`MCDropout` (or train mode) switches them on. A model trained without dropout gives a cruder
     posterior than one trained with it; prefer training with dropout where you can.

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from seglab.checkpoint import load_checkpoint, read_meta
 from seglab.config import Config
+from seglab.engine import callbacks as callbacks_module
 from seglab.engine import train as train_module
 from seglab.engine.train import train
 from seglab.errors import CheckpointError, ConfigError, SeglabError
@@ -71,7 +72,7 @@ WRITE_POINTS = [
 @pytest.mark.parametrize("target, when", WRITE_POINTS, ids=[f"{n}-{w}" for n, w in WRITE_POINTS])
 def test_a_kill_at_any_write_point_resumes_exactly(fit_data, reference, tmp_path, monkeypatch, target, when):
     run = tmp_path / "run"
-    real_replace, real_append = os.replace, train_module.append_text
+    real_replace, real_append = os.replace, callbacks_module.append_text
     seen = {"n": 0}
 
     def replace(src, dst, *a, **k):
@@ -95,7 +96,7 @@ def test_a_kill_at_any_write_point_resumes_exactly(fit_data, reference, tmp_path
 
     with monkeypatch.context() as m:
         if target == "metrics.jsonl":
-            m.setattr(train_module, "append_text", append)
+            m.setattr(callbacks_module, "append_text", append)
         else:
             m.setattr(os, "replace", replace)
         with pytest.raises(Killed):
@@ -183,7 +184,10 @@ def test_resume_refuses_an_old_state_whose_weights_are_of_another_epoch(fit_data
     run = tmp_path / "run"
     train(make_config(fit_data, run, epochs=2), on_epoch_end=lambda epoch, record: epoch == 2)
     old = torch.load(run / "last.state.pt", weights_only=True)
-    legacy = {k: old[k] for k in ("optimizer", "scheduler", "scaler", "best")} | {"epoch": 1}
+    legacy = {k: old[k] for k in ("optimizer", "scaler", "best")} | {
+        "epoch": 1,
+        "scheduler": {"last_epoch": 8},
+    }
     torch.save(legacy, run / "last.state.pt")
     with pytest.raises(
         CheckpointError, match="last.safetensors is from epoch 2 but last.state.pt from epoch 1"
@@ -196,7 +200,7 @@ def test_resume_refuses_an_old_state_whose_weights_are_of_another_epoch(fit_data
 def test_resume_with_more_epochs_warns_that_the_schedule_changes(fit_data, tmp_path):
     run = tmp_path / "run"
     train(make_config(fit_data, run, epochs=1))
-    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2: the poly schedule"):
+    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2: the learning-rate schedule"):
         train(make_config(fit_data, run, epochs=2), resume=True)
 
 
@@ -204,7 +208,7 @@ def test_a_run_that_fails_before_its_first_commit_leaves_nothing(fit_data, tmp_p
     def fail(*a, **k):
         raise SeglabError("boom")
 
-    monkeypatch.setattr(train_module, "run_evaluation", fail)
+    monkeypatch.setattr(train_module, "validate", fail)
     cfg = make_config(fit_data, tmp_path / "new" / "run", epochs=1).override(["data.val_ratio=0.2"])
     with pytest.raises(SeglabError, match="boom"):
         train(cfg)

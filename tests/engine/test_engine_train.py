@@ -26,8 +26,10 @@ def tiny_config(data_dir, out_dir, epochs=2):
 def test_train_writes_run_folder_and_logs(shapes_dir, tmp_path):
     result = train(tiny_config(shapes_dir, tmp_path / "run"))
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    from seglab.engine.callbacks import tensorboard_available
+
     assert names == ["best.safetensors", "best.yaml", "config.yaml", "last.safetensors", "last.state.pt", "last.yaml",
-                     "metrics.jsonl"]  # fmt: skip
+                     "metrics.jsonl"] + (["tensorboard"] if tensorboard_available() else [])  # fmt: skip
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == result.history
     assert all(0 <= r["val_miou"] <= 1 and r["images_per_s"] > 0 for r in lines)
@@ -59,13 +61,14 @@ def test_repeat_makes_longer_epochs(shapes_dir, tmp_path):
 
 
 def test_border_weights_change_the_training_loss(shapes_dir, tmp_path):
-    plain = train(tiny_config(shapes_dir, tmp_path / "a", epochs=1).override(["data.rotation=0"]))
+    # at initialisation the weighted and plain losses nearly agree; the weights steer what is learnt after that
+    plain = train(tiny_config(shapes_dir, tmp_path / "a", epochs=2).override(["data.rotation=0"]))
     weighted = train(
-        tiny_config(shapes_dir, tmp_path / "b", epochs=1).override(
+        tiny_config(shapes_dir, tmp_path / "b", epochs=2).override(
             ["data.rotation=0", "data.border_weights=true"]
         )
     )
-    assert weighted.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"], rel=1e-3)
+    assert weighted.history[-1]["train_loss"] != pytest.approx(plain.history[-1]["train_loss"], rel=3e-3)
     with pytest.raises(ConfigError, match="border_weights needs a loss with per-pixel weights"):
         train(
             tiny_config(shapes_dir, tmp_path / "c", epochs=1).override(
@@ -81,7 +84,7 @@ def test_resume_without_a_run_is_an_error(shapes_dir, tmp_path):
 
 def test_bad_model_params_are_named(shapes_dir, tmp_path):
     cfg = tiny_config(shapes_dir, tmp_path / "r").override(["model.params.width=3"])
-    with pytest.raises(ConfigError, match="model.params.width is not an argument of unet"):
+    with pytest.raises(ConfigError, match="width is not an argument of unet"):
         train(cfg)
 
 
@@ -121,7 +124,7 @@ def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights(shapes_dir, t
     assert a != b and b == pytest.approx(a, rel=0.05)  # bf16 rounding changes the loss, a little
     weights = load_file(str(bf16.last_checkpoint))
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
-    for amp, match in (("fp16", "fp16 \\(CUDA only\\)"), ("half", "must be off, bf16 or fp16")):
+    for amp, match in (("fp16", "fp16 \\(CUDA only\\)"), ("half", "must be auto, off, bf16 or fp16")):
         with pytest.raises(ConfigError, match=match):
             train(tiny_config(shapes_dir, tmp_path / amp, epochs=1).override([f"train.amp={amp}"]))
 

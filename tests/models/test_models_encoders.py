@@ -11,11 +11,12 @@ import torch
 import seglab
 from seglab.errors import ConfigError
 from seglab.models.encoders import (
+    EncoderSpec,
     MobileNetEncoder,
     PooledFeatures,
     UNetEncoder,
     VGGEncoder,
-    create_encoder,
+    build_encoder,
 )
 
 timm = pytest.importorskip("timm")
@@ -43,7 +44,7 @@ def assert_features_match_info(encoder, x):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_timm_families_read_channels_and_reductions_from_feature_info(name):
-    encoder = create_encoder(name, in_channels=1).eval()
+    encoder = build_encoder(EncoderSpec(name=name, in_channels=1)).eval()
     x = torch.randn(1, 1, 96, 64 if encoder.min_input_size <= 64 else 96)
     with torch.no_grad():
         assert_features_match_info(encoder, x)
@@ -67,7 +68,7 @@ def test_decoder_channels_too_many_is_an_error():
 
 @pytest.mark.parametrize(("output_stride", "reductions"), [(8, [2, 4, 8, 8, 8]), (16, [2, 4, 8, 16, 16])])
 def test_timm_dilation_reports_the_dilated_reductions(output_stride, reductions):
-    encoder = create_encoder("test_resnet", output_stride=output_stride)
+    encoder = build_encoder(EncoderSpec(name="test_resnet", output_stride=output_stride))
     assert [f.reduction for f in encoder.feature_info] == reductions
     assert encoder.output_stride == output_stride
     assert_features_match_info(encoder.eval(), torch.randn(1, 3, 32, 32))
@@ -82,12 +83,12 @@ def test_timm_dilation_reports_the_dilated_reductions(output_stride, reductions)
         ({"name": "unet", "output_stride": 8}, "cannot be dilated"),
         ({"name": "unet", "weights": "imagenet"}, "no pretrained weights"),
         ({"name": "test_resnet", "weights": "/nonexistent/w.safetensors"}, "does not exist"),
-        ({"name": "vgg", "padding": "valid"}, "native encoder 'vgg'"),
+        ({"name": "vgg", "options": {"padding": "valid"}}, "native encoder 'vgg'"),
     ],
 )
 def test_encoder_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        create_encoder(**kwargs)
+        build_encoder(EncoderSpec(**kwargs))
 
 
 def test_timm_is_imported_lazily():
@@ -144,11 +145,11 @@ def test_weights_file_with_the_encoders_own_state(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    source = create_encoder("test_resnet")
+    source = build_encoder(EncoderSpec(name="test_resnet"))
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "enc.safetensors")
     torch.save({"state_dict": source.model.state_dict()}, tmp_path / "enc.pt")  # timm's own names, wrapped
     for path in (tmp_path / "enc.safetensors", tmp_path / "enc.pt"):
-        loaded = create_encoder("test_resnet", weights=str(path))
+        loaded = build_encoder(EncoderSpec(name="test_resnet", weights=str(path)))
         assert all(
             torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values())
         )
@@ -176,13 +177,17 @@ def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
     del state["layer1.0.conv1.weight"]
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "bad.safetensors")
     with pytest.raises(ConfigError, match="1 missing keys.*layer1.0.conv1.weight"):
-        create_encoder("test_resnet", weights=str(tmp_path / "bad.safetensors"))
+        build_encoder(EncoderSpec(name="test_resnet", weights=str(tmp_path / "bad.safetensors")))
     torch.save(UNetEncoder(3, depth=3, base_channels=4).state_dict(), tmp_path / "unet.pt")
     with pytest.raises(ConfigError, match="shape"):
-        create_encoder("unet", in_channels=1, depth=3, base_channels=4, weights=str(tmp_path / "unet.pt"))
+        build_encoder(
+            EncoderSpec(
+                name="unet", in_channels=1, depth=3, base_channels=4, weights=str(tmp_path / "unet.pt")
+            )
+        )
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read"):
-        create_encoder("unet", weights=str(tmp_path / "junk.pt"))
+        build_encoder(EncoderSpec(name="unet", weights=str(tmp_path / "junk.pt")))
 
 
 def test_native_weights_from_a_trained_seglab_model(tmp_path):
@@ -206,5 +211,5 @@ def test_imagenet_weights_ask_timm_for_pretrained(monkeypatch):
         return create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", spy)
-    create_encoder("test_resnet", in_channels=4, weights="imagenet")
+    build_encoder(EncoderSpec(name="test_resnet", in_channels=4, weights="imagenet"))
     assert calls == [("test_resnet", True, 4)]

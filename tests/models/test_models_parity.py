@@ -140,9 +140,13 @@ def test_fcn_skips_start_at_zero_so_fcn8s_starts_as_fcn32s():
     torch.manual_seed(0)
     fcn32 = seglab.create_model("fcn", num_classes=2, encoder="vgg", base_channels=2, variant="32s").eval()
     x = torch.randn(1, 3, 128, 128)
+
+    def fused_scores(model):  # the head's scores before its final upsampling
+        features = model.encoder(x)
+        return model.head.fuse(model.decoder(features), features)
+
     with torch.no_grad():
-        s8 = fcn8.decoder(fcn8.encoder(x))
-        s32 = fcn32.decoder(fcn32.encoder(x))
+        s8, s32 = fused_scores(fcn8), fused_scores(fcn32)
         assert s8.shape[-2:] == (16, 16) and s32.shape[-2:] == (4, 4)
         ref = s32
         for _ in range(2):  # 1/32 -> 1/16 -> 1/8, each a bilinear 2x (exact away from the border)

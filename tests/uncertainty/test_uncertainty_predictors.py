@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from seglab import create_model
+from seglab import create_model, list_models
 from seglab.errors import ConfigError
 from seglab.uncertainty.functional import UncertaintyResult
 from seglab.uncertainty.predictors import (
@@ -115,6 +115,52 @@ def test_add_dropout_errors():
         add_dropout(nn.Conv2d(3, 3, 1), 0.1)
     with pytest.raises(ConfigError, match=r"within \[0, 1\)"):
         add_dropout(tiny(), 1.0)
+
+
+# One small model per architecture; no decoder here has HEAD_CLASSES channels, so features and scores differ.
+HEAD_CLASSES = 5
+EVERY_ARCH = {
+    "plain_fcn": {"widths": [4, 8]},
+    "fcn": {"encoder": "vgg", "base_channels": 2},
+    "segnet": {"depth": 3, "base_channels": 4},
+    "unet": {"depth": 3, "base_channels": 4},
+    "deeplabv3": {"encoder": "mobilenet", "base_channels": 4, "channels": 8},
+    "deeplabv3plus": {"encoder": "mobilenet", "base_channels": 4, "channels": 8},
+    "lraspp": {"encoder": "mobilenet", "base_channels": 4, "inter_channels": 8},
+}
+CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+def test_every_architecture_is_checked_for_head_dropout():
+    assert set(EVERY_ARCH) == set(list_models())
+
+
+@pytest.mark.parametrize("arch", sorted(EVERY_ARCH))
+def test_head_dropout_drops_decoder_features_before_the_heads_convs(arch):
+    """add_dropout(where="head") drops the decoder's feature channels (never class channels), and it runs
+    before every conv of the head; the last conv of the whole model is the head's and gives the classes."""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=HEAD_CLASSES, **EVERY_ARCH[arch])
+    with torch.no_grad():  # batch-norm statistics of real activations (fresh ones vanish in deep tiny nets)
+        model(torch.randn(4, 3, 32, 32))
+    add_dropout(model.eval(), 0.5, "head")
+    (drop,) = [m for m in model.modules() if isinstance(m, nn.Dropout2d)]
+    events = []
+    drop.register_forward_hook(lambda m, args, out: events.append(("dropout", args[0].shape[1])))
+    head_convs = {id(m) for m in model.head.modules() if isinstance(m, CONVS)}
+    for conv in (m for m in model.modules() if isinstance(m, CONVS)):
+        where = "head" if id(conv) in head_convs else "body"
+        conv.register_forward_hook(lambda m, args, out, where=where: events.append((where, out.shape[1])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    dropped = events.index(("dropout", model.decoder.out_channels))
+    assert model.decoder.out_channels != HEAD_CLASSES
+    head_runs = [i for i, (where, _) in enumerate(events) if where == "head"]
+    assert head_runs and min(head_runs) > dropped, events
+    assert events[-1] == ("head", HEAD_CLASSES)
+    with dropout_mode(model), torch.no_grad():  # and it samples (a mask per image and channel)
+        x = torch.randn(4, 3, 32, 32)
+        assert not torch.equal(model(x), model(x))
 
 
 class Pointwise(nn.Module):

@@ -32,6 +32,7 @@ class DeepLabV3Decoder(nn.Sequential):
 
     def __init__(
         self,
+        *,
         feature_info: list[FeatureInfo],
         channels: int = 256,
         rates: Sequence[int] | None = None,
@@ -72,6 +73,7 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         feature_info: list[FeatureInfo],
         channels: int = 256,
         low_level_reduction: int = 4,

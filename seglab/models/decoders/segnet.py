@@ -60,6 +60,7 @@ class SegNetDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         feature_info: list[FeatureInfo],
         convs: Sequence[int] | None = None,
         upsample: str = "max_unpool",

@@ -98,6 +98,7 @@ class UNetDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         feature_info: list[FeatureInfo],
         decoder_channels: list[int] | None = None,
         upsample: str = "transposed",

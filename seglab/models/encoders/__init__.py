@@ -1,12 +1,15 @@
 """Encoders: the native ones (no timm needed) and one adapter over any timm ``features_only`` model.
 
-``create_encoder(name, ...)`` is the one entry point: a name of ``NATIVE_ENCODERS`` builds that encoder,
-any other name is a timm model (timm is imported only then).
+``build_encoder(EncoderSpec(name=..., ...))`` is the one entry point: a name of ``NATIVE_ENCODERS`` builds that
+encoder, any other name is a timm model (timm is imported only then).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from seglab.errors import ConfigError
@@ -36,61 +39,79 @@ def is_native(name: str | None) -> bool:
     return name is None or name in NATIVE_ENCODERS
 
 
-def create_encoder(
-    name: str,
-    in_channels: int = 3,
-    *,
-    depth: int | None = None,
-    output_stride: int | None = None,
-    weights: str | None = None,
-    base_channels: int | None = None,
-    norm: NormArg = "bn",
-    act: ActArg = "relu",
-    **options: Any,
-) -> Encoder:
-    """The encoder called ``name``: native (``NATIVE_ENCODERS``) or a timm model name.
+@dataclass(frozen=True, kw_only=True)
+class EncoderSpec:
+    """What to build as an encoder: the encoder arguments of an architecture, typed and in one place.
 
+    ``name``: a native encoder (``NATIVE_ENCODERS``) or a timm model name.
     ``depth``: levels (native) or timm feature levels used (None: the encoder's default / all).
     ``output_stride``: None keeps the encoder's own; otherwise the deepest reduction it must have.
     ``weights``: None, ``"imagenet"`` (timm only) or a local weights file.
-    ``base_channels``, ``norm``, ``act`` and ``options`` (e.g. U-Net's ``padding``, VGG's ``dropout``) apply to
-    native encoders only; timm encoders have their own layers.
+    ``base_channels``, ``norm``, ``act`` and ``options`` (e.g. U-Net's ``padding``, VGG's ``dropout``) configure
+    native encoders only; timm encoders have their own layers (``base_channels`` or ``options`` given with a
+    timm name are an error; ``norm`` and ``act`` are ignored there).
     """
+
+    name: str
+    in_channels: int = 3
+    depth: int | None = None
+    output_stride: int | None = None
+    weights: str | None = None
+    base_channels: int | None = None
+    norm: NormArg = "bn"
+    act: ActArg = "relu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], **fields: Any) -> EncoderSpec:
+        """The spec whose fields are read by name from ``arguments`` (an architecture's arguments, e.g. its
+        ``locals()``: other names there are ignored), then overridden by ``fields``."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in arguments.items() if k in own}, **fields})
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    """The encoder ``spec`` describes: native (``NATIVE_ENCODERS``) or a timm model (timm is imported only then)."""
+    name = spec.name
     if not isinstance(name, str) or not name:
         raise ConfigError(f"encoder must be a native encoder or timm model name, got {name!r}")
     if name in NATIVE_ENCODERS:
         cls = NATIVE_ENCODERS[name]
-        kwargs = {k: v for k, v in (("depth", depth), ("base_channels", base_channels)) if v is not None}
-        kwargs.update(norm=norm, act=act, output_stride=output_stride, **options)
+        given = (("depth", spec.depth), ("base_channels", spec.base_channels))
+        kwargs = {k: v for k, v in given if v is not None}
+        kwargs.update(norm=spec.norm, act=spec.act, output_stride=spec.output_stride, **spec.options)
         try:
-            inspect.signature(cls).bind(in_channels, **kwargs)
+            inspect.signature(cls).bind(spec.in_channels, **kwargs)
         except TypeError as e:
             raise ConfigError(f"native encoder {name!r}: {e}") from None
-        encoder = cls(in_channels, **kwargs)
-        load_native_weights(encoder, name, weights)
+        encoder = cls(spec.in_channels, **kwargs)
+        load_native_weights(encoder, name, spec.weights)
         return encoder
-    given = ["base_channels"] * (base_channels is not None) + sorted(options)
-    if given:
+    given_native = ["base_channels"] * (spec.base_channels is not None) + sorted(spec.options)
+    if given_native:
         raise ConfigError(
-            f"{', '.join(given)} configure the native encoders ({', '.join(NATIVE_ENCODERS)}) only; "
+            f"{', '.join(given_native)} configure the native encoders ({', '.join(NATIVE_ENCODERS)}) only; "
             f"timm encoder {name!r} has its own layers: drop the argument or pick a native encoder"
         )
     from seglab.models.encoders.timm import TimmEncoder
 
-    return TimmEncoder(name, in_channels, depth=depth, output_stride=output_stride, weights=weights)
+    return TimmEncoder(
+        name, spec.in_channels, depth=spec.depth, output_stride=spec.output_stride, weights=spec.weights
+    )
 
 
 __all__ = [
     "NATIVE_ENCODERS",
     "DoubleConv",
     "Encoder",
+    "EncoderSpec",
     "FeatureInfo",
     "MobileNetEncoder",
     "PlainConvEncoder",
     "PooledFeatures",
     "UNetEncoder",
     "VGGEncoder",
-    "create_encoder",
+    "build_encoder",
     "feature_index",
     "is_native",
 ]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from seglab.errors import ConfigError
+from seglab.models.torch_files import torch_load_problem
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and pickle raise many types; the message is what matters
-        from seglab.checkpoint import torch_load_problem
-
         raise ConfigError(f"cannot read weights file {path}: {torch_load_problem(e)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):

@@ -1,0 +1,172 @@
+"""Callbacks: what happens around the training loop, one job each (detectron2's hooks, Lightning's callbacks).
+
+The loop calls ``on_train_start``, ``on_log`` (every ``train.log_interval`` optimizer steps), ``on_epoch_end``
+(in list order; returning True stops training) and ``on_train_end``. The default list, in order:
+``MetricsLog`` (the epoch's line in metrics.jsonl), ``Checkpointer`` (commit the state, then the checkpoints),
+``ProgressPrinter`` (one line per epoch), ``TensorBoardLogger`` (when tensorboard is installed or asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglab.checkpoint import CheckpointMeta
+from seglab.config import Config
+from seglab.engine.data import TrainData
+from seglab.engine.state import TrainState
+from seglab.errors import ConfigError
+from seglab.files import append_text, to_json
+
+
+@dataclass
+class Run:
+    """What callbacks see of a training run."""
+
+    cfg: Config
+    run_dir: Path
+    data: TrainData
+    model: torch.nn.Module
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    state: TrainState
+    meta: CheckpointMeta
+    signature: dict[str, Any]
+    device: torch.device
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA's when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+
+class Callback:
+    def on_train_start(self, run: Run) -> None:
+        pass
+
+    def on_log(self, run: Run, scalars: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> bool | None:
+        pass
+
+    def on_train_end(self, run: Run) -> None:
+        pass
+
+
+class MetricsLog(Callback):
+    """Appends the epoch's record to ``metrics.jsonl`` (fsynced; a line past the committed epoch is dropped on
+    resume)."""
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        append_text(run.run_dir / "metrics.jsonl", to_json(record) + "\n")
+
+
+class Checkpointer(Callback):
+    """Commits the epoch (``last.state.pt``) and writes the best/last checkpoints derived from it."""
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        run.meta.epoch = record["epoch"]
+        run.meta.metrics = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
+        if not run.meta.metrics or run.meta.metrics["miou"] > run.state.best["miou"]:
+            run.state.best = {"miou": run.meta.metrics.get("miou", -1.0), "epoch": record["epoch"]}
+        run.state.save(run.run_dir, model=run.model, ema=run.ema, optimizer=run.optimizer, scaler=run.scaler,
+                       meta=run.meta, signature=run.signature, epochs=run.cfg.train.epochs)  # fmt: skip
+
+
+class ProgressPrinter(Callback):
+    """One line per epoch (loss, validation mIoU, throughput), and the precision chosen at the start."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        val = (
+            f"val mIoU {record['val_miou']:.4f}  pixel acc {record['val_pixel_accuracy']:.4f}  "
+            if "val_miou" in record
+            else ""
+        )
+        end = "  (time limit reached)" if record.get("stopped") else ""
+        self.write(f"epoch {record['epoch']}/{run.cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
+                   f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s{end}")  # fmt: skip
+
+
+class UserHook(Callback):
+    """``fn(epoch, record)`` after each epoch's commit; returning True stops training."""
+
+    def __init__(self, fn: Callable[[int, dict[str, Any]], bool | None]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> bool | None:
+        return self.fn(record["epoch"], record)
+
+
+def tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard event files in ``<run>/tensorboard``: the training loss and learning rate every log interval,
+    the validation metrics and up to ``images`` validation overlays (image | truth | prediction) every epoch."""
+
+    def __init__(self, images: int = 3) -> None:
+        if not tensorboard_available():
+            raise ConfigError(
+                "train.tensorboard needs the tensorboard package: pip install 'seglab[tensorboard]'"
+            )
+        self.images, self.writer = images, None
+
+    def on_train_start(self, run: Run) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=run.state.step or None)
+
+    def on_log(self, run: Run, scalars: dict[str, float]) -> None:
+        self.writer.add_scalar("train/loss", scalars["loss"], scalars["step"])
+        self.writer.add_scalar("train/lr", scalars["lr"], scalars["step"])
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        step = run.state.step
+        for key, value in record.items():
+            if key.startswith("val_") and isinstance(value, int | float):
+                self.writer.add_scalar(f"val/{key[4:]}", value, step)
+        self.writer.add_scalar("train/epoch_loss", record["train_loss"], step)
+        if self.images and len(run.data.val):
+            self.writer.add_images("val/overlays", self._overlays(run), step, dataformats="NHWC")
+        self.writer.flush()
+
+    @torch.inference_mode()
+    def _overlays(self, run: Run) -> Any:
+        import numpy as np
+
+        from seglab.engine.predict import overlay
+
+        model = run.evaluated
+        was_training = model.training
+        model.eval()
+        palette = run.meta.palette
+        rows = []
+        for i in range(min(self.images, len(run.data.val))):
+            raw, truth = run.data.val.load(i)
+            x, _ = run.data.val.transform(raw, truth)[:2]
+            pred = model(x[None].to(run.device)).argmax(1)[0].cpu().numpy()
+            shown = np.clip(truth, 0, len(palette) - 1)
+            rgb = raw if raw.shape[2] == 3 else np.repeat(raw, 3, axis=2)
+            rows.append(
+                np.concatenate([rgb, overlay(raw, shown, palette), overlay(raw, pred, palette)], axis=1)
+            )
+        model.train(was_training)
+        h = max(r.shape[0] for r in rows)
+        w = max(r.shape[1] for r in rows)
+        return np.stack([np.pad(r, ((0, h - r.shape[0]), (0, w - r.shape[1]), (0, 0))) for r in rows])
+
+    def on_train_end(self, run: Run) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,144 @@
+"""Build the training data: the folder scan (every file checked once, cached), the splits, the loaders.
+
+Augmentation is seeded per item: the sampler hands the dataset ``(seed, index)`` pairs, and each item's transform
+runs on the CPU random stream forked and seeded from that pair. So the batches of an epoch depend only on
+(``train.seed``, epoch) — not on ``num_workers``, not on the model's use of the random stream (dropout), and not
+on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from seglab.config import Config
+from seglab.data.folder import ClassSpec, FolderDataset, scan_folder
+from seglab.data.transforms import build_transform, pad_collate
+from seglab.errors import ConfigError, DataError
+
+
+class EpochSampler(Sampler):
+    """``num_samples`` draws per epoch as (item seed, index) pairs: whole permutations of the data set, then part
+    of one, all drawn from a generator seeded by (seed, epoch); ``set_epoch`` picks the epoch."""
+
+    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+        self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_019 + self.epoch)
+        order = torch.cat(
+            [torch.randperm(self.size, generator=gen) for _ in range(-(-self.num_samples // self.size))]
+        )
+        seeds = torch.randint(2**62, (self.num_samples,), generator=gen)
+        return iter(zip(seeds.tolist(), order[: self.num_samples].tolist()))
+
+
+class SeededItems(Dataset):
+    """``ds[(seed, i)]`` is ``dataset[i]`` drawn with the CPU random stream seeded by ``seed`` (and restored after,
+    so the caller's stream is untouched)."""
+
+    def __init__(self, dataset: FolderDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+@dataclass
+class TrainData:
+    """The splits, their loaders and what the masks mean."""
+
+    train: FolderDataset
+    val: FolderDataset
+    spec: ClassSpec
+    in_channels: int
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: EpochSampler
+    batch_size: int
+    batches_per_epoch: int
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader processes when ``data.num_workers`` is null: none on the CPU, whose cores compute the model (and
+    decoded images are cached after the first epoch); otherwise all cores but one, at most 8."""
+    return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def build_data(cfg: Config, device: torch.device) -> TrainData:
+    """Scan and check the folder ``cfg.data.root`` once (every image and mask, cached), split it, and build the
+    loaders: per-item seeded augmentation, pinned memory on CUDA, workers that persist across epochs."""
+    if not cfg.data.root:
+        raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
+    d = cfg.data
+    scan = scan_folder(d.root, d.ignore_index, deep=True)  # every file, once, before any work
+    scan.raise_problems()
+    common = dict(ignore_index=d.ignore_index, val_ratio=d.val_ratio, test_ratio=d.test_ratio,
+                  split_seed=d.split_seed, split_lists=d.splits, cache=d.cache, scan=scan)  # fmt: skip
+    in_ch = scan.in_channels
+    eval_transform = build_transform(d, in_ch, train=False)
+    weight_fn = None
+    if d.border_weights:
+        from seglab.losses.weights import unet_weight_map
+
+        weight_fn = functools.partial(
+            unet_weight_map, w0=d.border_w0, sigma=d.border_sigma, ignore_index=d.ignore_index
+        )
+    train_ds = FolderDataset(
+        d.root, "train", build_transform(d, in_ch, train=True), weight_fn=weight_fn, **common
+    )
+    val_ds = FolderDataset(d.root, "val", eval_transform, **common)
+    # no validation only when asked for (data.splits.val: [], or data.val_ratio: 0 without split lists):
+    # every epoch's weights are then both "last" and "best", e.g. for a final fit on all the labelled data
+    no_val_asked = d.splits.get("val") == [] if d.splits else d.val_ratio == 0
+    for ds in (train_ds, val_ds):
+        if len(ds) == 0 and not (ds is val_ds and no_val_asked):
+            raise DataError(
+                f"the {ds.split} split of {d.root} is empty; add splits/{ds.split}.txt or change "
+                f"data.val_ratio/data.test_ratio" + (" (data.splits.val: [] trains without validation)" if ds is val_ds else "")
+            )  # fmt: skip
+    spec = train_ds.classes
+    names = list(spec.names)
+    if d.class_names is not None:
+        if len(d.class_names) != spec.num_classes:
+            raise ConfigError(
+                f"data.class_names has {len(d.class_names)} names but {d.root} has {spec.num_classes} classes "
+                f"({', '.join(spec.names)})"
+            )
+        names = [str(n) for n in d.class_names]
+
+    samples = len(train_ds) * d.repeat
+    batch_size = min(cfg.train.batch_size, samples)
+    workers = default_workers(device) if d.num_workers is None else d.num_workers
+    loader_args = dict(collate_fn=pad_collate(spec.ignore_index), num_workers=workers,
+                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    sampler = EpochSampler(len(train_ds), samples, cfg.train.seed)
+    train_loader = DataLoader(
+        SeededItems(train_ds), batch_size=batch_size, sampler=sampler, drop_last=True, **loader_args
+    )
+    val_loader = DataLoader(val_ds, batch_size=batch_size, **loader_args)
+    return TrainData(
+        train_ds, val_ds, spec, in_ch, names, list(eval_transform.mean), list(eval_transform.std),
+        train_loader, val_loader, sampler, batch_size, samples // batch_size,
+    )  # fmt: skip
