@@ -31,7 +31,8 @@ def _train_config(args: argparse.Namespace):
 
     cfg = Config.load(args.config) if args.config else Config()
     flags = {"data.root": args.data, "train.out_dir": args.out, "train.epochs": args.epochs,
-             "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device}  # fmt: skip
+             "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
+             "train.time_limit": args.time_limit}  # fmt: skip
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set or [])
     cfg = cfg.override(overrides)
     if args.no_progress:
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--time-limit", metavar="DURATION",
+                   help="wall-clock budget, e.g. 10m or 1h30m (sets train.time_limit): the schedule ends on time")  # fmt: skip
     t.add_argument(
         "--set",
         action="append",

@@ -45,11 +45,13 @@ def probe_amp(
     step: Callable[[str], None],
     candidates: Sequence[str],
     timer: Callable[[Callable[[], None]], float] | None = None,
-    repeats: int = 2,
+    repeats: int = 3,
+    margin: float = 0.05,
 ) -> tuple[str, dict[str, float]]:
     """The fastest precision of ``candidates`` for ``step(amp)`` (one forward and backward pass) and the median
-    seconds of each: one untimed warm-up call each, then ``repeats`` interleaved timed calls. ``timer(fn)`` times
-    one call (injectable, so a test does not depend on the machine)."""
+    seconds of each: one untimed warm-up call each, then ``repeats`` interleaved timed calls. The first candidate
+    (fp32: exact numerics) is kept unless another is faster by more than ``margin``, so timing noise does not
+    flip the choice. ``timer(fn)`` times one call (injectable, so a test does not depend on the machine)."""
     timer = timer or _time_call
     for amp in candidates:
         step(amp)
@@ -58,7 +60,8 @@ def probe_amp(
         for amp in candidates:
             times[amp].append(timer(lambda amp=amp: step(amp)))
     medians = {amp: statistics.median(t) for amp, t in times.items()}
-    return min(candidates, key=lambda amp: medians[amp]), medians
+    best = min(candidates, key=lambda amp: medians[amp])
+    return (best if medians[best] < (1 - margin) * medians[candidates[0]] else candidates[0]), medians
 
 
 def _time_call(fn: Callable[[], None]) -> float:
