@@ -96,7 +96,7 @@ def write_config(path: Path, data: Path, out: Path, threads: int) -> Path:
 
     cfg = Config().override([
         f"data.root={data}", f"train.out_dir={out}", f"train.epochs={EPOCHS}", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 8}", "train.progress=false", "data.val_ratio=0",
+        "model.params={depth: 2, base_channels: 8}", "train.progress=false", "data.val_ratio=0", "train.amp=off",
         f"train.threads={threads}",
     ])  # fmt: skip
     path.write_text(cfg.dump())
