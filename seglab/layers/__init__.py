@@ -28,6 +28,7 @@ from seglab.layers.sampling import (
     conv_output_size,
     make_downsample,
     make_upsample,
+    patch_conv_transpose2d,
     transposed_output_size,
 )
 from seglab.layers.separable import (
@@ -72,6 +73,7 @@ __all__ = [
     "make_norm",
     "make_upsample",
     "measure_conv_cost",
+    "patch_conv_transpose2d",
     "receptive_field",
     "stack_receptive_field",
     "transposed_output_size",

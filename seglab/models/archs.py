@@ -169,8 +169,8 @@ def unet(
     pad_mode: str = "reflect",
 ) -> Segmentor:
     """U-Net. The default native encoder is the paper's (widths base*2**i for ``depth`` levels: base 64,
-    depth 5 gives 64 ... 1024); any timm encoder works with the same decoder (widths mirror the encoder's, or
-    ``decoder_channels``). ``upsample``: "transposed" (the paper's 2x2 up-conv), "bilinear"/"nearest" (+1x1
+    depth 5 gives 64 ... 1024); any timm encoder works with the same decoder (widths: ``decoder_channels``, else
+    the native encoder's mirrored, and for a timm encoder smp's 256, 128, 64, 32, 16 from the deepest block). ``upsample``: "transposed" (the paper's 2x2 up-conv), "bilinear"/"nearest" (+1x1
     conv), "bed_of_nails", ... ``norm="none"`` turns batch norm off (the paper). ``padding="valid"``: the
     paper's unpadded convs and cropped skips (native encoder only); the input is then mirror-padded by the
     context it needs (overlap-tile) so the logits still cover it. ``dropout``: Dropout2d on the input of each
@@ -180,6 +180,10 @@ def unet(
         raise ConfigError(f"padding={padding!r} needs the native U-Net encoder (encoder: unet)")
     enc = build_encoder(spec)
     geometry = unet_valid_geometry(len(enc.feature_info)) if padding != "same" else None
+    if decoder_channels is None and spec.name not in NATIVE_ENCODERS:
+        # a classification backbone: smp's decoder widths (256, 128, 64, 32, 16 from the deepest block), not the
+        # backbone's, which spend a third of the work on a 64-channel block at half resolution
+        decoder_channels = [max(16, 256 >> i) for i in range(len(enc.feature_info) - 1)]
     decoder = UNetDecoder(
         feature_info=enc.feature_info,
         decoder_channels=decoder_channels,
