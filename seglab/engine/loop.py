@@ -7,7 +7,6 @@ data was loaded (``trusted_labels``), and the learning rate is set from host-sid
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,16 +56,15 @@ def to_device(batch: tuple[torch.Tensor, ...], device: torch.device, channels_la
     return images, batch[1].to(device, non_blocking=nb), extra
 
 
-def autocast(parts: StepParts) -> contextlib.AbstractContextManager:
-    dtype = AMP_DTYPES[parts.amp]
-    return torch.autocast(parts.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def forward_loss(parts: StepParts, images: torch.Tensor, masks: torch.Tensor, extra: dict) -> torch.Tensor:
-    """The loss of one batch, in fp32 whatever the precision of the forward pass."""
-    with autocast(parts):
-        logits = parts.net(images)
-    return parts.criterion(logits.float(), masks, **extra)
+def forward_loss(
+    net: Callable[[torch.Tensor], torch.Tensor], criterion: Callable[..., torch.Tensor], device: torch.device,
+    amp: str, images: torch.Tensor, masks: torch.Tensor, extra: dict,
+) -> torch.Tensor:  # fmt: skip
+    """The loss of one batch, in fp32 whatever the precision (``amp``) of the forward pass."""
+    dtype = AMP_DTYPES[amp]
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        logits = net(images)
+    return criterion(logits.float(), masks, **extra)
 
 
 def train_one_epoch(
@@ -81,7 +79,7 @@ def train_one_epoch(
     progress: Any = None,
 ) -> EpochStats:
     """Train over ``loader`` once (or until ``budget`` is exhausted, checked after every optimizer step);
-    ``state.step`` counts optimizer steps and ``state.elapsed`` the budget's seconds.
+    ``state.step`` counts optimizer steps.
 
     ``on_log`` gets ``{"loss", "lr", "step"}`` every ``log_interval`` optimizer steps and at the end; a non-finite
     loss raises then, naming the steps it happened in.
@@ -89,7 +87,7 @@ def train_one_epoch(
     model, opt = parts.model, parts.optimizer
     model.train()
     device = parts.device
-    total = torch.zeros((), device=device)  # running sums stay on the device
+    total = torch.zeros((), device=device)  # running sums stay on the device; window joins total at each read
     window = torch.zeros((), device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     images_seen = window_images = 0
@@ -112,6 +110,7 @@ def train_one_epoch(
             "lr": opt.param_groups[0]["lr"],
             "step": state.step,
         }
+        total.add_(window)
         window, window_images, window_start = torch.zeros((), device=device), 0, state.step
         if on_log is not None:
             on_log(scalars)
@@ -119,11 +118,10 @@ def train_one_epoch(
     with trusted_labels():
         for i, batch in enumerate(iterator):
             images, masks, extra = to_device(batch, device, parts.channels_last)
-            loss = forward_loss(parts, images, masks, extra)
+            loss = forward_loss(parts.net, parts.criterion, device, parts.amp, images, masks, extra)
             parts.scaler.scale(loss / parts.accumulate).backward()
             n = images.shape[0]
             detached = loss.detach()
-            total += detached * n
             window += detached * n
             bad |= ~torch.isfinite(detached)
             images_seen += n
@@ -147,7 +145,6 @@ def train_one_epoch(
                 break
     if window_images:
         flush()
-    state.elapsed = budget.elapsed()
     return EpochStats(images_seen, float(total) / max(1, images_seen), state.step - first_step, out_of_time)
 
 

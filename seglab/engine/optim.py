@@ -51,7 +51,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 def lr_factor(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
     """Multiplier of the base learning rate at optimizer step ``it`` of ``total``: linear warm-up over ``warmup``
     steps, then poly(0.9), cosine or constant."""
-    return lambda it: Schedule(schedule, total, warmup).factor(it)
+    return Schedule(schedule, total, warmup).factor
 
 
 class Schedule:

@@ -59,12 +59,11 @@ class TrainState:
 
     @classmethod
     def resume(
-        cls, run_dir: Path, *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
+        cls, run_dir: Path, doc: dict[str, Any], *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
         optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device,
     ) -> TrainState:  # fmt: skip
-        """Load the committed state of ``run_dir`` into the training objects and make its checkpoints agree with
-        it. Refuses, in one line, whatever would not continue exactly."""
-        doc = load_state(run_dir)
+        """Load ``doc``, the committed state of ``run_dir`` (``load_state``), into the training objects and make
+        the run's checkpoints agree with it. Refuses, in one line, whatever would not continue exactly."""
         check_signature(run_dir, doc.get("signature"), signature)
         if "meta" in doc:  # the state holds the weights it was committed with
             raw, averaged = doc["model"], doc.get("ema")

@@ -87,6 +87,7 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     run_dir = Path(cfg.train.out_dir)
     _check_run_dir(run_dir, resume, overwrite)
+    committed = load_state(run_dir) if resume else None  # read once, before the data: refuses early
 
     data = build_data(cfg, device)
     torch.manual_seed(cfg.train.seed)
@@ -99,15 +100,14 @@ def train(
     ema = _build_ema(cfg.train.ema, model)
     meta = _build_meta(cfg, data)
     signature = model_signature(cfg.model.arch, cfg.model.params, data.spec.num_classes, data.in_channels)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    amp = _choose_amp(cfg, committed, model, criterion, data, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # before resume, which loads its state
     state = TrainState()
-    if resume:
-        state = TrainState.resume(run_dir, signature=signature, model=model, ema=ema, optimizer=optimizer,
-                                  scaler=scaler, epochs=cfg.train.epochs, device=device)  # fmt: skip
+    if committed is not None:
+        state = TrainState.resume(run_dir, committed, signature=signature, model=model, ema=ema,
+                                  optimizer=optimizer, scaler=scaler, epochs=cfg.train.epochs, device=device)  # fmt: skip
         budget = Budget(cfg.train.time_limit, spent=state.elapsed)
-    state.amp = _choose_amp(cfg, state, model, criterion, data, device)
-    if state.amp == "fp16":
-        scaler = _fp16_scaler(device, scaler)
+    state.amp = amp
     channels_last = use_channels_last(cfg.train.channels_last, device, state.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -214,36 +214,35 @@ def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
 
 def _choose_amp(
     cfg: Config,
-    state: TrainState,
+    committed: dict[str, Any] | None,
     model: torch.nn.Module,
     criterion: Any,
     data: TrainData,
     device: torch.device,
 ) -> str:
-    """``train.amp``, or for ``auto`` the faster precision on a real batch (kept on resume, so a resumed run keeps
-    its numerics); logs the choice."""
+    """``train.amp``, or for ``auto`` the faster precision on a real batch; a resumed run keeps the precision of its
+    ``committed`` state (its numerics). Logs the choice."""
     amp = cfg.train.amp
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp=fp16 (CUDA only) needs a CUDA device, got {device}; use bf16 or off")
     if amp != "auto":
         return amp
     candidates = amp_candidates(device)
-    if state.amp is not None or len(candidates) == 1:
-        return state.amp or candidates[0]
+    if committed is not None and committed.get("amp"):
+        return committed["amp"]
+    if len(candidates) == 1:
+        return candidates[0]
     batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=data.batch_size,
                                                   collate_fn=data.train_loader.collate_fn)))  # fmt: skip
-    images, masks, extra = to_device(
-        batch, device, use_channels_last(cfg.train.channels_last, device, "bf16")
-    )
+    channels_last = use_channels_last(cfg.train.channels_last, device, "bf16")
+    images, masks, extra = to_device(batch, device, channels_last)
 
     def step(amp: str) -> None:
-        parts = StepParts(model=model, net=model, criterion=criterion, optimizer=None, scaler=None,  # type: ignore[arg-type]
-                          schedule=None, base_lr=0.0, device=device, amp=amp)  # type: ignore[arg-type]  # fmt: skip
-        forward_loss(parts, images, masks, extra).backward()
+        forward_loss(model, criterion, device, amp, images, masks, extra).backward()
         model.zero_grad(set_to_none=True)
 
     with _untouched(model):
-        if use_channels_last(cfg.train.channels_last, device, "bf16"):
+        if channels_last:
             model.to(memory_format=torch.channels_last)
         choice, seconds = probe_amp(step, candidates)
     if cfg.train.progress:
@@ -266,13 +265,6 @@ def _untouched(model: torch.nn.Module) -> Iterator[None]:
             model.to(memory_format=torch.contiguous_format)
             model.load_state_dict(saved)
             model.zero_grad(set_to_none=True)
-
-
-def _fp16_scaler(device: torch.device, old: Any) -> Any:
-    scaler = torch.amp.GradScaler(device.type, enabled=True)
-    if old.state_dict():
-        scaler.load_state_dict(old.state_dict())
-    return scaler
 
 
 def _progress_bar(cfg: Config, epoch: int) -> Callable[[Any], Any] | None:
@@ -301,8 +293,6 @@ def _default_callbacks(cfg: Config, on_epoch_end: Callable | None) -> list[Callb
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     check_out_dir(run_dir, "run folder")
     has_ckpt = any((run_dir / n).exists() for n in ("best.safetensors", "last.safetensors", STATE_FILE))
-    if resume:
-        load_state(run_dir)  # refuses now, before the data is read, if there is nothing to resume
     if has_ckpt and not resume and not overwrite:
         raise ConfigError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"
