@@ -40,14 +40,44 @@ def _train_config(args: argparse.Namespace):
     return cfg
 
 
+def _launch(args: argparse.Namespace) -> bool:
+    """With ``--nproc N`` (N > 1) outside torchrun: run this very command in N processes through torchrun, without
+    the flag, and return True; False otherwise."""
+    from seglab.engine.distributed import launch, launched
+
+    if args.nproc is None or args.nproc == 1 or launched():
+        return False
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    launch(args.nproc, argv)
+    return True
+
+
+def _is_main() -> bool:
+    """False in the processes of a distributed job other than rank 0 (which alone prints results)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     cfg = _train_config(args)
     if args.print_config:
         print(cfg.dump(), end="")
         return
+    if _launch(args):
+        return
     from seglab.engine.train import train
 
     r = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not _is_main():
+        return
     m = r.best_metrics
     best = (
         f"best validation mIoU {m['miou']:.4f} at epoch" if "miou" in m else "no validation split; last epoch"
@@ -85,9 +115,13 @@ def _uncertainty_config(args: argparse.Namespace, predict: bool):
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from seglab.engine.evaluate import evaluate, format_table
 
+    if _launch(args):
+        return
     r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
                  device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False),
                  tile=args.tile, overlap=args.overlap, rand_class=args.rand_class)  # fmt: skip
+    if not _is_main():
+        return
     print(format_table(r))
     print(f"report: {r['report_path']}")
 
@@ -180,6 +214,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
 
 
+def _nproc_flag(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--nproc", type=int, metavar="N", help=f"{what} in N processes on this machine through "
+                    "torchrun (DDP; one GPU each on CUDA); for several machines run torchrun -m seglab itself")  # fmt: skip
+
+
 def _tile_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--tile", type=int, help="overlap-tile inference with tiles of this size (large images)")
     sp.add_argument("--overlap", type=int, default=32, help="mirrored context around each tile (default: 32)")
@@ -250,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="restart a run folder that already has checkpoints"
     )
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _nproc_flag(t, "train")
     common(t, device=None)
     t.set_defaults(func=_cmd_train)
 
@@ -263,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rand-class", metavar="CLASS", help="also the adapted Rand error (ISBI 2012) of the "
                    "connected components of this class (name or index), e.g. the cells between membranes")  # fmt: skip
     _uncertainty_flags(e, predict=False)
+    _nproc_flag(e, "evaluate")
     common(e)
     e.set_defaults(func=_cmd_evaluate)
 
@@ -350,15 +391,36 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from seglab.errors import SeglabError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args) or 0
     except SeglabError as e:
-        print(f"seglab: error: {e}", file=sys.stderr)
+        _record_error(e)
+        print(f"seglab: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seglab: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # in a torchrun worker: tell the launcher what failed, then the traceback
+        _record_error(e)
+        raise
+
+
+def _rank_prefix() -> str:
+    import os
+
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _record_error(e: BaseException) -> None:
+    import os
+
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from seglab.engine.distributed import record_error
+
+        record_error(e)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ class TrainConfig:
     log_interval: int = (
         20  # optimizer steps between reads of the running loss (the only host syncs of a step)
     )
+    # distributed (torchrun, or `seglab train --nproc N`): batch_size is the global batch, split evenly over the
+    # processes; sync_bn normalises with the global batch's statistics (SyncBatchNorm), so N processes train what
+    # one process with the whole batch trains; a collective that waits longer than dist_timeout fails the job
+    sync_bn: bool = False
+    dist_timeout: str | float = 600.0  # seconds, or a duration such as "10m"
     tensorboard: bool | None = (
         None  # TensorBoard event files in the run folder; null: when tensorboard is installed
     )
@@ -285,6 +290,7 @@ def _check_train(t: TrainConfig) -> None:
     _require(t.log_interval >= 1, "train.log_interval", ">= 1", t.log_interval)
     if t.time_limit is not None:
         t.time_limit = parse_duration(t.time_limit, "train.time_limit")
+    t.dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
     _require(
         t.threads is None or t.threads >= 1, "train.threads", ">= 1 (or null for torch's default)", t.threads
     )

@@ -9,7 +9,7 @@ The loop calls ``on_train_start``, ``on_log`` (every ``train.log_interval`` opti
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from seglab.checkpoint import CheckpointMeta
 from seglab.config import Config
 from seglab.engine.data import TrainData
+from seglab.engine.distributed import Dist
 from seglab.engine.state import TrainState
 from seglab.errors import ConfigError
 from seglab.files import append_text, to_json
@@ -38,6 +39,9 @@ class Run:
     meta: CheckpointMeta
     signature: dict[str, Any]
     device: torch.device
+    dist: Dist = field(
+        default_factory=Dist
+    )  # this process's place in a distributed run (callbacks run on rank 0)
 
     @property
     def evaluated(self) -> torch.nn.Module:

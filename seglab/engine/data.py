@@ -20,21 +20,32 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from seglab.config import Config
 from seglab.data.folder import ClassSpec, FolderDataset, scan_folder
 from seglab.data.transforms import build_transform, pad_collate
+from seglab.engine.distributed import Dist, ShardSampler
 from seglab.errors import ConfigError, DataError
 
 
 class EpochSampler(Sampler):
     """``num_samples`` draws per epoch as (item seed, index) pairs: whole permutations of the data set, then part
-    of one, all drawn from a generator seeded by (seed, epoch); ``set_epoch`` picks the epoch."""
+    of one, all drawn from a generator seeded by (seed, epoch); ``set_epoch`` picks the epoch.
 
-    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+    Distributed (``world_size`` > 1; it is then the DistributedSampler of seglab): every rank draws the same
+    sequence, keeps the whole global batches of ``batch_size`` and takes every ``world_size``-th pair from
+    ``rank``, as torch's DistributedSampler does. Local batch k of every rank then holds exactly the items of
+    global batch k of one process, and every rank gets the same number of batches.
+    """
+
+    def __init__(
+        self, size: int, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 1
+    ) -> None:  # fmt: skip
         self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
+        self.rank, self.world_size = rank, world_size
+        self.kept = num_samples if world_size == 1 else num_samples // batch_size * batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.kept // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         gen = torch.Generator().manual_seed(self.seed * 100_019 + self.epoch)
@@ -42,7 +53,8 @@ class EpochSampler(Sampler):
             [torch.randperm(self.size, generator=gen) for _ in range(-(-self.num_samples // self.size))]
         )
         seeds = torch.randint(2**62, (self.num_samples,), generator=gen)
-        return iter(zip(seeds.tolist(), order[: self.num_samples].tolist()))
+        pairs = list(zip(seeds.tolist(), order[: self.num_samples].tolist()))
+        return iter(pairs[: self.kept][self.rank :: self.world_size])
 
 
 class SeededItems(Dataset):
@@ -76,7 +88,7 @@ class TrainData:
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
-    batch_size: int
+    batch_size: int  # per process (the global batch over the processes of a distributed run)
     batches_per_epoch: int
 
 
@@ -86,9 +98,13 @@ def default_workers(device: torch.device) -> int:
     return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
-def build_data(cfg: Config, device: torch.device) -> TrainData:
+def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> TrainData:
     """Scan and check the folder ``cfg.data.root`` once (every image and mask, cached), split it, and build the
-    loaders: per-item seeded augmentation, pinned memory on CUDA, workers that persist across epochs."""
+    loaders: per-item seeded augmentation, pinned memory on CUDA, workers that persist across epochs.
+
+    Distributed (``dist``), ``train.batch_size`` is the global batch: each rank loads its share of every global
+    batch, and a shard of the validation split (whose counts the meters sum over the ranks)."""
+    dist = dist or Dist()
     if not cfg.data.root:
         raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
     d = cfg.data
@@ -129,16 +145,24 @@ def build_data(cfg: Config, device: torch.device) -> TrainData:
         names = [str(n) for n in d.class_names]
 
     samples = len(train_ds) * d.repeat
-    batch_size = min(cfg.train.batch_size, samples)
+    batch_size = min(cfg.train.batch_size, samples)  # the global batch
+    if batch_size % dist.world_size:
+        raise ConfigError(
+            f"train.batch_size {batch_size} is the global batch; it must split evenly over {dist.world_size} "
+            f"processes (use a multiple of {dist.world_size})"
+        )
     workers = default_workers(device) if d.num_workers is None else d.num_workers
     loader_args = dict(collate_fn=pad_collate(spec.ignore_index), num_workers=workers,
                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
-    sampler = EpochSampler(len(train_ds), samples, cfg.train.seed)
+    sampler = EpochSampler(len(train_ds), samples, cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
+                           batch_size=batch_size)  # fmt: skip
+    local = batch_size // dist.world_size
     train_loader = DataLoader(
-        SeededItems(train_ds), batch_size=batch_size, sampler=sampler, drop_last=True, **loader_args
+        SeededItems(train_ds), batch_size=local, sampler=sampler, drop_last=True, **loader_args
     )
-    val_loader = DataLoader(val_ds, batch_size=batch_size, **loader_args)
+    val_sampler = ShardSampler(len(val_ds), dist.rank, dist.world_size) if dist.enabled else None
+    val_loader = DataLoader(val_ds, batch_size=local, sampler=val_sampler, **loader_args)
     return TrainData(
         train_ds, val_ds, spec, in_ch, names, list(eval_transform.mean), list(eval_transform.std),
-        train_loader, val_loader, sampler, batch_size, samples // batch_size,
+        train_loader, val_loader, sampler, local, samples // batch_size,
     )  # fmt: skip

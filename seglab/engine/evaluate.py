@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from seglab.engine.device import resolve_device
+from seglab.engine.distributed import Dist, ShardSampler, process_group
 from seglab.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
@@ -85,8 +87,11 @@ def run_uncertainty_evaluation(
     return cm, meter
 
 
-def _split_loader(meta: CheckpointMeta, data: str | Path, split: str, batch_size: int) -> tuple[Any, int]:
-    """A DataLoader over ``split`` of the folder data set ``data``, transformed as ``meta`` says; and its size."""
+def _split_loader(
+    meta: CheckpointMeta, data: str | Path, split: str, batch_size: int, dist: Dist | None = None
+) -> tuple[Any, int]:
+    """A DataLoader over ``split`` of the folder data set ``data``, transformed as ``meta`` says (this rank's shard
+    when ``dist`` is distributed); and the split's size."""
     from torch.utils.data import DataLoader
 
     from seglab.config import DataConfig
@@ -101,7 +106,10 @@ def _split_loader(meta: CheckpointMeta, data: str | Path, split: str, batch_size
     )  # fmt: skip
     if len(ds) == 0:
         raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
-    return DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate(meta.ignore_index)), len(ds)
+    sampler = ShardSampler(len(ds), dist.rank, dist.world_size) if dist is not None and dist.enabled else None
+    return DataLoader(
+        ds, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate(meta.ignore_index)
+    ), len(ds)
 
 
 def _rand_meter(meta: CheckpointMeta, rand_class: str | int | None) -> Any:
@@ -127,9 +135,14 @@ def evaluate(
     tile: int | None = None,
     overlap: int = 32,
     rand_class: str | int | None = None,
+    timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
     (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
+
+    Distributed (torchrun, or ``seglab evaluate --nproc N``): each rank evaluates a shard of the split, the
+    counts are summed over the ranks (``timeout``: seconds a collective may wait), and rank 0 writes the report:
+    the numbers of one process, exactly for the confusion matrix and the Rand error.
 
     ``tile``/``overlap``: overlap-tile inference. ``rand_class`` (a class name or index): also the mean
     adapted Rand error over images of the connected components of that class (the ISBI 2012 cell regions).
@@ -139,10 +152,9 @@ def evaluate(
     equal-mass bins, NLL, Brier, error-detection AUROC/AURC of entropy, mutual information and confidence,
     reliability data) and the reliability diagram is written beside the report as ``<report>-reliability.png``.
     """
-    from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.engine.device import resolve_device
+    from seglab.checkpoint import checkpoint_paths
     from seglab.errors import ConfigError
-    from seglab.files import ensure_dir, write_json
+    from seglab.files import ensure_dir
 
     out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
     if out is not None:  # checked before any work; the default lies beside the checkpoint
@@ -151,11 +163,23 @@ def evaluate(
                 f"evaluate --out {out_path} is a folder; give a file path such as {out_path / 'eval.json'}"
             )
         ensure_dir(out_path.parent, "report folder")
-    dev = resolve_device(device)
+    with process_group(resolve_device(device), timeout) as (dist, dev):
+        return _evaluate(checkpoint, data, split, batch_size, out_path, dev, progress and dist.is_main,
+                         uncertainty, tile, overlap, rand_class, dist)  # fmt: skip
+
+
+def _evaluate(
+    checkpoint: str | Path, data: str | Path, split: str, batch_size: int, out_path: Path, dev: torch.device,
+    progress: bool, uncertainty: UncertaintyConfig | str | None, tile: int | None, overlap: int,
+    rand_class: str | int | None, dist: Dist,
+) -> dict[str, Any]:  # fmt: skip
+    from seglab.checkpoint import checkpoint_paths, load_checkpoint
+    from seglab.files import write_json
+
     section: dict[str, Any] | None = None
     if uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
-        loader, num_images = _split_loader(meta, data, split, batch_size)
+        loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
         cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress, tile=tile,
                             overlap=overlap, meters=[rand_meter] if rand_meter else [])  # fmt: skip
@@ -167,14 +191,21 @@ def evaluate(
         if isinstance(uncertainty, str):
             uncertainty = UncertaintyConfig(method=uncertainty)
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
-        loader, num_images = _split_loader(meta, data, split, batch_size)
+        loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
         cm, meter = run_uncertainty_evaluation(predictor, loader, meta.num_classes, meta.ignore_index, dev,
                                                uncertainty.bins, progress, [rand_meter] if rand_meter else [])  # fmt: skip
+        if dist.enabled:
+            meter.all_reduce()
         diagram = out_path.with_name(f"{out_path.stem}-reliability.png")
         section = {"method": uncertainty.method, "description": uncertainty.describe(),
                    "temperature": meta.temperature, **meter.compute(), "reliability_png": str(diagram)}  # fmt: skip
-        reliability_png(diagram, section["reliability"], f"{uncertainty.describe()}, {split} split")
+        if dist.is_main:
+            reliability_png(diagram, section["reliability"], f"{uncertainty.describe()}, {split} split")
+    if dist.enabled:
+        for m in (cm, rand_meter):
+            if m is not None:
+                m.all_reduce()
     report = {
         "checkpoint": str(checkpoint_paths(checkpoint)[0]), "data": str(data), "split": split,
         "num_images": num_images, "classes": meta.class_names, **cm.compute(), "confusion_matrix": cm.matrix.tolist(),
@@ -185,7 +216,9 @@ def evaluate(
         report.update(tile=tile, overlap=overlap)
     if section is not None:
         report["uncertainty"] = section
-    write_json(out_path, report)
+    if dist.is_main:
+        write_json(out_path, report)
+    dist.barrier()  # the report exists when any rank returns
     report["report_path"] = str(out_path)
     return report
 
@@ -207,7 +240,6 @@ def calibrate(
     import yaml
 
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.engine.device import resolve_device
     from seglab.files import atomic_write
     from seglab.uncertainty.calibration import collect_logits, fit_temperature, temperature_report
 

@@ -7,13 +7,15 @@ data was loaded (``trusted_labels``), and the learning rate is set from host-sid
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from seglab.engine.device import AMP_DTYPES
+from seglab.engine.distributed import Dist
 from seglab.engine.optim import Budget, Schedule
 from seglab.errors import SeglabError
 from seglab.losses import trusted_labels
@@ -36,6 +38,8 @@ class StepParts:
     accumulate: int = 1
     clip_grad: float | None = None
     ema: Any = None  # timm ModelEmaV3 or None
+    ddp: Any = None  # the DistributedDataParallel wrapper in ``net`` (distributed runs), else None
+    dist: Dist = field(default_factory=Dist)
 
 
 @dataclass
@@ -82,14 +86,16 @@ def train_one_epoch(
     ``state.step`` counts optimizer steps.
 
     ``on_log`` gets ``{"loss", "lr", "step"}`` every ``log_interval`` optimizer steps and at the end; a non-finite
-    loss raises then, naming the steps it happened in.
+    loss raises then, naming the steps it happened in. Distributed, the loss and image counts are summed over the
+    ranks at those reads (so every rank logs, and raises, the same), and the gradients are averaged only at the
+    last batch of an accumulation (``no_sync`` before).
     """
     model, opt = parts.model, parts.optimizer
     model.train()
     device = parts.device
-    total = torch.zeros((), device=device)  # running sums stay on the device; window joins total at each read
-    window = torch.zeros((), device=device)
+    window = torch.zeros((), device=device)  # running sums stay on the device until a read
     bad = torch.zeros((), dtype=torch.bool, device=device)
+    total_loss = 0.0
     images_seen = window_images = 0
     first_step = state.step
     window_start = state.step
@@ -99,18 +105,17 @@ def train_one_epoch(
     iterator = loader if progress is None else progress(loader)
 
     def flush() -> None:
-        nonlocal window, window_images, window_start
-        if bool(bad):  # one host sync per interval
+        nonlocal window, window_images, window_start, total_loss, images_seen
+        # one host sync per interval (and one all-reduce of three numbers when distributed)
+        loss_sum, count, any_bad = _read(parts.dist, window, bad, window_images)
+        if any_bad:
             raise SeglabError(
                 f"the loss became non-finite between optimizer steps {window_start + 1} and {state.step} "
                 f"(epoch {epoch + 1}); lower train.lr, set train.clip_grad, or check the data"
             )
-        scalars = {
-            "loss": float(window) / max(1, window_images),
-            "lr": opt.param_groups[0]["lr"],
-            "step": state.step,
-        }
-        total.add_(window)
+        scalars = {"loss": loss_sum / max(1.0, count), "lr": opt.param_groups[0]["lr"], "step": state.step}
+        total_loss += loss_sum
+        images_seen += int(count)
         window, window_images, window_start = torch.zeros((), device=device), 0, state.step
         if on_log is not None:
             on_log(scalars)
@@ -118,15 +123,16 @@ def train_one_epoch(
     with trusted_labels():
         for i, batch in enumerate(iterator):
             images, masks, extra = to_device(batch, device, parts.channels_last)
-            loss = forward_loss(parts.net, parts.criterion, device, parts.amp, images, masks, extra)
-            parts.scaler.scale(loss / parts.accumulate).backward()
+            accumulating = (i + 1) % parts.accumulate and i + 1 < batches
+            with parts.ddp.no_sync() if accumulating and parts.ddp is not None else contextlib.nullcontext():
+                loss = forward_loss(parts.net, parts.criterion, device, parts.amp, images, masks, extra)
+                parts.scaler.scale(loss / parts.accumulate).backward()
             n = images.shape[0]
             detached = loss.detach()
             window += detached * n
             bad |= ~torch.isfinite(detached)
-            images_seen += n
             window_images += n
-            if (i + 1) % parts.accumulate and i + 1 < batches:
+            if accumulating:
                 continue
             if parts.clip_grad is not None:
                 parts.scaler.unscale_(opt)
@@ -145,15 +151,27 @@ def train_one_epoch(
                 break
     if window_images:
         flush()
-    return EpochStats(images_seen, float(total) / max(1, images_seen), state.step - first_step, out_of_time)
+    return EpochStats(images_seen, total_loss / max(1, images_seen), state.step - first_step, out_of_time)
+
+
+def _read(dist: Dist, window: torch.Tensor, bad: torch.Tensor, images: int) -> tuple[float, float, bool]:
+    """(loss sum, images, any non-finite loss) of the window, summed over the ranks: the interval's host sync."""
+    loss_sum, count, bad_count = dist.all_sum([float(window), images, float(bad)])
+    return loss_sum, count, bad_count > 0
 
 
 def validate(
-    model: torch.nn.Module, loader: Any, num_classes: int, ignore_index: int, device: torch.device
-) -> dict:
-    """Validation metrics (mIoU, pixel accuracy, per-class IoU and Dice) of ``model`` on ``loader``; {} if empty."""
+    model: torch.nn.Module, loader: Any, num_classes: int, ignore_index: int, device: torch.device,
+    dist: Dist | None = None,
+) -> dict:  # fmt: skip
+    """Validation metrics (mIoU, pixel accuracy, per-class IoU and Dice) of ``model`` on ``loader``; {} if empty.
+    Distributed, each rank's loader holds a shard, and the counts are summed over the ranks: every rank gets the
+    numbers of the whole split."""
     from seglab.engine.evaluate import run_evaluation
 
     if not len(loader.dataset):
         return {}
-    return run_evaluation(model, loader, num_classes, ignore_index, device).compute()
+    meter = run_evaluation(model, loader, num_classes, ignore_index, device)
+    if dist is not None and dist.enabled:
+        meter.all_reduce()
+    return meter.compute()

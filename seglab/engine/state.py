@@ -8,7 +8,7 @@ Each epoch ends with three writes, in this order:
    the epoch is done, whatever happens next;
 3. the checkpoints ``best`` (when the epoch improved on it) and ``last``, derived from the state.
 
-A run killed at any point resumes from the last committed state: ``repair`` rewrites ``last`` and, when the
+A run killed at any point resumes from the last committed state: ``repair_checkpoints`` rewrites ``last`` and, when the
 committed epoch was the best one, ``best`` from it, so the files always agree with the state and the run continues
 exactly as an uninterrupted one. Whatever cannot be trusted (an unreadable state, a model that changed, a best
 checkpoint from another run) is refused with one line that names the files.
@@ -60,10 +60,11 @@ class TrainState:
     @classmethod
     def resume(
         cls, run_dir: Path, doc: dict[str, Any], *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
-        optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device,
+        optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device, repair: bool = True,
     ) -> TrainState:  # fmt: skip
-        """Load ``doc``, the committed state of ``run_dir`` (``load_state``), into the training objects and make
-        the run's checkpoints agree with it. Refuses, in one line, whatever would not continue exactly."""
+        """Load ``doc``, the committed state of ``run_dir`` (``load_state``), into the training objects and (with
+        ``repair``: the process that writes the run folder) make the run's checkpoints agree with it. Refuses, in
+        one line, whatever would not continue exactly."""
         check_signature(run_dir, doc.get("signature"), signature)
         if "meta" in doc:  # the state holds the weights it was committed with
             raw, averaged = doc["model"], doc.get("ema")
@@ -84,8 +85,8 @@ class TrainState:
                 f"({str(e).strip().splitlines()[0][:160]}); resume with the run's own config.yaml or restart with "
                 f"--overwrite"
             ) from None
-        if "meta" in doc:
-            repair(run_dir, doc)
+        if "meta" in doc and repair:
+            repair_checkpoints(run_dir, doc)
         if doc.get("epochs") not in (None, epochs):
             warnings.warn(
                 f"train.epochs changed from {doc['epochs']} to {epochs}: the learning-rate schedule goes on from "
@@ -169,7 +170,7 @@ def write_checkpoints(run_dir: Path, state: dict[str, Any]) -> None:
             save_checkpoint(run_dir / name, tensors, CheckpointMeta(**meta))
 
 
-def repair(run_dir: Path, state: dict[str, Any]) -> None:
+def repair_checkpoints(run_dir: Path, state: dict[str, Any]) -> None:
     """Make the checkpoints agree with the committed state before training goes on.
 
     ``last`` (and ``best`` when the committed epoch was the best) are rewritten from the state: a kill between the

@@ -46,11 +46,13 @@ from seglab.engine.callbacks import (
 )  # fmt: skip
 from seglab.engine.data import TrainData, build_data
 from seglab.engine.device import amp_candidates, probe_amp, resolve_device, use_channels_last
+from seglab.engine.distributed import Dist, SharedBudget, process_group, restarted, wrap_ddp
 from seglab.engine.loop import StepParts, forward_loss, to_device, train_one_epoch, validate
 from seglab.engine.optim import Budget, Schedule, build_optimizer, lr_factor
 from seglab.engine.state import STATE_FILE, TrainState, load_state, model_signature, read_history
 from seglab.errors import ConfigError
 from seglab.files import atomic_write, check_out_dir, jsonable, to_json
+from seglab.layers.norm import SyncBatchNorm
 from seglab.losses import make_loss
 from seglab.models.factory import create_model
 
@@ -79,19 +81,40 @@ def train(
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's commit; returning True stops training.
     ``callbacks`` run after the built-in ones (see ``seglab.engine.callbacks``).
+
+    Distributed (started by torchrun, or ``seglab train --nproc N``): every rank trains its share of each global
+    batch (``train.batch_size``) in DistributedDataParallel; rank 0 alone writes the run folder and runs the
+    callbacks, and its decisions (resume, precision, stop) are broadcast. Other ranks return the history with
+    empty ``best_metrics``. A process that torchrun restarted resumes from the last committed epoch.
     """
     cfg, t0 = config.validate(), time.perf_counter()  # a config changed after it was built is checked too
-    budget = Budget(cfg.train.time_limit)  # the whole run counts, data checks included
-    device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = Path(cfg.train.out_dir)
-    _check_run_dir(run_dir, resume, overwrite)
-    committed = load_state(run_dir) if resume else None  # read once, before the data: refuses early
+    with process_group(resolve_device(cfg.train.device), cfg.train.dist_timeout) as (dist, device):
+        return _train(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks)
 
-    data = build_data(cfg, device)
+
+def _train(
+    cfg: Config, dist: Dist, device: torch.device, t0: float, resume: bool, overwrite: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None, callbacks: Sequence[Callback],
+) -> TrainResult:  # fmt: skip
+    budget = SharedBudget(cfg.train.time_limit, dist)  # the whole run counts, data checks included
+    run_dir = Path(cfg.train.out_dir)
+
+    def committed_state() -> dict[str, Any] | None:
+        nonlocal resume
+        if restarted():  # torchrun restarted the job after a failure: go on from the last commit, if any
+            resume = (run_dir / STATE_FILE).is_file()
+        _check_run_dir(run_dir, resume, overwrite or restarted())
+        return load_state(run_dir) if resume else None  # read once, before the data: refuses early
+
+    committed = dist.on_main(committed_state)  # every rank resumes from rank 0's file
+    resume = committed is not None
+    data = build_data(cfg, device, dist)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, data.spec.num_classes, data.in_channels).to(device)
+    if cfg.train.sync_bn and dist.enabled:
+        model = SyncBatchNorm.convert(model)
     optimizer = build_optimizer(cfg.train, model)
     steps_per_epoch = -(-data.batches_per_epoch // cfg.train.accumulate)
     schedule = Schedule(cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters,
@@ -100,32 +123,43 @@ def train(
     ema = _build_ema(cfg.train.ema, model)
     meta = _build_meta(cfg, data)
     signature = model_signature(cfg.model.arch, cfg.model.params, data.spec.num_classes, data.in_channels)
-    amp = _choose_amp(cfg, committed, model, criterion, data, device)
+    amp = dist.broadcast(_choose_amp(cfg, committed, model, criterion, data, device, dist.is_main))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # before resume, which loads its state
     state = TrainState()
     if committed is not None:
         state = TrainState.resume(run_dir, committed, signature=signature, model=model, ema=ema,
-                                  optimizer=optimizer, scaler=scaler, epochs=cfg.train.epochs, device=device)  # fmt: skip
-        budget = Budget(cfg.train.time_limit, spent=state.elapsed)
+                                  optimizer=optimizer, scaler=scaler, epochs=cfg.train.epochs, device=device,
+                                  repair=dist.is_main)  # fmt: skip
+        budget = SharedBudget(cfg.train.time_limit, dist, spent=state.elapsed)
     state.amp = amp
     channels_last = use_channels_last(cfg.train.channels_last, device, state.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ddp = wrap_ddp(model, device, cfg.train.sync_bn) if dist.enabled else None
+    net = ddp or model
     parts = StepParts(
-        model=model, net=torch.compile(model) if cfg.train.compile else model, criterion=criterion,
+        model=model, net=torch.compile(net) if cfg.train.compile else net, criterion=criterion,
         optimizer=optimizer, scaler=scaler, schedule=schedule, base_lr=cfg.train.lr, device=device, amp=state.amp,
         channels_last=channels_last, accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, ema=ema,
+        ddp=ddp, dist=dist,
     )  # fmt: skip
-    history = read_history(run_dir / "metrics.jsonl", state.epoch) if resume else []
-    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device)
-    cbs = _default_callbacks(cfg, on_epoch_end) + list(callbacks)
-    with _no_half_made_run(run_dir):
-        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
-        atomic_write(
-            run_dir / "metrics.jsonl", lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history))
-        )
+    history = dist.on_main(lambda: read_history(run_dir / "metrics.jsonl", state.epoch) if resume else [])
+    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist)
+    # rank 0 writes the run folder and runs the callbacks; the others train and validate
+    cbs = _default_callbacks(cfg, on_epoch_end) + list(callbacks) if dist.is_main else []
+    with _no_half_made_run(run_dir) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+            atomic_write(
+                run_dir / "metrics.jsonl",
+                lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)),
+            )
         _fit(run, parts, budget, cbs, history)
+    dist.barrier()  # rank 0 has written the last checkpoint
 
+    if not dist.is_main:
+        return TrainResult(run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors", {}, history,
+                           time.perf_counter() - t0)  # fmt: skip
     from seglab.checkpoint import read_meta
 
     best = read_meta(run_dir / "best")
@@ -135,25 +169,32 @@ def train(
 
 def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], history: list[dict]) -> None:
     """The epochs: train, validate, then the callbacks (log line, commit, checkpoints, ...) of each."""
-    cfg, state, data = run.cfg, run.state, run.data
+    cfg, state, data, dist = run.cfg, run.state, run.data, run.dist
     for cb in callbacks:
         cb.on_train_start(run)
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
             if state.stopped or budget.exhausted():
                 break
-            torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+            # dropout and other random layers: a stream per (seed, epoch, rank); rank 0's is one process's
+            torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7_919 * dist.rank)
             data.sampler.set_epoch(epoch)
             t_epoch = time.perf_counter()
             stats = train_one_epoch(
                 parts, data.train_loader, state, budget, epoch=epoch, log_interval=cfg.train.log_interval,
                 on_log=lambda scalars: [cb.on_log(run, scalars) for cb in callbacks],
-                progress=_progress_bar(cfg, epoch),
+                progress=_progress_bar(cfg, epoch) if dist.is_main else None,
             )  # fmt: skip
             train_seconds = time.perf_counter() - t_epoch
             t_val = time.perf_counter()
+            dist.sync_buffers(run.evaluated)  # every rank validates (and rank 0 saves) rank 0's statistics
             summary = validate(
-                run.evaluated, data.val_loader, data.spec.num_classes, data.spec.ignore_index, run.device
+                run.evaluated,
+                data.val_loader,
+                data.spec.num_classes,
+                data.spec.ignore_index,
+                run.device,
+                dist,
             )
             state.epoch, state.elapsed = epoch + 1, budget.elapsed()
             state.stopped = "time limit" if stats.out_of_time else None
@@ -161,6 +202,7 @@ def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], 
                 "epoch": epoch + 1, "train_loss": stats.loss, "lr": run.optimizer.param_groups[0]["lr"],
                 "images": stats.images, "images_per_s": stats.images / max(train_seconds, 1e-9),
                 "seconds": time.perf_counter() - t_epoch, "steps": state.step, "amp": state.amp,
+                **({"processes": dist.world_size} if dist.enabled else {}),
                 **({"stopped": state.stopped} if state.stopped else {}),
                 **{f"val_{k}": v for k, v in summary.items()},
             })  # fmt: skip
@@ -168,6 +210,7 @@ def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], 
             stop = False
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(run, record)) or stop
+            stop = dist.broadcast(stop)  # rank 0's callbacks decide for every rank
             budget.reserve = (
                 time.perf_counter() - t_val
             )  # the closing validation and commit must fit the budget
@@ -219,9 +262,10 @@ def _choose_amp(
     criterion: Any,
     data: TrainData,
     device: torch.device,
+    log: bool = True,
 ) -> str:
     """``train.amp``, or for ``auto`` the faster precision on a real batch; a resumed run keeps the precision of its
-    ``committed`` state (its numerics). Logs the choice."""
+    ``committed`` state (its numerics). Logs the choice (with ``log``)."""
     amp = cfg.train.amp
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp=fp16 (CUDA only) needs a CUDA device, got {device}; use bf16 or off")
@@ -245,7 +289,7 @@ def _choose_amp(
         if channels_last:
             model.to(memory_format=torch.channels_last)
         choice, seconds = probe_amp(step, candidates)
-    if cfg.train.progress:
+    if cfg.train.progress and log:
         from tqdm.auto import tqdm
 
         times = ", ".join(f"{'fp32' if a == 'off' else a} {s:.3f} s" for a, s in seconds.items())

@@ -31,10 +31,17 @@ def logits_to_labels(pred: Tensor, target: Tensor) -> Tensor:
     return pred
 
 
-def _all_reduce(t: Tensor, group: Any = None) -> None:
+def all_reduce_sum(t: Tensor, group: Any = None) -> None:
+    """Sum ``t`` in place over the processes (a CPU tensor travels through the GPU under nccl)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if t.device.type == "cpu" and dist.get_backend(group) == "nccl":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM, group=group)
+        t.copy_(on_gpu)
+    else:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
 
@@ -115,7 +122,7 @@ class ConfusionMatrix:
     def all_reduce(self, group: Any = None) -> None:
         """Sum the counts over all processes of ``torch.distributed`` (no-op when it is not initialised)."""
         for t in self._tensors().values():
-            _all_reduce(t, group)
+            all_reduce_sum(t, group)
 
     def reset(self) -> None:
         for t in self._tensors().values():
@@ -169,7 +176,7 @@ class BoundaryMeter:
         self.counts += other.counts.to(self.counts.device)
 
     def all_reduce(self, group: Any = None) -> None:
-        _all_reduce(self.counts, group)
+        all_reduce_sum(self.counts, group)
 
     def reset(self) -> None:
         self.counts.zero_()
@@ -207,6 +214,15 @@ class RandMeter:
 
     def reset(self) -> None:
         self.scores.clear()
+
+    def all_reduce(self, group: Any = None) -> None:
+        """Gather every process's per-image scores (no-op when ``torch.distributed`` is not initialised)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size(group)
+            dist.all_gather_object(gathered, self.scores, group=group)
+            self.scores = [s for part in gathered for s in part]
 
     def compute(self) -> dict[str, float]:
         """Means over images (NaN scores, e.g. of an image without cells, are skipped)."""

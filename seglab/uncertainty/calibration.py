@@ -265,6 +265,15 @@ class UncertaintyMeter:
             m = maps[name].reshape(-1)
             self.mean_maps[name] += float((m[keep] if keep is not None else m).double().sum())
 
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum the histograms and sums over all processes of ``torch.distributed`` (no-op when not initialised)."""
+        from seglab.metrics.meter import all_reduce_sum
+
+        maps = torch.tensor(list(self.mean_maps.values()), dtype=torch.float64)
+        for t in (self.bins, self.fine, self.sums, maps, *self.scores.values()):
+            all_reduce_sum(t, group)
+        self.mean_maps = dict(zip(self.mean_maps, maps.tolist()))
+
     def adaptive_ece(self) -> float:
         """Equal-mass ECE from the fine histogram: each fine bin joins the equal-mass run holding its middle pixel."""
         count, sum_conf, sum_correct = self.fine
