@@ -189,7 +189,14 @@ def process_group(device: torch.device, timeout: float = 600.0) -> Iterator[tupl
     backend = backend_for(device)
     wait = datetime.timedelta(seconds=timeout)
     if own:
-        dist.init_process_group(backend, timeout=wait)
+        from torch.distributed.rendezvous import rendezvous
+
+        store, rank, world = next(rendezvous("env://", timeout=wait))
+        # keys of their own for each attempt: after a restart, the agent's store still holds the addresses of the
+        # processes that died, and gloo would try to connect to them
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"seglab/attempt_{attempt}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=wait)
     control = dist.new_group(backend="gloo", timeout=wait) if dist.get_backend() != "gloo" else None
     yield Dist(dist.get_rank(), dist.get_world_size(), local_rank, control), device
     # only reached when the job succeeded: a failed rank exits and torchrun stops the others
