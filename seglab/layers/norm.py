@@ -102,9 +102,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean_d = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean_d * mean_d).clamp_min(0)
         mean = (mean_d + shift.double()).float()
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.float() + self.eps).view(shape)
+        scale = torch.rsqrt(var.float() + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            scale = scale * self.weight
+        offset = -mean * scale + (self.bias if self.affine else 0.0)
+        y = torch.addcmul(offset.view(shape), xf, scale.view(shape))  # x * scale + offset in one pass
         if self.track_running_stats:
             factor = self._momentum()
             with torch.no_grad():

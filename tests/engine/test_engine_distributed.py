@@ -179,26 +179,20 @@ def test_killed_worker_restarts_from_last_checkpoint(reference, shapes_dir, tmp_
     assert_same_run(reference, tmp_path / "run")
 
 
-def test_raising_rank_takes_the_job_down(shapes_dir, tmp_path):
-    cfg = write_config(tmp_path / "cfg.yaml", shapes_dir)
+@pytest.mark.parametrize(
+    ("fault", "timeout", "message"),
+    [("raise:1:3", "10m", "RuntimeError: injected fault on rank 1"),  # its own message ends the job
+     ("hang:1:3", "4s", "Timed out")],  # stuck outside the collectives: the others give up after dist_timeout
+)  # fmt: skip
+def test_failing_rank_takes_the_job_down(shapes_dir, tmp_path, fault, timeout, message):
+    cfg = write_config(tmp_path / "cfg.yaml", shapes_dir, dist_timeout=timeout)
     t = time.perf_counter()
     r = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, "train", cfg, "--out", tmp_path / "run"],
-            env=env(SEGLAB_TEST_FAULT="raise:1:3"), timeout=120)  # fmt: skip
+            env=env(SEGLAB_TEST_FAULT=fault), timeout=120)  # fmt: skip
     assert r.returncode != 0
-    assert "RuntimeError: injected fault on rank 1" in r.stderr
-    assert time.perf_counter() - t < 100
+    assert message in r.stderr
+    assert time.perf_counter() - t < 100  # never hangs (run() would raise at 120 s)
     assert not (tmp_path / "run" / "last.state.pt").exists()  # nothing committed, nothing half-made
-
-
-def test_hanging_rank_times_out(shapes_dir, tmp_path):
-    """A rank stuck outside the collectives: the others give up after train.dist_timeout, and the job fails."""
-    cfg = write_config(tmp_path / "cfg.yaml", shapes_dir, dist_timeout="4s")
-    t = time.perf_counter()
-    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, "train", cfg, "--out", tmp_path / "run"],
-            env=env(SEGLAB_TEST_FAULT="hang:1:3"), timeout=120)  # fmt: skip
-    assert r.returncode != 0
-    assert "Timed out" in r.stderr
-    assert time.perf_counter() - t < 100
 
 
 def test_launcher_reports_the_failed_process_in_one_line(shapes_dir, tmp_path):
@@ -293,6 +287,20 @@ def _two_rank_worker(rank: int, world: int, port: int) -> None:
         f.update(arg(logits), labels)
         m.all_reduce()
         assert_close_tree(m.compute(), f.compute())
+
+    # host-side agreement: rank 0's clock, value and errors on every rank
+    d = Dist(rank, world)
+    budget = SharedBudget(10.0, d)
+    budget.start -= 100.0 * rank  # rank 1's own clock says the budget is spent
+    assert not budget.exhausted() and budget.elapsed() < 10.0
+    assert d.broadcast({"rank": rank}) == {"rank": 0} and d.all_sum([rank, 1]) == [1.0, 2.0]
+    assert d.from_main([rank + 0.5]) == [0.5]
+
+    def refuse() -> None:
+        raise ConfigError("refused on rank 0")
+
+    with pytest.raises(ConfigError, match="refused on rank 0"):
+        d.on_main(refuse)
     dist.destroy_process_group()
 
 
