@@ -1,7 +1,8 @@
 """Checkpoints: weights in safetensors plus a YAML sidecar that says what they mean.
 
 ``best.safetensors`` + ``best.yaml``: the sidecar records the architecture arguments, class names, palette,
-input normalisation, split, metrics and the weights' SHA-256, so evaluate and predict need nothing else.
+input normalisation and resize, split, metrics and the weights' SHA-256, so evaluate and predict need nothing
+else.
 Both files are written to a temporary name, fsynced and renamed.
 
 The weights file also carries the same description in its safetensors header (metadata key ``seglab``), so it is
@@ -19,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from seglab.errors import CheckpointError
+from seglab.config import check_resize
+from seglab.errors import CheckpointError, ConfigError
 from seglab.files import atomic_write
 from seglab.models.torch_files import torch_load_problem  # noqa: F401  (re-exported: seglab.engine.state)
 
@@ -45,6 +47,10 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     temperature: float = 1.0  # logits are divided by it at inference (fitted by `seglab calibrate`)
+    # data.resize of the training run ({short: N}, {long: N}, {scale: F} or None): predict, evaluate, calibrate
+    # and the uncertainty predictors resize images before the model and bring its logits back to the image's
+    # (the label's) own size; checkpoints written before it existed read as None (no resize)
+    resize: dict[str, Any] | None = None
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -143,9 +149,14 @@ def read_meta(path: str | Path) -> CheckpointMeta:
             doc = embedded  # the sidecar is stale (an interrupted save): the weights' own header is right
     names = {f.name for f in dataclasses.fields(CheckpointMeta)}
     try:
-        return CheckpointMeta(**{k: v for k, v in doc.items() if k in names})
+        meta = CheckpointMeta(**{k: v for k, v in doc.items() if k in names})
     except TypeError as e:
         raise CheckpointError(f"{sidecar} is incomplete: {e}") from None
+    try:
+        meta.resize = check_resize(meta.resize, "resize")
+    except ConfigError as e:
+        raise CheckpointError(f"{sidecar}: {e}") from None
+    return meta
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, CheckpointMeta]:

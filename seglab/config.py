@@ -25,6 +25,16 @@ class Stem(str):
     """
 
 
+class ResizeSpec(dict):
+    """Type hint for ``data.resize``: null, or a mapping with exactly one of ``short: N`` (the short side to N px),
+    ``long: N`` (the long side to N px) or ``scale: F`` (both sides times F > 0). Read as a plain dict, checked
+    by :func:`check_resize`."""
+
+
+RESIZE_KEYS = ("short", "long", "scale")
+CLASS_WEIGHTS = ("median_frequency", "balanced")
+
+
 @dataclass
 class DataConfig:
     """Where the data is and how it is split and augmented."""
@@ -52,6 +62,11 @@ class DataConfig:
         False  # random multiples of 90 degrees (exact); with the flips, all 8 symmetries of the square
     )
     color_jitter: float = 0.0  # brightness/contrast (and saturation for RGB) strength, image only
+    # null (off), or one of {short: N}, {long: N} (that side to N px, the other in proportion, rounded half up) or
+    # {scale: F}: the image is resized (bilinear, antialiased) before anything else, in training and at inference
+    # (it is recorded in the checkpoint); the mask is resized (nearest) for training only: validation, evaluate
+    # and predict upsample the logits to the label's own size, so scores are at the full resolution
+    resize: ResizeSpec | None = None
     mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
     std: list[float] | None = None
     repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
@@ -92,6 +107,13 @@ class TrainConfig:
     time_limit: str | float | None = None
     # a loss name or a weighted sum {name: weight}; names in seglab.losses.list_losses() (ce, dice, focal, ...)
     loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
+    # class weights of the loss's cross-entropy term (ce, or dice_ce's): null (none), "median_frequency" (SegNet:
+    # median_c freq / freq(c), freq(c) = pixels of c / pixels of the training images that hold c), "balanced"
+    # (total / (K * pixels of c)), both from the training split's masks (absent classes: 0), or one weight per class
+    class_weights: str | list[float] | None = None
+    # the encoder's batch-norm layers stay in eval mode while training: running statistics frozen (e.g. a
+    # pretrained encoder and small batches); their affine weights still learn, at lr * encoder_lr
+    freeze_bn: bool = False
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
     # exponential moving average of the weights (e.g. 0.995; 0 = off): validation and the best/last checkpoints use
@@ -159,7 +181,9 @@ class Config:
             node = data
             for p in parents:
                 if not isinstance(node.get(p), dict):
-                    if p == "params" and node is data.get("model"):
+                    if (p == "params" and node is data.get("model")) or (
+                        p == "resize" and node is data.get("data")
+                    ):
                         node[p] = {}
                     else:
                         raise ConfigError(f"unknown config key {key!r}")
@@ -255,6 +279,7 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError(
             f"data.mean and data.std must have one value per image channel each, got {len(d.mean)} and {len(d.std)}"
         )
+    d.resize = check_resize(d.resize, "data.resize")
     _require(d.repeat >= 1, "data.repeat", ">= 1", d.repeat)
     _require(d.num_workers is None or d.num_workers >= 0, "data.num_workers",
              ">= 0 (0 loads in the main process; null chooses)", d.num_workers)  # fmt: skip
@@ -293,6 +318,34 @@ def _check_train(t: TrainConfig) -> None:
     t.dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
     _require(
         t.threads is None or t.threads >= 1, "train.threads", ">= 1 (or null for torch's default)", t.threads
+    )
+    w = t.class_weights
+    _require(
+        w is None
+        or w in CLASS_WEIGHTS
+        or (isinstance(w, list) and bool(w) and all(v >= 0 for v in w) and any(v > 0 for v in w)),
+        "train.class_weights",
+        "null, median_frequency, balanced or a list of one weight >= 0 per class (not all 0)",
+        w,
+    )
+
+
+def check_resize(value: Any, key: str = "data.resize") -> dict[str, int | float] | None:
+    """``value`` as a resize spec: None, ``{"short": N}``, ``{"long": N}`` (int N >= 1) or ``{"scale": F}``
+    (float F > 0), as a plain dict; ConfigError naming ``key`` otherwise."""
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and len(value) == 1 and next(iter(value)) in RESIZE_KEYS
+    if ok:
+        ((name, v),) = value.items()
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if name == "scale" and number and 0 < v < float("inf"):
+            return {"scale": float(v)}
+        if name != "scale" and number and v >= 1 and float(v).is_integer():
+            return {name: int(v)}
+    raise ConfigError(
+        f"{key} must be null or a mapping with exactly one of short: N or long: N (pixels, an integer >= 1) or "
+        f"scale: F (a factor > 0), e.g. {{short: 512}}, got {_plain(value)!r}"
     )
 
 
@@ -408,6 +461,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if key_hint is str and not isinstance(k, str):
                 raise ConfigError(f"config key {key} needs names (strings) as keys, got {k!r}")
         return {k: _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+    if hint is ResizeSpec:
+        return check_resize(value, key)
     if hint is Stem:
         if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
             return str(value)

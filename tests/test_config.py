@@ -230,3 +230,51 @@ def test_a_boolean_for_a_text_key_says_to_quote_it():
     assert str(e.value) == (
         "config key train.amp must be str, got False (YAML 1.1 reads off/no/on/yes as booleans: quote the value)"
     )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("null", None),
+        ("{short: 256}", {"short": 256}),
+        ("{long: 512.0}", {"long": 512}),
+        ("{scale: 1}", {"scale": 1.0}),
+        ("{scale: 0.25}", {"scale": 0.25}),
+    ],
+)
+def test_data_resize_takes_one_of_short_long_scale(value, expected, tmp_path):
+    cfg = Config().override([f"data.resize={value}"])
+    assert cfg.data.resize == expected and type(cfg.data.resize) in (dict, type(None))
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.dump())
+    assert Config.load(path) == cfg
+    assert Config().override(["data.resize.short=64"]).data.resize == {"short": 64}  # a dotted key works too
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["256", "half", "{}", "{short: 0}", "{short: 2.5}", "{long: -3}", "{scale: 0}", "{scale: -1}", "{short: true}",
+     "{scale: .inf}", "{width: 100}", "{short: 100, long: 200}", "[256]", "{short: '256'}"],
+)  # fmt: skip
+def test_bad_data_resize_gives_one_line_naming_the_key(value):
+    with pytest.raises(ConfigError, match="data.resize") as e:
+        Config().override([f"data.resize={value}"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="data.resize"):
+        Config.from_dict({"data": {"resize": {"scale": 0.5, "short": 2}}})
+    with pytest.raises(ConfigError, match="data.resize"):
+        Config().override(["data.resize={scale: 0.5}", "data.resize.short=64"])  # two kinds at once
+
+
+def test_class_weights_and_freeze_bn_keys():
+    for value, expected in [("null", None), ("median_frequency", "median_frequency"), ("balanced", "balanced"),
+                            ("[1, 0, 2.5]", [1.0, 0.0, 2.5])]:  # fmt: skip
+        assert Config().override([f"train.class_weights={value}"]).train.class_weights == expected
+    for bad in ("median", "[-1, 2]", "[0, 0]", "[]", "{a: 1}", "true"):
+        with pytest.raises(ConfigError, match="train.class_weights") as e:
+            Config().override([f"train.class_weights={bad}"])
+        assert "\n" not in str(e.value)
+    assert Config().train.freeze_bn is False
+    assert Config().override(["train.freeze_bn=true"]).train.freeze_bn is True
+    with pytest.raises(ConfigError, match="train.freeze_bn"):
+        Config().override(["train.freeze_bn=sometimes"])

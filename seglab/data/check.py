@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from seglab.data.folder import FolderScan, scan_folder
 
 MAX_CLASS_LINES = 32  # beyond this, list only the classes that hold pixels (at most this many)
@@ -13,6 +15,18 @@ def check(root: str | Path, ignore_index: int = 255) -> FolderScan:
     """Decode every image and mask of ``root`` (or take what an earlier deep scan of the unchanged files found,
     from the scan cache); the returned scan lists all problems and class pixel counts."""
     return scan_folder(root, ignore_index, deep=True)
+
+
+def median_frequency_of(scan: FolderScan) -> tuple[np.ndarray, str]:
+    """Median-frequency class weights (``seglab.losses.median_frequency_weights``) of a deep scan's masks: of
+    the training split when the folder lists one (splits/train.txt), else of every mask; and which it was."""
+    from seglab.losses.weights import median_frequency_weights  # seglab.losses imports torch: only here
+
+    counts = scan.class_counts or {}
+    listed = (scan.split_lists or {}).get("train")
+    stems = [s for s in (listed or scan.stems) if s in counts]
+    over = f"splits/train.txt, {len(stems)} masks" if listed else f"all {len(stems)} masks"
+    return median_frequency_weights(scan.class_counts_of(stems)), over
 
 
 def format_check(scan: FolderScan) -> str:
@@ -26,13 +40,15 @@ def format_check(scan: FolderScan) -> str:
         )
     if spec is not None and scan.class_pixels is not None:
         total = int(scan.class_pixels.sum()) + scan.ignored_pixels
-        rows = list(zip(spec.names, scan.class_pixels))
+        weights, over = median_frequency_of(scan)
+        lines.append(f"  {'class':<16} {'pixels':>15}  {'share':>8}  median-frequency weight ({over})")
+        rows = list(zip(spec.names, scan.class_pixels, weights))
         if (
             len(rows) > MAX_CLASS_LINES
         ):  # e.g. a stray mask value that set the class count: list what is there
-            rows = [(name, n) for name, n in rows if n > 0]
-        for name, n in rows[:MAX_CLASS_LINES]:
-            lines.append(f"  {name:<16} {int(n):>12} px  {100 * n / max(total, 1):6.2f} %")
+            rows = [(name, n, w) for name, n, w in rows if n > 0]
+        for name, n, w in rows[:MAX_CLASS_LINES]:
+            lines.append(f"  {name:<16} {int(n):>12} px  {100 * n / max(total, 1):6.2f} %  {w:8.3f}")
         empty = int((scan.class_pixels == 0).sum())
         if len(spec.names) > MAX_CLASS_LINES:
             hidden = len(rows) - MAX_CLASS_LINES

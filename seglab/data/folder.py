@@ -76,6 +76,9 @@ class FolderScan:
     problems: list[str] = field(default_factory=list)
     sizes: Counter = field(default_factory=Counter)
     class_pixels: np.ndarray | None = None  # pixels per class, from a deep scan
+    # pixels per class of each mask (stem -> int64 (C,), ignored pixels left out), from a deep scan: the sums of
+    # a split's masks (e.g. class weights from the training split, see ``class_counts_of``)
+    class_counts: dict[str, np.ndarray] | None = None
     ignored_pixels: int = 0
     split_lists: dict[str, list[str]] | None = None  # from splits/, if present
     # the problems (also in ``problems``) about the classes as a whole, as inferred from the masks: their count,
@@ -85,6 +88,19 @@ class FolderScan:
     @property
     def stems(self) -> list[str]:
         return sorted(set(self.images) & set(self.masks))
+
+    def class_counts_of(self, stems: list[str]) -> np.ndarray:
+        """Pixels per class of each of ``stems``' masks, int64 (len(stems), C), from a deep scan (no mask is read
+        again); DataError if the scan was not deep or did not count a stem's mask."""
+        counts = self.class_counts or {}
+        missing = [s for s in stems if s not in counts]
+        if missing:
+            raise DataError(
+                f"no class counts for mask {missing[0]!r} of {self.root}: they come from a deep scan "
+                f"(scan_folder(..., deep=True)) of a folder without problems"
+            )
+        num_classes = self.classes.num_classes if self.classes is not None else 0
+        return np.stack([counts[s] for s in stems]) if stems else np.zeros((0, num_classes), np.int64)
 
     def raise_problems(self, classes_known: bool = False) -> None:
         """DataError with the first problem (and how many more); ``classes_known`` skips ``class_problems``."""
@@ -102,7 +118,8 @@ class FolderScan:
         lists: dict[str, list[str]] | None = None,
     ) -> list[str]:
         """Stems of split ``name`` (train, val, test or all): from ``lists`` if given, else from splits/ if
-        present, else a seeded random split by ratio."""
+        present (when it has no val.txt, ``val_ratio`` of its train list, seeded, is the validation split), else a
+        seeded random split by ratio."""
         stems = self.stems
         if name == "all":
             return stems
@@ -121,7 +138,14 @@ class FolderScan:
                 raise DataError(f"data.splits names an unknown {what} in {self.root}")
             return listed
         if self.split_lists is not None:
-            return self.split_lists.get(name, [])
+            listed = self.split_lists.get(name, [])
+            if name in ("train", "val") and not self.split_lists.get("val") and val_ratio > 0:
+                # splits/ without val.txt (an official train/test split): validation is carved from train
+                train = self.split_lists.get("train", [])
+                order = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
+                n_val = int(round(val_ratio * len(train)))
+                listed = sorted(order[:n_val] if name == "val" else order[n_val:])
+            return listed
         if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
             raise DataError(
                 f"split ratios val={val_ratio}, test={test_ratio} must be in [0, 1) and sum below 1"
@@ -675,20 +699,27 @@ def _check_values(scan: FolderScan, value_counts: dict[str, Counter], deep: bool
     """Report masks whose values fall outside the classes; count class pixels on a deep scan."""
     spec = scan.classes
     assert spec is not None
-    pixels = np.zeros(spec.num_classes, np.int64)
+    per_image: dict[str, np.ndarray] = {}
     lut = _value_map(spec)
     for stem, counts in value_counts.items():
+        own = per_image[stem] = np.zeros(spec.num_classes, np.int64)
         for value, count in counts.items():
             label = lut(value)
             if label is None:
                 scan.problems.append(_bad_value_message(scan.masks[stem], value, spec))
+                del per_image[stem]
                 break
             if label == spec.ignore_index:
                 scan.ignored_pixels += count
             else:
-                pixels[label] += count
+                own[label] += count
     if deep:
-        scan.class_pixels = pixels
+        scan.class_counts = per_image
+        scan.class_pixels = (
+            np.sum(list(per_image.values()), axis=0, dtype=np.int64)
+            if per_image
+            else np.zeros(spec.num_classes, np.int64)
+        )
 
 
 def _value_map(spec: ClassSpec) -> Callable[[Any], int | None]:

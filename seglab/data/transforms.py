@@ -2,16 +2,22 @@
 
 Masks are ``tv_tensors.Mask``, so v2 resamples them with nearest neighbour and fills new border pixels with
 ``ignore_index`` (excluded from loss and metrics).
+
+``data.resize`` (see :func:`resized_size`) comes first: the image is resized bilinearly with antialiasing, the
+mask with nearest neighbour in training only. Evaluation keeps the mask at its own size; the logits are brought
+to it afterwards (``seglab.engine.evaluate``), and ``pad_collate(..., sizes=True)`` records each item's sizes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
 
 from seglab.config import DataConfig
 
@@ -24,6 +30,50 @@ def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
     if in_channels == 3:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     return [float(np.mean(IMAGENET_MEAN))] * in_channels, [float(np.mean(IMAGENET_STD))] * in_channels
+
+
+def resized_size(h: int, w: int, resize: dict[str, Any] | None) -> tuple[int, int]:
+    """(h, w) of an h x w image after ``resize`` (``data.resize``, checked): ``{"short": N}`` makes the short side
+    N, ``{"long": N}`` the long side N, the other side in proportion; ``{"scale": F}`` multiplies both by F.
+    Sides are rounded half up, and at least 1; None leaves the size as it is."""
+    if not resize:
+        return h, w
+    ((kind, value),) = resize.items()
+    factor = float(value) if kind == "scale" else value / (min(h, w) if kind == "short" else max(h, w))
+    out = [max(1, math.floor(side * factor + 0.5)) for side in (h, w)]
+    if kind != "scale":  # the named side is exactly N, whatever the rounding of the factor
+        out[int(w < h) if kind == "short" else int(w > h)] = int(value)
+    return out[0], out[1]
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An image (..., C, H, W), uint8 or float, resized to ``size`` bilinearly with antialiasing (what
+    ``data.resize`` does to images, in training and at inference)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return v2.functional.resize(image, list(size), InterpolationMode.BILINEAR, antialias=True)
+
+
+class Resize(v2.Transform):
+    """``data.resize`` as a paired transform: the image bilinearly with antialiasing (:func:`resize_image`);
+    masks (and weight maps, which are masks too) with nearest neighbour at pixel centres (``nearest-exact``:
+    output pixel i takes input pixel floor((i + 0.5) * H / h)) when ``masks``, else untouched (evaluation)."""
+
+    def __init__(self, resize: dict[str, Any], masks: bool = True) -> None:
+        super().__init__()
+        self.resize, self.masks = resize, masks
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        images = [x for x in flat_inputs if isinstance(x, tv_tensors.Image)]
+        h, w = images[0].shape[-2:] if images else v2.query_size(flat_inputs)
+        return {"size": resized_size(int(h), int(w), self.resize)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Image):
+            return tv_tensors.wrap(resize_image(inpt.as_subclass(torch.Tensor), params["size"]), like=inpt)
+        if isinstance(inpt, tv_tensors.Mask) and self.masks:
+            return v2.functional.resize(inpt, list(params["size"]), InterpolationMode.NEAREST_EXACT)
+        return inpt
 
 
 class GridElastic(v2.ElasticTransform):
@@ -65,10 +115,15 @@ class PairedTransform:
     """
 
     def __init__(
-        self, ops: list[v2.Transform], mean: list[float], std: list[float], ignore_index: int = 255
+        self,
+        ops: list[v2.Transform],
+        mean: list[float],
+        std: list[float],
+        ignore_index: int = 255,
+        resize: dict[str, Any] | None = None,
     ) -> None:
         self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-        self.mean, self.std, self.ignore_index = mean, std, ignore_index
+        self.mean, self.std, self.ignore_index, self.resize = mean, std, ignore_index, resize
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> tuple:
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
@@ -83,10 +138,12 @@ class PairedTransform:
 
 
 def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
-    """Training augmentation from ``cfg`` (scale, rotation, elastic, crop, flips, rot90, colour jitter) or eval identity."""
+    """``cfg.resize`` first, then for training the augmentation (scale, rotation, elastic, crop, flips, rot90,
+    colour jitter; sizes such as ``crop_size`` are in pixels of the resized image); then scaling to 0..1 and
+    normalisation. For evaluation (``train`` False) only the image is resized: the mask keeps its own size."""
     mean, std = default_normalization(in_channels)
     mean, std = cfg.mean or mean, cfg.std or std
-    ops: list[v2.Transform] = []
+    ops: list[v2.Transform] = [Resize(cfg.resize, masks=train)] if cfg.resize else []
     if train:
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}
         if cfg.scale != (1.0, 1.0) or cfg.rotation:
@@ -104,24 +161,30 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
         if cfg.color_jitter:
             j = cfg.color_jitter
             ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
-    return PairedTransform(ops, mean, std, cfg.ignore_index)
+    return PairedTransform(ops, mean, std, cfg.ignore_index, cfg.resize)
 
 
-def pad_collate(ignore_index: int):
+def pad_collate(ignore_index: int, sizes: bool = False):
     """Collate (image, mask[, weight]) items of different sizes: pad images and weights with 0, masks with
-    ``ignore_index``."""
+    ``ignore_index`` (each at the top left of its padded tensor).
+
+    With ``sizes`` the batch gains a last element, int64 (N, 4): each item's image (h, w) and mask (H, W) before
+    padding; evaluation of resized images (``data.resize``) needs them to crop and upsample each image's logits.
+    """
 
     def collate(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-        h = max(item[0].shape[-2] for item in batch)
-        w = max(item[0].shape[-1] for item in batch)
         fills = (0.0, ignore_index, 0.0)[: len(batch[0])]
         out = []
         for k, fill in enumerate(fills):
             first = batch[0][k]
+            h = max(item[k].shape[-2] for item in batch)
+            w = max(item[k].shape[-1] for item in batch)
             stacked = torch.full((len(batch), *first.shape[:-2], h, w), fill, dtype=first.dtype)
             for i, item in enumerate(batch):
                 stacked[i, ..., : item[k].shape[-2], : item[k].shape[-1]] = item[k]
             out.append(stacked)
+        if sizes:
+            out.append(torch.tensor([[*item[0].shape[-2:], *item[1].shape[-2:]] for item in batch]))
         return tuple(out)
 
     return collate

@@ -42,6 +42,8 @@ class Run:
     dist: Dist = field(
         default_factory=Dist
     )  # this process's place in a distributed run (callbacks run on rank 0)
+    # the class weights of the loss's cross-entropy term (train.class_weights resolved), or None
+    class_weights: list[float] | None = None
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -84,10 +86,16 @@ class Checkpointer(Callback):
 
 
 class ProgressPrinter(Callback):
-    """One line per epoch (loss, validation mIoU, throughput), and the precision chosen at the start."""
+    """One line per epoch (loss, validation mIoU, throughput); at the start, the class weights if any."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
+
+    def on_train_start(self, run: Run) -> None:
+        if run.class_weights is not None:
+            pairs = ", ".join(f"{n} {w:.4g}" for n, w in zip(run.data.class_names, run.class_weights))
+            how = run.cfg.train.class_weights
+            self.write(f"class weights ({how if isinstance(how, str) else 'given'}): {pairs}")
 
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
         val = (
@@ -150,6 +158,7 @@ class TensorBoardLogger(Callback):
     def _overlays(self, run: Run) -> Any:
         import numpy as np
 
+        from seglab.engine.evaluate import upsample_logits
         from seglab.engine.predict import overlay
 
         model = run.evaluated
@@ -160,7 +169,9 @@ class TensorBoardLogger(Callback):
         for i in range(min(self.images, len(run.data.val))):
             raw, truth = run.data.val.load(i)
             x, _ = run.data.val.transform(raw, truth)[:2]
-            pred = model(x[None].to(run.device)).argmax(1)[0].cpu().numpy()
+            # with data.resize the logits are upsampled to the label's size
+            logits = upsample_logits(model(x[None].to(run.device)), truth.shape)
+            pred = logits.argmax(1)[0].cpu().numpy()
             shown = np.clip(truth, 0, len(palette) - 1)
             rgb = raw if raw.shape[2] == 3 else np.repeat(raw, 3, axis=2)
             rows.append(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -92,6 +93,30 @@ class TrainData:
     batches_per_epoch: int
 
 
+def class_weights(spec: str | list[float] | None, data: TrainData) -> np.ndarray | None:
+    """``train.class_weights`` as one weight per class: "median_frequency" or "balanced" from the pixel counts of
+    the training split's masks (recorded by the deep scan; no mask is read again), a list as given (ConfigError
+    unless it has one weight per class), None for None."""
+    if spec is None:
+        return None
+    num_classes = data.spec.num_classes
+    if not isinstance(spec, str):
+        if len(spec) != num_classes:
+            raise ConfigError(
+                f"train.class_weights has {len(spec)} weights but {data.train.scan.root} has {num_classes} classes "
+                f"({', '.join(data.class_names)}); give one per class"
+            )
+        return np.asarray(spec, dtype=np.float64)
+    from seglab.losses.weights import balanced_class_weights, median_frequency_weights
+
+    counts = data.train.scan.class_counts_of(data.train.stems)
+    return (
+        median_frequency_weights(counts)
+        if spec == "median_frequency"
+        else balanced_class_weights(counts.sum(0))
+    )
+
+
 def default_workers(device: torch.device) -> int:
     """Loader processes when ``data.num_workers`` is null: none on the CPU, whose cores compute the model (and
     decoded images are cached after the first epoch); otherwise all cores but one, at most 8."""
@@ -100,7 +125,10 @@ def default_workers(device: torch.device) -> int:
 
 def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> TrainData:
     """Scan and check the folder ``cfg.data.root`` once (every image and mask, cached), split it, and build the
-    loaders: per-item seeded augmentation, pinned memory on CUDA, workers that persist across epochs.
+    loaders: per-item seeded augmentation, pinned memory on CUDA, workers that persist across epochs. With
+    ``data.resize`` the training items are resized (image and mask), the validation items only in the image.
+    Validation batches carry the items' sizes (each image is scored on its own at its mask's size, see
+    ``seglab.engine.evaluate``).
 
     Distributed (``dist``), ``train.batch_size`` is the global batch: each rank loads its share of every global
     batch, and a shard of the validation split (whose counts the meters sum over the ranks)."""
@@ -161,7 +189,9 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
         SeededItems(train_ds), batch_size=local, sampler=sampler, drop_last=True, **loader_args
     )
     val_sampler = ShardSampler(len(val_ds), dist.rank, dist.world_size) if dist.enabled else None
-    val_loader = DataLoader(val_ds, batch_size=local, sampler=val_sampler, **loader_args)
+    # validation batches carry each item's sizes: every image is scored on its own, unpadded, at its mask's size
+    val_args = {**loader_args, "collate_fn": pad_collate(spec.ignore_index, sizes=True)}
+    val_loader = DataLoader(val_ds, batch_size=local, sampler=val_sampler, **val_args)
     return TrainData(
         train_ds, val_ds, spec, in_ch, names, list(eval_transform.mean), list(eval_transform.std),
         train_loader, val_loader, sampler, local, samples // batch_size,

@@ -1,14 +1,24 @@
 """Evaluation: a checkpoint on a folder data set -> pixel accuracy, per-class IoU and Dice, mIoU (table + JSON);
 with ``uncertainty`` also calibration (ECE, NLL, Brier, reliability diagram) and error detection (AUROC, AURC).
-``calibrate`` fits a checkpoint's temperature on a split and records it in the sidecar."""
+``calibrate`` fits a checkpoint's temperature on a split and records it in the sidecar.
+
+Scores are always taken at the label's own resolution, and every image is predicted on its own, whatever else
+is in its batch. The loaders of evaluate, calibrate and training-time validation record each item's sizes
+(``pad_collate(..., sizes=True)``), and for a model trained with ``data.resize`` they resize the images but not
+the masks. Each batch is split by :func:`label_groups` into groups of one image size and one mask size, whose
+images are cropped to their own (resized) extent, so no padding reaches the model, and whose logits are
+upsampled bilinearly to the masks' size before the argmax (:func:`upsample_logits`), or, for the uncertainty
+metrics, before the softmax. (A loader of plain (images, masks) batches is evaluated as its batches come.)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
 from seglab.engine.device import resolve_device
 from seglab.engine.distributed import Dist, ShardSampler, process_group
@@ -19,6 +29,47 @@ if TYPE_CHECKING:
     from seglab.uncertainty.calibration import UncertaintyMeter
     from seglab.uncertainty.config import UncertaintyConfig
     from seglab.uncertainty.predictors import Predictor
+
+
+def label_groups(
+    batch: Sequence[torch.Tensor],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]:
+    """(images, masks, size) per group of a loader's batch. A batch (images, masks) is one group with size None:
+    images and masks are padded alike. A batch (images, masks, sizes) from ``pad_collate(..., sizes=True)``
+    gives one group per distinct (image size, mask size), in order of first appearance: its images cropped to
+    their own size (h, w), its masks to theirs (H, W), so nothing of either is padding; size = (H, W), to which
+    the group's logits are upsampled (:func:`upsample_logits`)."""
+    images, masks = batch[0], batch[1]
+    if len(batch) < 3:
+        yield images, masks, None
+        return
+    keys = [tuple(row) for row in batch[2].tolist()]
+    if len(set(keys)) == 1 and keys[0] == (*images.shape[-2:], *masks.shape[-2:]):  # nothing padded: as it is
+        yield images, masks, keys[0][2:]
+        return
+    for key in dict.fromkeys(keys):
+        h, w, mh, mw = key
+        index = torch.tensor([i for i, k in enumerate(keys) if k == key])
+        yield images[index, :, :h, :w], masks[index, :mh, :mw], (mh, mw)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Logits (N, C, h, w) upsampled bilinearly (align_corners False) to ``size`` (H, W); as they are for None or
+    their own size."""
+    if size is None or tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def label_logits(
+    model: Any, loader: Any, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits at the masks' size, masks) per group (:func:`label_groups`) of ``loader``'s batches; ``model`` as it
+    is (a loaded checkpoint is in eval mode)."""
+    for batch in loader:
+        for images, masks, size in label_groups(batch):
+            yield upsample_logits(model(images.to(device)), size), masks
 
 
 @torch.inference_mode()
@@ -35,7 +86,10 @@ def run_evaluation(
     meters: Sequence[Any] = (),
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches (and update any
-    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.models.tiling``)."""
+    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.models.tiling``).
+
+    Batches (images, masks, sizes) of resized images (``data.resize``) are scored at the masks' resolution: each
+    image's logits, cropped to its own size, are upsampled bilinearly to its mask's size before the argmax."""
     from seglab.models.tiling import TiledModel
 
     net = model if tile is None else TiledModel(model, tile, overlap)
@@ -46,12 +100,13 @@ def run_evaluation(
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
-    for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
-        logits = net(images)
-        meter.update(logits, masks)
-        for m in meters:
-            m.update(logits, masks)
+    for batch in loader:
+        for images, masks, size in label_groups(batch):
+            images, masks = images.to(device), masks.to(device)
+            logits = upsample_logits(net(images), size)
+            meter.update(logits, masks)
+            for m in meters:
+                m.update(logits, masks)
     model.train(was_training)
     return meter
 
@@ -68,7 +123,8 @@ def run_uncertainty_evaluation(
     meters: Sequence[Any] = (),
 ) -> tuple[ConfusionMatrix, UncertaintyMeter]:
     """The confusion matrix of ``predictor``'s masks and the calibration / error-detection meter over ``loader``
-    (and any further ``meters``, updated with the masks)."""
+    (and any further ``meters``, updated with the masks). Batches with sizes (resized images) are scored at the
+    masks' resolution: the predictor upsamples every pass's logits to the mask's size before the softmax."""
     from seglab.uncertainty.calibration import UncertaintyMeter
 
     cm = ConfusionMatrix(num_classes, ignore_index)
@@ -77,13 +133,14 @@ def run_uncertainty_evaluation(
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
-    for images, masks in loader:
-        result = predictor(images.to(device))
-        labels = result.mask.cpu()
-        cm.update(labels, masks)
-        meter.update(result, masks.to(device))
-        for m in meters:
-            m.update(labels, masks)
+    for batch in loader:
+        for images, masks, size in label_groups(batch):
+            result = predictor(images.to(device), size)
+            labels = result.mask.cpu()
+            cm.update(labels, masks)
+            meter.update(result, masks.to(device))
+            for m in meters:
+                m.update(labels, masks)
     return cm, meter
 
 
@@ -91,7 +148,8 @@ def _split_loader(
     meta: CheckpointMeta, data: str | Path, split: str, batch_size: int, dist: Dist | None = None
 ) -> tuple[Any, int]:
     """A DataLoader over ``split`` of the folder data set ``data``, transformed as ``meta`` says (this rank's shard
-    when ``dist`` is distributed); and the split's size."""
+    when ``dist`` is distributed); and the split's size. Every batch carries the items' sizes (see
+    :func:`label_groups`); with ``meta.resize`` the images are resized, the masks are not."""
     from torch.utils.data import DataLoader
 
     from seglab.config import DataConfig
@@ -99,7 +157,9 @@ def _split_loader(
     from seglab.data.transforms import build_transform, pad_collate
     from seglab.errors import DataError
 
-    transform = build_transform(DataConfig(mean=meta.mean, std=meta.std), meta.in_channels, train=False)
+    transform = build_transform(
+        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), meta.in_channels, train=False
+    )
     ds = FolderDataset(
         data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
         in_channels=meta.in_channels, cache=False, **meta.split,
@@ -107,9 +167,8 @@ def _split_loader(
     if len(ds) == 0:
         raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
     sampler = ShardSampler(len(ds), dist.rank, dist.world_size) if dist is not None and dist.enabled else None
-    return DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate(meta.ignore_index)
-    ), len(ds)
+    collate = pad_collate(meta.ignore_index, sizes=True)  # each image is scored on its own, unpadded
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate), len(ds)
 
 
 def _rand_meter(meta: CheckpointMeta, rand_class: str | int | None) -> Any:
@@ -250,7 +309,9 @@ def calibrate(
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc="calibrate", leave=False, dynamic_ncols=True)
-    logits, labels = collect_logits(model, loader, dev, meta.ignore_index, max_pixels)
+    # the logits at the labels' resolution (upsampled for a checkpoint with resize), then only the pixels
+    logits, labels = collect_logits(torch.nn.Identity(), label_logits(model, loader, dev), dev, meta.ignore_index,
+                                    max_pixels)  # fmt: skip
     temperature = fit_temperature(logits, labels, ignore_index=None)
     _, sidecar = checkpoint_paths(checkpoint)
     doc = yaml.safe_load(sidecar.read_text())

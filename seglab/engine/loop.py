@@ -17,7 +17,7 @@ import torch
 from seglab.engine.device import AMP_DTYPES
 from seglab.engine.distributed import Dist
 from seglab.engine.optim import Budget, Schedule
-from seglab.errors import SeglabError
+from seglab.errors import ConfigError, SeglabError
 from seglab.losses import trusted_labels
 
 
@@ -40,6 +40,7 @@ class StepParts:
     ema: Any = None  # timm ModelEmaV3 or None
     ddp: Any = None  # the DistributedDataParallel wrapper in ``net`` (distributed runs), else None
     dist: Dist = field(default_factory=Dist)
+    freeze_bn: bool = False  # the encoder's batch-norm layers stay in eval mode (train.freeze_bn)
 
 
 @dataclass
@@ -85,6 +86,9 @@ def train_one_epoch(
     """Train over ``loader`` once (or until ``budget`` is exhausted, checked after every optimizer step);
     ``state.step`` counts optimizer steps.
 
+    The model is put in train mode, except, with ``parts.freeze_bn``, the batch-norm layers of ``model.encoder``
+    (eval mode: normalised with their running statistics, which stay as they are).
+
     ``on_log`` gets ``{"loss", "lr", "step"}`` every ``log_interval`` optimizer steps and at the end; a non-finite
     loss raises then, naming the steps it happened in. Distributed, the loss and image counts are summed over the
     ranks at those reads (so every rank logs, and raises, the same), and the gradients are averaged only at the
@@ -92,6 +96,9 @@ def train_one_epoch(
     """
     model, opt = parts.model, parts.optimizer
     model.train()
+    if parts.freeze_bn:  # running statistics frozen; the affine weights still learn
+        for m in frozen_bn_layers(model):
+            m.eval()
     device = parts.device
     window = torch.zeros((), device=device)  # running sums stay on the device until a read
     bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -152,6 +159,21 @@ def train_one_epoch(
     if window_images:
         flush()
     return EpochStats(images_seen, total_loss / max(1, images_seen), state.step - first_step, out_of_time)
+
+
+def frozen_bn_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The batch-norm layers of ``model.encoder`` that ``train.freeze_bn`` keeps in eval mode; ConfigError if the
+    model has no encoder or its encoder no batch norm."""
+    encoder = getattr(model, "encoder", None)
+    layers = (
+        [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if isinstance(encoder, torch.nn.Module)
+        else []
+    )
+    if not layers:
+        what = "no batch-norm layers in its encoder" if isinstance(encoder, torch.nn.Module) else "no encoder"
+        raise ConfigError(f"train.freeze_bn is set but the {type(model).__name__} has {what}; set it false")
+    return layers
 
 
 def _read(dist: Dist, window: torch.Tensor, bad: torch.Tensor, images: int) -> tuple[float, float, bool]:

@@ -1,8 +1,12 @@
 """Prediction: a checkpoint on image files or folders -> palette index-mask PNGs and colour overlays
 (and, with ``uncertainty``, per-pixel uncertainty heatmaps; see ``seglab.uncertainty``).
 
+Every output has the input image's size. A checkpoint trained with ``data.resize`` sees the image resized as in
+training; its logits are upsampled bilinearly to the image's size before the softmax and the argmax.
+
 Memory: with ``tile`` nothing of full-image size is float except what is asked for; the labels (1 byte per
-pixel), each requested probability map (1 byte) and the overlay (3 bytes) are filled tile by tile.
+pixel), each requested probability map (1 byte) and the overlay (3 bytes) are filled tile by tile (with
+``resize``, the logits at the model's resolution are kept and upsampled in blocks of rows).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
+from seglab.data.transforms import resize_image, resized_size
 from seglab.errors import ConfigError, DataError
 from seglab.models.tiling import iter_tiles
 
@@ -82,10 +87,39 @@ def normalise(
 
 
 def image_tensor(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    resize: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """One uint8 (H, W, C) image as the normalised float batch (1, C, H, W) a model takes."""
-    return normalise(torch.from_numpy(image).permute(2, 0, 1), mean, std, device).unsqueeze(0)
+    """One uint8 (H, W, C) image as the normalised float batch (1, C, H, W) a model takes; with ``resize`` (a
+    checkpoint's) resized first, as training resized it (``seglab.data.transforms.resize_image``)."""
+    src = torch.from_numpy(image).permute(2, 0, 1)
+    if resize:
+        src = resize_image(src, resized_size(*image.shape[:2], resize))
+    return normalise(src, mean, std, device).unsqueeze(0)
+
+
+def _source_index(
+    n_out: int, n_in: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of ``n_out`` output pixels, the two input pixels and the weight of the second that bilinear
+    upsampling (align_corners False, as F.interpolate) blends."""
+    centres = torch.arange(n_out, device=device, dtype=torch.float64) + 0.5
+    src = (centres * (n_in / n_out) - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    return i0, (i0 + 1).clamp_(max=n_in - 1), (src - i0).float()
+
+
+def upsample_rows(logits: torch.Tensor, size: tuple[int, int], r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``logits`` (C, h, w) upsampled bilinearly to ``size`` (H, W): equal to
+    ``F.interpolate(logits[None], size, mode="bilinear")[0, :, r0:r1]`` without making the whole of it."""
+    (h, w), (out_h, out_w) = logits.shape[-2:], size
+    i0, i1, fy = (t[r0:r1] for t in _source_index(out_h, h, logits.device))
+    j0, j1, fx = _source_index(out_w, w, logits.device)
+    rows = logits[:, i0] * (1 - fy)[:, None] + logits[:, i1] * fy[:, None]  # (C, r1 - r0, w)
+    return rows[..., j0] * (1 - fx) + rows[..., j1] * fx
 
 
 def _prob_windows(
@@ -97,16 +131,36 @@ def _prob_windows(
     temperature: float,
     tile: int | None,
     overlap: int,
+    resize: dict[str, Any] | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(y0, x0, probabilities (C, h, w)) of the whole image at once, or tile by tile with ``tile`` (each tile is
-    normalised on its own: the uint8 image is the only full-size input)."""
-    if tile is None:
-        yield 0, 0, (model(image_tensor(image, mean, std, device))[0] / temperature).softmax(0)
-        return
+    normalised on its own: the uint8 image is the only full-size input). With ``resize`` the model sees the
+    resized image (whole or tile by tile) and its logits come back upsampled to the image's size, in blocks of
+    rows (y0, 0, probabilities)."""
     src = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # a view, no copy
-    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: normalise(t, mean, std, device)  # noqa: E731
-    for y0, x0, logits in iter_tiles(model, src, tile, overlap, prepare):
-        yield y0, x0, (logits[0] / temperature).softmax(0)
+    if resize:
+        h, w = image.shape[:2]
+        src = resize_image(src, resized_size(h, w, resize))
+    if tile is None:
+        logits = model(normalise(src, mean, std, device))[0]
+        if not resize:
+            yield 0, 0, (logits / temperature).softmax(0)
+            return
+    else:
+        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: normalise(t, mean, std, device)  # noqa: E731
+        if not resize:
+            for y0, x0, logits in iter_tiles(model, src, tile, overlap, prepare):
+                yield y0, x0, (logits[0] / temperature).softmax(0)
+            return
+        logits = None
+        for y0, x0, part in iter_tiles(model, src, tile, overlap, prepare):
+            if logits is None:
+                logits = part.new_empty(part.shape[1], *src.shape[-2:])
+            logits[:, y0 : y0 + part.shape[2], x0 : x0 + part.shape[3]] = part[0]
+        assert logits is not None
+    rows = max(1, (1 << 22) // max(1, logits.shape[0] * w))  # about 16 MB of float probabilities at a time
+    for r0 in range(0, h, rows):
+        yield r0, 0, (upsample_rows(logits, (h, w), r0, min(h, r0 + rows)) / temperature).softmax(0)
 
 
 @torch.inference_mode()
@@ -119,14 +173,17 @@ def predict_probs(
     temperature: float = 1.0,
     tile: int | None = None,
     overlap: int = 32,
+    resize: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops);
     the logits are divided by ``temperature`` (a checkpoint's fitted one) first. With ``tile`` the image is
-    predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images)."""
+    predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images). With
+    ``resize`` (a checkpoint's) the model sees the image resized and its logits are upsampled bilinearly to
+    (H, W) before the softmax."""
     h, w = image.shape[:2]
     out: torch.Tensor | None = None
-    for y0, x0, probs in _prob_windows(model, image, mean, std, device, temperature, tile, overlap):
-        if tile is None:
+    for y0, x0, probs in _prob_windows(model, image, mean, std, device, temperature, tile, overlap, resize):
+        if out is None and tuple(probs.shape[-2:]) == (h, w):
             return probs
         if out is None:
             out = probs.new_empty(probs.shape[0], h, w)
@@ -156,14 +213,18 @@ def predict_labels(
     overlap: int = 32,
     prob_idx: Sequence[int] = (),
     threshold: float | None = None,
+    resize: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Labels uint8 (H, W) of one uint8 (H, W, C) image (the argmax, or with ``threshold`` see
     :func:`threshold_labels` on the one ``prob_idx`` class) and the 8-bit probability map (255 = 1.0) of each
-    ``prob_idx`` class. With ``tile`` they are filled tile by tile: no full-image logits or probabilities."""
+    ``prob_idx`` class. With ``tile`` they are filled tile by tile: no full-image logits or probabilities. With
+    ``resize`` (a checkpoint's) the model sees the image resized and its logits are upsampled bilinearly to
+    (H, W) before the softmax and the argmax, in blocks of rows."""
     h, w = image.shape[:2]
     labels = np.empty((h, w), np.uint8)
     maps = [np.empty((h, w), np.uint8) for _ in prob_idx]
-    for y0, x0, probs in _prob_windows(model, image, mean, std, device, temperature, tile, overlap):
+    windows = _prob_windows(model, image, mean, std, device, temperature, tile, overlap, resize)
+    for y0, x0, probs in windows:
         lab, pm = _labels_and_maps(probs, prob_idx, threshold)
         win = np.s_[y0 : y0 + lab.shape[0], x0 : x0 + lab.shape[1]]
         labels[win] = lab
@@ -216,7 +277,9 @@ def predict(
     threshold: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image.
+    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image, both
+    of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
+    upsampled to the image's size before the softmax; probability and uncertainty maps too).
 
     ``prob_maps`` (class names or indices): also ``<stem>_prob_<class>.png``, the probability of that class as
     8-bit grayscale (255 = 1.0), e.g. the ISBI membrane map. ``threshold`` (with one ``prob_maps`` class): the
@@ -272,9 +335,10 @@ def predict(
             continue
         if predictor is None:
             labels, maps = predict_labels(model, image, meta.mean, meta.std, dev, meta.temperature, tile,
-                                          overlap, prob_idx, threshold)  # fmt: skip
+                                          overlap, prob_idx, threshold, meta.resize)  # fmt: skip
         else:
-            result = predictor(image_tensor(image, meta.mean, meta.std, dev))
+            x = image_tensor(image, meta.mean, meta.std, dev, meta.resize)
+            result = predictor(x, image.shape[:2] if meta.resize else None)
             labels, maps = _labels_and_maps(result.probs[0], prob_idx, threshold)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)

@@ -3,7 +3,8 @@
 Run folder (``train.out_dir``)::
 
     config.yaml          the resolved config
-    metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput
+    metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput (and the class
+                         weights of the cross-entropy term, with train.class_weights)
     best.safetensors/.yaml, last.safetensors/.yaml   checkpoints (weights + sidecar)
     last.state.pt        the commit point of each epoch: weights, optimizer, progress (for --resume)
     tensorboard/         TensorBoard event files (when tensorboard is installed)
@@ -44,16 +45,16 @@ from seglab.engine.callbacks import (
     UserHook,
     tensorboard_available,
 )  # fmt: skip
-from seglab.engine.data import TrainData, build_data
+from seglab.engine.data import TrainData, build_data, class_weights
 from seglab.engine.device import amp_candidates, probe_amp, resolve_device, use_channels_last
 from seglab.engine.distributed import Dist, SharedBudget, process_group, restarted, wrap_ddp
-from seglab.engine.loop import StepParts, forward_loss, to_device, train_one_epoch, validate
+from seglab.engine.loop import StepParts, forward_loss, frozen_bn_layers, to_device, train_one_epoch, validate
 from seglab.engine.optim import Budget, Schedule, build_optimizer, lr_factor
 from seglab.engine.state import STATE_FILE, TrainState, load_state, model_signature, read_history
 from seglab.errors import ConfigError
 from seglab.files import atomic_write, check_out_dir, jsonable, to_json
 from seglab.layers.norm import SyncBatchNorm
-from seglab.losses import make_loss
+from seglab.losses import CrossEntropyLoss, make_loss
 from seglab.models.factory import create_model
 
 __all__ = ["TrainResult", "build_model", "lr_factor", "train"]
@@ -119,7 +120,10 @@ def _train(
     steps_per_epoch = -(-data.batches_per_epoch // cfg.train.accumulate)
     schedule = Schedule(cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters,
                         cfg.train.time_limit)  # fmt: skip
-    criterion = _build_criterion(cfg, data)
+    weights = class_weights(cfg.train.class_weights, data)
+    criterion = _build_criterion(cfg, data, weights)
+    if cfg.train.freeze_bn:
+        frozen_bn_layers(model)  # ConfigError before any work if there is nothing to freeze
     ema = _build_ema(cfg.train.ema, model)
     meta = _build_meta(cfg, data)
     signature = model_signature(cfg.model.arch, cfg.model.params, data.spec.num_classes, data.in_channels)
@@ -141,10 +145,11 @@ def _train(
         model=model, net=torch.compile(net) if cfg.train.compile else net, criterion=criterion,
         optimizer=optimizer, scaler=scaler, schedule=schedule, base_lr=cfg.train.lr, device=device, amp=state.amp,
         channels_last=channels_last, accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, ema=ema,
-        ddp=ddp, dist=dist,
+        ddp=ddp, dist=dist, freeze_bn=cfg.train.freeze_bn,
     )  # fmt: skip
     history = dist.on_main(lambda: read_history(run_dir / "metrics.jsonl", state.epoch) if resume else [])
-    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist)
+    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist,
+              None if weights is None else [float(w) for w in weights])  # fmt: skip
     # rank 0 writes the run folder and runs the callbacks; the others train and validate
     cbs = _default_callbacks(cfg, on_epoch_end) + list(callbacks) if dist.is_main else []
     with _no_half_made_run(run_dir) if dist.is_main else contextlib.nullcontext():
@@ -203,6 +208,7 @@ def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], 
                 "images": stats.images, "images_per_s": stats.images / max(train_seconds, 1e-9),
                 "seconds": time.perf_counter() - t_epoch, "steps": state.step, "amp": state.amp,
                 **({"processes": dist.world_size} if dist.enabled else {}),
+                **({"class_weights": run.class_weights} if run.class_weights is not None else {}),
                 **({"stopped": state.stopped} if state.stopped else {}),
                 **{f"val_{k}": v for k, v in summary.items()},
             })  # fmt: skip
@@ -226,13 +232,29 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
     return create_model(cfg.model.arch, num_classes=num_classes, in_channels=in_channels, **cfg.model.params)
 
 
-def _build_criterion(cfg: Config, data: TrainData) -> torch.nn.Module:
+def _build_criterion(cfg: Config, data: TrainData, weights: Any = None) -> torch.nn.Module:
+    """``train.loss``; class ``weights`` (one per class, see ``seglab.engine.data.class_weights``) go to its
+    cross-entropy terms (ce, and dice_ce's): ConfigError if it has none, or if one has class weights already."""
     criterion = make_loss(cfg.train.loss, ignore_index=data.spec.ignore_index)
     terms = getattr(criterion, "losses", {"loss": criterion}).values()
     if cfg.data.border_weights and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
         raise ConfigError(
             f"data.border_weights needs a loss with per-pixel weights (ce, focal); got {cfg.train.loss}"
         )
+    if weights is not None:
+        ce = [m for m in criterion.modules() if isinstance(m, CrossEntropyLoss)]
+        if not ce:
+            raise ConfigError(
+                f"train.class_weights weights the cross-entropy term, but train.loss {cfg.train.loss} has none; "
+                f"add one (e.g. train.loss={{ce: 1.0, dice: 1.0}}) or set train.class_weights=null"
+            )
+        if any(m.weight is not None for m in ce):
+            raise ConfigError(
+                "train.class_weights and the class weights given in train.loss both weight the cross-entropy; "
+                "keep one"
+            )
+        for m in ce:
+            m.weight = torch.as_tensor(weights, dtype=torch.float32)
     return criterion
 
 
@@ -251,7 +273,7 @@ def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
         model_params=dict(cfg.model.params), class_names=data.class_names,
         palette=[list(c) for c in data.spec.palette], mean=data.mean, std=data.std, ignore_index=data.spec.ignore_index,
         split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
-               "split_lists": cfg.data.splits},
+               "split_lists": cfg.data.splits}, resize=cfg.data.resize,
     )  # fmt: skip
 
 

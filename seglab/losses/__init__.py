@@ -31,7 +31,7 @@ from seglab.losses.modules import (
     list_losses,
     make_loss,
 )
-from seglab.losses.weights import balanced_class_weights, unet_weight_map
+from seglab.losses.weights import balanced_class_weights, median_frequency_weights, unet_weight_map
 
 __all__ = [
     "LOSSES",
@@ -56,6 +56,7 @@ __all__ = [
     "list_losses",
     "lovasz_softmax",
     "make_loss",
+    "median_frequency_weights",
     "soft_counts",
     "tversky_loss",
     "unet_weight_map",

@@ -1,5 +1,9 @@
 """Per-pixel and per-class loss weights, computed from masks in the data pipeline (NumPy, not per step).
 
+Class weights from pixel counts: ``balanced_class_weights`` (total / (K * count_c), scikit-learn's "balanced") and
+``median_frequency_weights`` (median_c freq / freq(c), freq(c) counted only over the images that hold c; Eigen &
+Fergus 2015, SegNet); ``train.class_weights`` takes either by name (see ``seglab.engine.data.class_weights``).
+
 The U-Net border weight map (Ronneberger et al., 2015, eq. 2):
 
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
@@ -30,6 +34,32 @@ def balanced_class_weights(counts: Any, eps: float = 0.0) -> np.ndarray:
         return np.zeros_like(counts)
     out = np.zeros_like(counts)
     out[present] = counts.sum() / (present.sum() * counts[present] + eps)
+    return out
+
+
+def median_frequency_weights(per_image_counts: Any) -> np.ndarray:
+    """Median-frequency class weights (Eigen & Fergus 2015; SegNet) from pixel counts per image and class.
+
+    ``per_image_counts``: (N, C), the pixels of class c in image i (ignored pixels left out). With
+    ``freq(c) = pixels of c / pixels of the images in which c is present`` (an image's pixels: the sum of its
+    row), ``weight(c) = median(freq) / freq(c)``, the median taken over the classes present in some image (of an
+    even number, the mean of the middle two). Classes present in no image get weight 0. The median class gets 1,
+    rarer classes more; usable as ``weight`` of ``cross_entropy``.
+    """
+    counts = np.asarray(per_image_counts, dtype=np.float64)
+    if counts.ndim != 2:
+        raise ValueError(f"per_image_counts must be (images, classes), got shape {counts.shape}")
+    if (counts < 0).any():
+        raise ValueError("per_image_counts must be pixel counts >= 0")
+    image_pixels = counts.sum(1, keepdims=True)  # (N, 1)
+    pixels = counts.sum(0)
+    seen_in = ((counts > 0) * image_pixels).sum(0)  # pixels of the images that hold each class
+    present = pixels > 0
+    out = np.zeros(counts.shape[1])
+    if not present.any():
+        return out
+    freq = pixels[present] / seen_in[present]
+    out[present] = np.median(freq) / freq
     return out
 
 

@@ -41,7 +41,8 @@ class Renormalize(nn.Module):
 def load_members(
     checkpoints: Sequence[str | Path], device: str = "cpu"
 ) -> list[tuple[nn.Module, CheckpointMeta]]:
-    """Load every checkpoint; CheckpointError unless all agree with the first on classes and input channels."""
+    """Load every checkpoint; CheckpointError unless all agree with the first on classes, resize and input
+    channels."""
     members = [load_checkpoint(c, device=device) for c in checkpoints]
     _, first = members[0]
     for path, (_, meta) in zip(checkpoints[1:], members[1:]):
@@ -51,6 +52,11 @@ def load_members(
                 f"ensemble member {name} predicts {meta.num_classes} classes ({', '.join(meta.class_names)}) but "
                 f"{checkpoint_paths(checkpoints[0])[0]} predicts {first.num_classes} "
                 f"({', '.join(first.class_names)}); ensemble checkpoints of the same task"
+            )
+        if meta.resize != first.resize:
+            raise CheckpointError(
+                f"ensemble member {name} was trained on images resized by {meta.resize} but "
+                f"{checkpoint_paths(checkpoints[0])[0]} by {first.resize} (data.resize); the members see one input"
             )
         if meta.in_channels != first.in_channels:
             raise CheckpointError(

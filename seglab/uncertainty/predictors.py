@@ -148,8 +148,12 @@ def add_dropout(model: nn.Module, p: float = 0.1, where: str | Sequence[str] = "
     return model
 
 
-def _softmax(logits: Tensor, temperature: float) -> Tensor:
-    return (logits.float() / temperature).softmax(1)
+def _softmax(logits: Tensor, temperature: float, size: tuple[int, int] | None = None) -> Tensor:
+    """softmax(logits / T), with ``size`` of the logits upsampled (bilinearly) to ``size`` first."""
+    logits = logits.float()
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return (logits / temperature).softmax(1)
 
 
 def _check_temperature(temperature: float) -> float:
@@ -159,15 +163,19 @@ def _check_temperature(temperature: float) -> float:
 
 
 class Predictor:
-    """Callable ``images (N, C_in, H, W) -> UncertaintyResult``; subclasses yield the probability passes."""
+    """Callable ``images (N, C_in, H, W) -> UncertaintyResult``; subclasses yield the probability passes.
 
-    def passes(self, images: Tensor) -> Iterator[Tensor]:
+    ``size`` (H', W'): the result's size, for images the model sees resized (a checkpoint's ``resize``): every
+    pass's logits are upsampled bilinearly to it before the softmax. Without it the result has the images' size.
+    """
+
+    def passes(self, images: Tensor, size: tuple[int, int] | None = None) -> Iterator[Tensor]:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor) -> UncertaintyResult:
+    def __call__(self, images: Tensor, size: tuple[int, int] | None = None) -> UncertaintyResult:
         stats = RunningStats()
-        for probs in self.passes(images):
+        for probs in self.passes(images) if size is None else self.passes(images, size):
             stats.update(probs)
         return stats.result()
 
@@ -178,9 +186,9 @@ class Deterministic(Predictor):
     def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         self.model, self.temperature = model, _check_temperature(temperature)
 
-    def passes(self, images: Tensor) -> Iterator[Tensor]:
+    def passes(self, images: Tensor, size: tuple[int, int] | None = None) -> Iterator[Tensor]:
         with eval_mode(self.model):
-            yield _softmax(self.model(images), self.temperature)
+            yield _softmax(self.model(images), self.temperature, size)
 
 
 class MCDropout(Predictor):
@@ -198,17 +206,17 @@ class MCDropout(Predictor):
         self.model, self.samples, self.seed = model, samples, seed
         self.temperature = _check_temperature(temperature)
 
-    def passes(self, images: Tensor) -> Iterator[Tensor]:
+    def passes(self, images: Tensor, size: tuple[int, int] | None = None) -> Iterator[Tensor]:
         with dropout_mode(self.model):
             if self.seed is None:
                 for _ in range(self.samples):
-                    yield _softmax(self.model(images), self.temperature)
+                    yield _softmax(self.model(images), self.temperature, size)
                 return
             devices = [images.device.index or 0] if images.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
                 for _ in range(self.samples):
-                    yield _softmax(self.model(images), self.temperature)
+                    yield _softmax(self.model(images), self.temperature, size)
 
 
 class TTA(Predictor):
@@ -235,8 +243,10 @@ class TTA(Predictor):
         self.model, self.flips, self.scales = model, tuple(flips), tuple(float(s) for s in scales)
         self.temperature = _check_temperature(temperature)
 
-    def passes(self, images: Tensor) -> Iterator[Tensor]:
-        size = images.shape[-2:]
+    def passes(self, images: Tensor, size: tuple[int, int] | None = None) -> Iterator[Tensor]:
+        """With ``size`` every pass's logits, un-flipped, are upsampled to ``size`` before the softmax; without,
+        the probabilities of a scaled pass are resized to the input's size."""
+        in_size = images.shape[-2:]
         with eval_mode(self.model):
             for scale in self.scales:
                 x = images
@@ -245,11 +255,15 @@ class TTA(Predictor):
                 for flip in self.flips:
                     dims = FLIPS[flip]
                     xf = x.flip(dims) if dims else x
-                    probs = _softmax(self.model(xf), self.temperature)
+                    logits = self.model(xf)
+                    if size is not None:
+                        yield _softmax(logits.flip(dims) if dims else logits, self.temperature, size)
+                        continue
+                    probs = _softmax(logits, self.temperature)
                     if dims:
                         probs = probs.flip(dims)
-                    if probs.shape[-2:] != size:
-                        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+                    if probs.shape[-2:] != in_size:
+                        probs = F.interpolate(probs, size=in_size, mode="bilinear", align_corners=False)
                     yield probs
 
 
@@ -268,7 +282,7 @@ class Ensemble(Predictor):
         self.models = list(models)
         self.temperatures = [_check_temperature(t) for t in temperatures]
 
-    def passes(self, images: Tensor) -> Iterator[Tensor]:
+    def passes(self, images: Tensor, size: tuple[int, int] | None = None) -> Iterator[Tensor]:
         for model, t in zip(self.models, self.temperatures):
             with eval_mode(model):
-                yield _softmax(model(images), t)
+                yield _softmax(model(images), t, size)

@@ -181,3 +181,21 @@ def test_explicit_split_lists_beat_split_files(tmp_path):
         FolderDataset(root, "val", split_lists={"val": ["07"]})
     with pytest.raises(DataError, match="unknown split 'tset'"):
         FolderDataset(root, "val", split_lists={"tset": ["00"]})
+
+
+def test_validation_is_carved_from_an_official_train_list(tmp_path):
+    """splits/ with train.txt and test.txt only (LabelMeFacade's official split): val_ratio of train, seeded."""
+    from seglab.data.folder import scan_folder
+    from seglab.data.synthetic import write_folder
+
+    root = write_folder(tmp_path / "d", num_images=30, size=16)
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    (root / "splits" / "val.txt").unlink(missing_ok=True)
+    (root / "splits" / "train.txt").write_text("\n".join(stems[:20]) + "\n")
+    (root / "splits" / "test.txt").write_text("\n".join(stems[20:]) + "\n")
+    scan = scan_folder(root, 255)
+    train, val = scan.split("train", val_ratio=0.1, seed=3), scan.split("val", val_ratio=0.1, seed=3)
+    assert len(val) == 2 and sorted(train + val) == stems[:20] and not set(train) & set(val)
+    assert scan.split("val", val_ratio=0.1, seed=3) == val != scan.split("val", val_ratio=0.1, seed=4)
+    assert scan.split("test", val_ratio=0.1) == stems[20:]
+    assert scan.split("train", val_ratio=0) == stems[:20] and scan.split("val", val_ratio=0) == []

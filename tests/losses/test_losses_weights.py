@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from seglab.losses import balanced_class_weights, cross_entropy, unet_weight_map
+from seglab.losses import balanced_class_weights, cross_entropy, median_frequency_weights, unet_weight_map
 
 
 def two_squares(gap=2):
@@ -79,3 +79,30 @@ def test_weight_map_feeds_cross_entropy():
     expected = (per_pixel * w).sum() / w.sum()
     assert torch.allclose(cross_entropy(logits, target, pixel_weight=w), expected)
     assert cross_entropy(logits, target, pixel_weight=w) > 3 * cross_entropy(logits, target)
+
+
+def test_median_frequency_weights_hand_worked_example():
+    # three images of 8 labelled pixels, four classes (d in none):
+    #   image 0: a 6, b 2   image 1: a 4, c 4   image 2: a 8
+    # freq(a) = 18 / 24 (in all three images), freq(b) = 2 / 8 (image 0 only), freq(c) = 4 / 8 (image 1 only);
+    # median over the present classes = 1/2 -> weights 2/3, 2, 1; d absent -> 0
+    counts = [[6, 2, 0, 0], [4, 0, 4, 0], [8, 0, 0, 0]]
+    w = median_frequency_weights(counts)
+    assert np.allclose(w, [2 / 3, 2.0, 1.0, 0.0], rtol=0, atol=1e-12)
+    # not the global frequency: b is 2 / 24 of all pixels, yet only the images holding b count
+    assert not np.allclose(w[:3], np.median([18 / 24, 2 / 24, 4 / 24]) / np.array([18, 2, 4]) * 24)
+
+
+def test_median_frequency_weights_invariants():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, (12, 5)) * (rng.random((12, 5)) < 0.6)
+    counts[:, 3] = 0  # a class in no image
+    w = median_frequency_weights(counts)
+    assert w[3] == 0 and (w[[0, 1, 2, 4]] > 0).all()
+    assert np.allclose(median_frequency_weights(counts * 7), w)  # counts' scale does not matter
+    assert np.allclose(median_frequency_weights(counts[rng.permutation(12)]), w)  # nor the images' order
+    # the median of the present classes' weights is 1 for an odd number of them
+    assert np.median(median_frequency_weights(counts[:, [0, 1, 2]])) == pytest.approx(1.0)
+    assert np.array_equal(median_frequency_weights(np.zeros((2, 3))), np.zeros(3))
+    with pytest.raises(ValueError, match="images, classes"):
+        median_frequency_weights([1, 2, 3])

