@@ -59,7 +59,10 @@ def format_check(scan: FolderScan) -> str:
             f"  {'(ignored)':<16} {scan.ignored_pixels:>12} px  {100 * scan.ignored_pixels / max(total, 1):6.2f} %"
         )
     if scan.split_lists is not None:
-        lines.append("splits (splits/): " + ", ".join(f"{k} {len(v)}" for k, v in scan.split_lists.items()))
+        carved = "" if scan.split_lists.get("val") else " (training carves data.val_ratio of train as val)"
+        lines.append(
+            "splits (splits/): " + ", ".join(f"{k} {len(v)}" for k, v in scan.split_lists.items()) + carved
+        )
     else:
         lines.append(
             "splits: none listed; training draws a seeded random split (data.val_ratio, data.test_ratio)"

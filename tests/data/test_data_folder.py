@@ -199,3 +199,6 @@ def test_validation_is_carved_from_an_official_train_list(tmp_path):
     assert scan.split("val", val_ratio=0.1, seed=3) == val != scan.split("val", val_ratio=0.1, seed=4)
     assert scan.split("test", val_ratio=0.1) == stems[20:]
     assert scan.split("train", val_ratio=0) == stems[:20] and scan.split("val", val_ratio=0) == []
+    from seglab.data.check import check, format_check
+
+    assert "val 0, test 10 (training carves data.val_ratio of train as val)" in format_check(check(root))
