@@ -42,11 +42,6 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def env_rank() -> int:
-    """This process's global rank from torchrun's environment (0 when not launched by it)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def backend_for(device: torch.device) -> str:
     """The collective backend of ``device``: ``nccl`` on CUDA, ``gloo`` on the CPU."""
     return "nccl" if device.type == "cuda" else "gloo"
@@ -141,14 +136,6 @@ class Dist:
         t = torch.tensor(list(values), dtype=torch.float64)
         dist.broadcast(t, src=0, group=self.control)
         return t.tolist()
-
-    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` in place over ranks, on its device (the default group: nccl for CUDA tensors)."""
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(t)
-        return t
 
     def barrier(self) -> None:
         if self.enabled:

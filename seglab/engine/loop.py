@@ -178,7 +178,8 @@ def frozen_bn_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _read(dist: Dist, window: torch.Tensor, bad: torch.Tensor, images: int) -> tuple[float, float, bool]:
     """(loss sum, images, any non-finite loss) of the window, summed over the ranks: the interval's host sync."""
-    loss_sum, count, bad_count = dist.all_sum([float(window), images, float(bad)])
+    loss, any_bad = torch.stack([window, bad.to(window.dtype)]).tolist()  # one device-to-host read
+    loss_sum, count, bad_count = dist.all_sum([loss, images, any_bad])
     return loss_sum, count, bad_count > 0
 
 

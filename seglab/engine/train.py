@@ -121,7 +121,7 @@ def _train(
     schedule = Schedule(cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters,
                         cfg.train.time_limit)  # fmt: skip
     weights = class_weights(cfg.train.class_weights, data)
-    criterion = _build_criterion(cfg, data, weights)
+    criterion = _build_criterion(cfg, data, weights).to(device)  # its class weights live beside the logits
     if cfg.train.freeze_bn:
         frozen_bn_layers(model)  # ConfigError before any work if there is nothing to freeze
     ema = _build_ema(cfg.train.ema, model)
