@@ -51,6 +51,10 @@ class CheckpointMeta:
     # and the uncertainty predictors resize images before the model and bring its logits back to the image's
     # (the label's) own size; checkpoints written before it existed read as None (no resize)
     resize: dict[str, Any] | None = None
+    # data.target of the training run: "interior_boundary" models predict background / interior / boundary, made
+    # from instance maps (seglab.instances); evaluate builds the same target from instances/
+    target: str = "mask"
+    boundary_width: int = 2
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:

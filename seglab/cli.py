@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -119,7 +120,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         return
     r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
                  device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False),
-                 tile=args.tile, overlap=args.overlap, rand_class=args.rand_class)  # fmt: skip
+                 tile=args.tile, overlap=args.overlap, rand_class=args.rand_class, **_instance_args(args))  # fmt: skip
     if not _is_main():
         return
     print(format_table(r))
@@ -133,11 +134,27 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
                       device=args.device, progress=not args.no_progress, uncertainty=cfg,
                       tile=args.tile, overlap=args.overlap, prob_maps=args.prob or (), threshold=args.threshold,
-                      log=lambda line: print(f"seglab: {line}", file=sys.stderr))  # fmt: skip
+                      log=lambda line: print(f"seglab: {line}", file=sys.stderr), **_instance_args(args))  # fmt: skip
     what = "" if args.no_overlay else " and overlays"
+    if args.instances:
+        what += f", instance maps ({args.instances}, {sum(r['objects'] for r in results)} objects) and their overlays"
     if cfg is not None:
         what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")
     print(f"wrote {len(results)} masks{what} to {args.out}")
+
+
+def _instance_args(args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate/predict keywords of the --instances flags (ConfigError for a flag without --instances)."""
+    if args.instances is None:
+        if args.instance_class is not None or args.instance_param:
+            from seglab.errors import ConfigError
+
+            raise ConfigError("--instance-class and --instance-param apply only with --instances METHOD; add one")
+        return {}
+    from seglab.instances.infer import InstanceParams
+
+    return {"instances": args.instances, "instance_class": args.instance_class,
+            "instance_params": InstanceParams.parse(args.instance_param)}  # fmt: skip
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
@@ -217,6 +234,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _nproc_flag(sp: argparse.ArgumentParser, what: str) -> None:
     sp.add_argument("--nproc", type=int, metavar="N", help=f"{what} in N processes on this machine through "
                     "torchrun (DDP; one GPU each on CUDA); for several machines run torchrun -m seglab itself")  # fmt: skip
+
+
+def _instance_flags(sp: argparse.ArgumentParser, what: str) -> None:
+    from seglab.instances.infer import METHODS
+
+    sp.add_argument("--instances", choices=METHODS, help=f"also {what} instances: the probabilities split into "
+                    "objects by connected components, distance-transform watershed, or the learned boundary of a "
+                    "data.target=interior_boundary model")  # fmt: skip
+    sp.add_argument("--instance-class", metavar="CLASS", help="the class whose objects are the instances "
+                    "(default: class 1 of a two-class model)")  # fmt: skip
+    sp.add_argument("--instance-param", action="append", metavar="KEY=VALUE", help="post-processing setting: "
+                    "threshold, min_size, h, seed_threshold, fill (see seglab.instances.infer.InstanceParams)")  # fmt: skip
 
 
 def _tile_flags(sp: argparse.ArgumentParser) -> None:
@@ -302,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tile_flags(e)
     e.add_argument("--rand-class", metavar="CLASS", help="also the adapted Rand error (ISBI 2012) of the "
                    "connected components of this class (name or index), e.g. the cells between membranes")  # fmt: skip
+    _instance_flags(e, "score")
     _uncertainty_flags(e, predict=False)
     _nproc_flag(e, "evaluate")
     common(e)
@@ -317,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "class probability as 8-bit grayscale (255 = 1.0); name or index, repeatable")  # fmt: skip
     pr.add_argument("--threshold", type=float, help="label the (single) --prob class wherever its probability "
                     "is at least this (default: argmax)")  # fmt: skip
+    _instance_flags(pr, "write")
     _uncertainty_flags(pr, predict=True)
     common(pr)
     pr.set_defaults(func=_cmd_predict)

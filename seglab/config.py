@@ -33,6 +33,7 @@ class ResizeSpec(dict):
 
 RESIZE_KEYS = ("short", "long", "scale")
 CLASS_WEIGHTS = ("median_frequency", "balanced")
+TARGETS = ("mask", "interior_boundary")
 
 
 @dataclass
@@ -51,6 +52,11 @@ class DataConfig:
     border_weights: bool = False  # U-Net border weight map (w0, sigma in px) as per-pixel CE weights
     border_w0: float = 10.0
     border_sigma: float = 5.0
+    # what the network learns: "mask" (the classes of masks/) or "interior_boundary" (three classes made from the
+    # instance maps of instances/ after augmentation: background, object interior, and a band of boundary_width px
+    # inside each object's edge, so touching objects are kept apart; `--instances learned` splits on it)
+    target: str = "mask"
+    boundary_width: int = 2
     crop_size: int | None = None  # random crop for training; None keeps the whole image
     scale: tuple[float, float] = (1.0, 1.0)  # random scale range (1, 1 = off)
     rotation: float = 0.0  # max degrees of random rotation
@@ -259,6 +265,8 @@ def _check_data(d: DataConfig) -> None:
     _require(0 <= d.ignore_index <= 65535, "data.ignore_index", "a mask value in 0..65535", d.ignore_index)
     _require(d.border_w0 >= 0, "data.border_w0", ">= 0", d.border_w0)
     _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
+    _require(d.target in TARGETS, "data.target", " or ".join(TARGETS), d.target)
+    _require(d.boundary_width >= 1, "data.boundary_width", ">= 1 (pixels)", d.boundary_width)
     _require(d.crop_size is None or d.crop_size >= 1, "data.crop_size", ">= 1 (or null for the whole image)",
              d.crop_size)  # fmt: skip
     lo, hi = d.scale

@@ -38,6 +38,14 @@ def format_check(scan: FolderScan) -> str:
         lines.append(
             f"masks: {spec.mask_format}, {spec.num_classes} classes, ignore_index {spec.ignore_index}"
         )
+    if scan.instances is not None:
+        counts = sorted((scan.objects or {}).values())
+        per = (
+            f", {sum(counts)} objects, {counts[0]}..{counts[-1]} per image (median {counts[len(counts) // 2]})"
+            if counts
+            else ""
+        )
+        lines.append(f"instances: {len(scan.instances)} label maps (instances/){per}")
     if spec is not None and scan.class_pixels is not None:
         total = int(scan.class_pixels.sum()) + scan.ignored_pixels
         weights, over = median_frequency_of(scan)

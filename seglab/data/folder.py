@@ -1,8 +1,10 @@
-"""Folder data sets: ``images/`` and ``masks/`` paired by file stem, optional ``splits/`` and ``classes.yaml``.
+"""Folder data sets: ``images/`` and ``masks/`` paired by file stem, optional ``instances/``, ``splits/`` and
+``classes.yaml``.
 
 Layout::
 
     DIR/images/a.jpg   DIR/masks/a.png       (paired by stem)
+    DIR/instances/a.png                       (optional: instance label maps, 8- or 16-bit, 0 = none, 1..N)
     DIR/splits/train.txt, val.txt, test.txt  (optional: one stem per line; else a seeded random split)
     DIR/classes.yaml                          (optional: names, colors, mask_format, ignore_index, ignore_color)
 
@@ -46,6 +48,7 @@ from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.files import atomic_write
 
 SPLITS = ("train", "val", "test")
+INTERIOR_BOUNDARY = ("background", "interior", "boundary")  # the classes of data.target interior_boundary
 MASK_FORMATS = ("auto", "index", "binary", "rgb")
 
 
@@ -84,6 +87,8 @@ class FolderScan:
     # the problems (also in ``problems``) about the classes as a whole, as inferred from the masks: their count,
     # or no class but 0 in any mask; moot for a caller that knows the classes (e.g. a checkpoint's num_classes)
     class_problems: list[str] = field(default_factory=list)
+    instances: dict[str, Path] | None = None  # instance label maps (instances/), if the folder has them
+    objects: dict[str, int] | None = None  # objects per instance map, from a deep scan
 
     @property
     def stems(self) -> list[str]:
@@ -290,6 +295,7 @@ class _FileInfo:
 
     size: tuple[int, int] = (0, 0)
     channels: int = 0
+    objects: int = 0  # an instance map's objects (distinct non-zero ids)
     counts: Counter | None = None
     error: str | None = None
 
@@ -342,6 +348,8 @@ class _ScanCache:
             info = _FileInfo((int(entry["w"]), int(entry["h"])))
             if kind == "image":
                 info.channels = int(entry["channels"])
+            elif kind == "instances":
+                info.objects = int(entry["objects"])
             else:
                 info.counts = Counter(
                     {
@@ -407,6 +415,36 @@ def _mask_info(path: Path, read_values: bool, cache: _ScanCache) -> tuple[_FileI
         return _FileInfo(error=str(e)), None
 
 
+def _instance_info(path: Path, deep: bool, cache: _ScanCache) -> tuple[_FileInfo, Record]:
+    """Size (and with ``deep`` the number of objects) of an instance map; an error unless single-channel."""
+    key = cache.stat(path)
+    try:
+        hit = cache.get(key, "instances")
+        if hit is not None:
+            check_pixels(path, hit[0].size)
+            return hit
+        if not deep:
+            with open_image(path) as img:
+                if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                    raise DataError(_instance_mode_message(path, img.mode))
+                return _FileInfo(oriented_size(img)), None
+        raw = read_mask_raw(path)
+        if raw.ndim != 2:
+            raise DataError(_instance_mode_message(path, "RGB"))
+        h, w = raw.shape
+        objects = int(np.count_nonzero(np.bincount(raw.ravel().astype(np.intp, copy=False))[1:]))
+        return _FileInfo((w, h), objects=objects), cache.record(key, "instances", w=w, h=h, objects=objects)
+    except DataError as e:
+        return _FileInfo(error=str(e)), None
+
+
+def _instance_mode_message(path: Path, mode: str) -> str:
+    return (
+        f"instance map {path} has mode {mode}; save it as a single-channel 8- or 16-bit PNG of object ids "
+        f"(0 = no object)"
+    )
+
+
 def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -> FolderScan:
     """Pair files, read headers, and (when needed or ``deep``) read every mask; collect every problem found.
 
@@ -442,6 +480,16 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
         raise DataError(
             f"{root} holds no image/mask pairs (images/ has {len(images)}, masks/ has {len(masks)} files)"
         )
+    instances = _list_files(root / "instances", problems) if (root / "instances").is_dir() else None
+    if instances is not None:
+        for stem in stems:
+            if stem not in instances:
+                problems.append(
+                    f"image {images[stem]} has no instance map (expected instances/{stem}.png); add it, or move "
+                    f"{root / 'instances'} away if the data set has no instances"
+                )
+        for stem in sorted(set(instances) - set(stems)):
+            problems.append(f"instance map {instances[stem]} has no image/mask pair; add them or remove it")
 
     yaml_path = root / "classes.yaml"
     declared = _read_classes_yaml(yaml_path) if yaml_path.is_file() else None
@@ -449,12 +497,15 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
     if declared is not None and ignore_declared:
         ignore_index = int(declared["ignore_index"])
 
-    scan = FolderScan(root, images, masks, in_channels=1, classes=None, problems=problems)
+    scan = FolderScan(root, images, masks, in_channels=1, classes=None, problems=problems, instances=instances)
     need_masks = deep or declared is None or declared.get("mask_format", "auto") == "auto"
     cache = _ScanCache(root)
 
-    def read(stem: str) -> tuple[tuple[_FileInfo, Record], tuple[_FileInfo, Record]]:
-        return _image_info(images[stem], deep, cache), _mask_info(masks[stem], need_masks, cache)
+    def read(stem: str) -> tuple[tuple[_FileInfo, Record], ...]:
+        out = (_image_info(images[stem], deep, cache), _mask_info(masks[stem], need_masks, cache))
+        if instances is not None and stem in instances:
+            out += (_instance_info(instances[stem], deep, cache),)
+        return out
 
     workers = min(4, os.cpu_count() or 1, len(stems))
     if workers > 1:  # decoding (Pillow, NumPy) releases the GIL: threads overlap the files
@@ -465,12 +516,23 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
 
     channels: set[int] = set()
     value_counts: dict[str, Counter] = {}
-    for stem, ((img, img_record), (msk, msk_record)) in zip(stems, results):
-        for info, record in ((img, img_record), (msk, msk_record)):
+    objects: dict[str, int] = {}
+    for stem, result in zip(stems, results):
+        for info, record in result:
             if info.error is not None:
                 problems.append(info.error)
             elif record is not None:
                 cache.new[record[0]] = record[1]
+        (img, _), (msk, _) = result[:2]
+        if len(result) > 2 and result[2][0].error is None:
+            inst = result[2][0]
+            if inst.size != msk.size:
+                problems.append(
+                    f"instance map {instances[stem]} is {inst.size[0]}x{inst.size[1]} but mask {masks[stem]} is "
+                    f"{msk.size[0]}x{msk.size[1]}; they must have the same size"
+                )
+            elif deep:
+                objects[stem] = inst.objects
         if img.error is not None or msk.error is not None:
             continue
         channels.add(img.channels)
@@ -485,6 +547,8 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
             value_counts[stem] = msk.counts
     cache.save()
     scan.in_channels = 3 if 3 in channels else 1
+    if instances is not None and deep:
+        scan.objects = objects
 
     scan.classes = _resolve_classes(declared, value_counts, ignore_index, yaml_path, problems)
     if scan.classes is not None and value_counts:
@@ -811,11 +875,23 @@ class FolderDataset:
         cache: bool = True,
         scan: FolderScan | None = None,
         weight_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        instances: bool = False,
+        target: str = "mask",
+        boundary_width: int = 2,
     ) -> None:
         self.scan = scan if scan is not None else scan_folder(root, ignore_index)
         self.scan.raise_problems(classes_known=num_classes is not None)
         spec = self.scan.classes
         assert spec is not None
+        self.instances, self.target, self.boundary_width = instances, target, boundary_width
+        if (instances or target == "interior_boundary") and self.scan.instances is None:
+            why = "data.target interior_boundary" if target == "interior_boundary" else "instance evaluation"
+            raise DataError(
+                f"{why} needs instance maps in {self.scan.root / 'instances'} (one label map per image, paired "
+                f"by stem, 0 = no object)"
+            )
+        if target == "interior_boundary":  # the three classes made from the instance maps
+            spec = ClassSpec(list(INTERIOR_BOUNDARY), default_palette(3), "index", spec.ignore_index)
         if num_classes is not None and num_classes != spec.num_classes:
             if spec.mask_format != "index" or num_classes < spec.num_classes:
                 raise DataError(
@@ -835,6 +911,7 @@ class FolderDataset:
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.weight_fn = weight_fn
         self._weights: dict[int, np.ndarray] = {}
+        self._instances: dict[int, np.ndarray] = {}
 
     @property
     def num_classes(self) -> int:
@@ -853,12 +930,44 @@ class FolderDataset:
             return self._cache[index]
         stem = self.stems[index]
         image = read_image(self.scan.images[stem], self.in_channels)
-        mask = decode_mask(read_mask_raw(self.scan.masks[stem]), self.classes, self.scan.masks[stem])
+        spec = self.scan.classes if self.target == "interior_boundary" else self.classes
+        assert spec is not None
+        mask = decode_mask(read_mask_raw(self.scan.masks[stem]), spec, self.scan.masks[stem])
         if image.shape[:2] != mask.shape:
             raise DataError(f"image {self.scan.images[stem]} and its mask differ in size; they must match")
+        if self.target == "interior_boundary":
+            mask = self._target(self.load_instances(index), mask)
         if self.cache:
             self._cache[index] = (image, mask)
         return image, mask
+
+    def load_instances(self, index: int) -> np.ndarray:
+        """The instance label map int64 (H, W) of item ``index`` (0 = no object), before any transform."""
+        if index in self._instances:
+            return self._instances[index]
+        assert self.scan.instances is not None
+        path = self.scan.instances[self.stems[index]]
+        raw = read_mask_raw(path)
+        if raw.ndim != 2:
+            raise DataError(_instance_mode_message(path, "RGB"))
+        inst = raw.astype(np.int64)
+        if self.cache:
+            self._instances[index] = inst
+        return inst
+
+    def _target(self, instances: Any, mask: Any) -> Any:
+        """The interior/boundary target of an instance map (NumPy or torch), ignore_index where ``mask`` has it."""
+        from seglab.instances.postprocess import interior_boundary_target
+
+        is_tensor = hasattr(instances, "numpy")
+        target = interior_boundary_target(instances, width=self.boundary_width)
+        ignored = (mask.numpy() if is_tensor else mask) == self.ignore_index
+        target[ignored] = self.ignore_index
+        if is_tensor:
+            import torch
+
+            return torch.from_numpy(target)
+        return target
 
     def weight(self, index: int, mask: np.ndarray) -> np.ndarray:
         """``weight_fn(mask)`` (e.g. the U-Net border map), computed on the untransformed mask and cached."""
@@ -871,7 +980,22 @@ class FolderDataset:
         return w
 
     def __getitem__(self, index: int) -> Any:
-        """(image, mask), or (image, mask, weight) with a ``weight_fn``, through the transform if any."""
+        """(image, mask), or (image, mask, weight) with a ``weight_fn``, through the transform if any; with
+        ``instances`` the instance map comes last (transformed alike: nearest neighbour, ids kept, 0 filled in).
+
+        With ``target`` interior_boundary the mask is the three-class target, made from the instance map after
+        the transform (so the boundary band is ``boundary_width`` px of the augmented image)."""
         image, mask = self.load(index)
         arrays = (image, mask) if self.weight_fn is None else (image, mask, self.weight(index, mask))
-        return arrays if self.transform is None else self.transform(*arrays)
+        inst = self.load_instances(index) if self.instances or self.target == "interior_boundary" else None
+        if self.transform is None:
+            out = [*arrays]
+        else:
+            out = list(self.transform(*arrays, instances=inst))
+            if inst is not None:
+                inst = out.pop()
+                if self.target == "interior_boundary":
+                    out[1] = self._target(inst, out[1])
+        if self.instances:
+            out.append(inst)
+        return tuple(out)

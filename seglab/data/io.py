@@ -184,11 +184,14 @@ def read_mask_raw(path: Path) -> np.ndarray:
 
 
 def save_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> None:
-    """Write uint8 (H, W) or (H, W, 3) as PNG; with ``palette`` an index mask becomes a P-mode image."""
+    """Write uint8 (H, W) or (H, W, 3) as PNG; with ``palette`` an index mask becomes a P-mode image; uint16
+    (H, W) (e.g. an instance label map) is written as a 16-bit grayscale PNG."""
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
-    if palette is not None and arr.ndim == 2 and arr.max(initial=0) < 256:
+    if arr.dtype == np.uint16 and arr.ndim == 2:
+        img = Image.fromarray(arr)
+    elif palette is not None and arr.ndim == 2 and arr.max(initial=0) < 256:
         img = Image.fromarray(arr.astype(np.uint8), mode="P")
         flat = [v for colour in palette for v in colour][: 256 * 3]
         img.putpalette(flat + [0] * (768 - len(flat)))

@@ -107,11 +107,17 @@ class RandomRot90(v2.Transform):
         return tv_tensors.wrap(torch.rot90(inpt, params["k"], dims=(-2, -1)), like=inpt)
 
 
+class InstanceMap(tv_tensors.Mask):
+    """An instance label map: resampled like a mask (nearest neighbour, ids kept) but filled with 0 (no object)
+    where geometry brings pixels in from outside (v2 looks fills up by exact type)."""
+
+
 class PairedTransform:
     """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W)).
 
     An optional per-pixel weight map (H, W) moves with the mask (nearest neighbour) and comes back third,
-    float32, with weight 0 wherever the mask is ``ignore_index``.
+    float32, with weight 0 wherever the mask is ``ignore_index``. An optional instance map (``instances``, H, W)
+    moves alike and comes back last, int64, 0 where pixels came in from outside.
     """
 
     def __init__(
@@ -125,16 +131,23 @@ class PairedTransform:
         self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
         self.mean, self.std, self.ignore_index, self.resize = mean, std, ignore_index, resize
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> tuple:
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        weight: np.ndarray | None = None,
+        instances: np.ndarray | None = None,
+    ) -> tuple:
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())
-        if weight is None:
-            img, msk = self.pipeline(img, msk)
-            return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
-        w = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
-        img, msk, w = self.pipeline(img, msk, w)
-        msk, w = msk.as_subclass(torch.Tensor), w.as_subclass(torch.Tensor)
-        return img.as_subclass(torch.Tensor), msk, torch.where(msk == self.ignore_index, 0.0, w)
+        items: list[Any] = [img, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())]
+        if weight is not None:
+            items.append(tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))))
+        if instances is not None:
+            items.append(InstanceMap(torch.from_numpy(np.ascontiguousarray(instances)).long()))
+        out = [t.as_subclass(torch.Tensor) for t in self.pipeline(*items)]
+        if weight is not None:
+            out[2] = torch.where(out[1] == self.ignore_index, 0.0, out[2])
+        return tuple(out)
 
 
 def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
@@ -145,7 +158,7 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
     mean, std = cfg.mean or mean, cfg.std or std
     ops: list[v2.Transform] = [Resize(cfg.resize, masks=train)] if cfg.resize else []
     if train:
-        fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index}
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index, InstanceMap: 0}
         if cfg.scale != (1.0, 1.0) or cfg.rotation:
             ops.append(v2.RandomAffine(degrees=cfg.rotation, scale=cfg.scale, fill=fill))
         if cfg.elastic:
@@ -165,15 +178,15 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
 
 
 def pad_collate(ignore_index: int, sizes: bool = False):
-    """Collate (image, mask[, weight]) items of different sizes: pad images and weights with 0, masks with
-    ``ignore_index`` (each at the top left of its padded tensor).
+    """Collate (image, mask[, weight][, instances]) items of different sizes: pad images, weights and instance
+    maps with 0, masks with ``ignore_index`` (each at the top left of its padded tensor).
 
     With ``sizes`` the batch gains a last element, int64 (N, 4): each item's image (h, w) and mask (H, W) before
     padding; evaluation of resized images (``data.resize``) needs them to crop and upsample each image's logits.
     """
 
     def collate(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-        fills = (0.0, ignore_index, 0.0)[: len(batch[0])]
+        fills = (0.0, ignore_index, *(0.0,) * (len(batch[0]) - 2))  # weights and instance maps: 0
         out = []
         for k, fill in enumerate(fills):
             first = batch[0][k]

@@ -107,6 +107,11 @@ def class_weights(spec: str | list[float] | None, data: TrainData) -> np.ndarray
                 f"({', '.join(data.class_names)}); give one per class"
             )
         return np.asarray(spec, dtype=np.float64)
+    if data.train.target != "mask":
+        raise ConfigError(
+            f"train.class_weights {spec!r} counts the classes of masks/, not of data.target {data.train.target}; "
+            f"give one weight per class instead ({', '.join(data.class_names)})"
+        )
     from seglab.losses.weights import balanced_class_weights, median_frequency_weights
 
     counts = data.train.scan.class_counts_of(data.train.stems)
@@ -139,7 +144,8 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     scan = scan_folder(d.root, d.ignore_index, deep=True)  # every file, once, before any work
     scan.raise_problems()
     common = dict(ignore_index=d.ignore_index, val_ratio=d.val_ratio, test_ratio=d.test_ratio,
-                  split_seed=d.split_seed, split_lists=d.splits, cache=d.cache, scan=scan)  # fmt: skip
+                  split_seed=d.split_seed, split_lists=d.splits, cache=d.cache, scan=scan, target=d.target,
+                  boundary_width=d.boundary_width)  # fmt: skip
     in_ch = scan.in_channels
     eval_transform = build_transform(d, in_ch, train=False)
     weight_fn = None

@@ -26,6 +26,7 @@ from seglab.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
     from seglab.checkpoint import CheckpointMeta
+    from seglab.instances.infer import InstanceParams
     from seglab.uncertainty.calibration import UncertaintyMeter
     from seglab.uncertainty.config import UncertaintyConfig
     from seglab.uncertainty.predictors import Predictor
@@ -162,7 +163,8 @@ def _split_loader(
     )
     ds = FolderDataset(
         data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
-        in_channels=meta.in_channels, cache=False, **meta.split,
+        in_channels=meta.in_channels, cache=False, target=meta.target, boundary_width=meta.boundary_width,
+        **meta.split,
     )  # fmt: skip
     if len(ds) == 0:
         raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
@@ -195,6 +197,9 @@ def evaluate(
     overlap: int = 32,
     rand_class: str | int | None = None,
     timeout: float = 600.0,
+    instances: str | None = None,
+    instance_class: str | int | None = None,
+    instance_params: InstanceParams | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
     (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
@@ -210,6 +215,13 @@ def evaluate(
     masks come from that predictor, the report gains an ``uncertainty`` section (ECE with equal-width and
     equal-mass bins, NLL, Brier, error-detection AUROC/AURC of entropy, mutual information and confidence,
     reliability data) and the reliability diagram is written beside the report as ``<report>-reliability.png``.
+
+    With ``instances`` (components, watershed or learned; see ``seglab.instances``) every image's probabilities
+    (as ``seglab predict`` computes them, with the same post-processing) become an instance label map, scored
+    against the folder's ``instances/`` maps, or without them the connected components of the object class (the
+    ISBI 2012 cells): the report gains an ``instances`` section (DSB score, precision/recall/F1 at IoU 0.5, AJI,
+    PQ, adapted Rand error; see ``seglab.instances.metrics``). ``instance_class``: the object class of a model
+    of more than two classes; ``instance_params``: the post-processing settings.
     """
     from seglab.checkpoint import checkpoint_paths
     from seglab.errors import ConfigError
@@ -222,21 +234,32 @@ def evaluate(
                 f"evaluate --out {out_path} is a folder; give a file path such as {out_path / 'eval.json'}"
             )
         ensure_dir(out_path.parent, "report folder")
+    inst = None if instances is None else (instances, instance_class, instance_params)
     with process_group(resolve_device(device), timeout) as (dist, dev):
         return _evaluate(checkpoint, data, split, batch_size, out_path, dev, progress and dist.is_main,
-                         uncertainty, tile, overlap, rand_class, dist)  # fmt: skip
+                         uncertainty, tile, overlap, rand_class, dist, inst)  # fmt: skip
 
 
 def _evaluate(
     checkpoint: str | Path, data: str | Path, split: str, batch_size: int, out_path: Path, dev: torch.device,
     progress: bool, uncertainty: UncertaintyConfig | str | None, tile: int | None, overlap: int,
-    rand_class: str | int | None, dist: Dist,
+    rand_class: str | int | None, dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.files import write_json
 
     section: dict[str, Any] | None = None
-    if uncertainty is None:
+    meter: Any = None
+    inst_section: dict[str, Any] | None = None
+    if isinstance(uncertainty, str):
+        from seglab.uncertainty.config import UncertaintyConfig
+
+        uncertainty = UncertaintyConfig(method=uncertainty)
+    if inst is not None:
+        cm, rand_meter, meter, inst_section, meta, num_images = _instance_evaluation(
+            checkpoint, data, split, dev, progress, uncertainty, tile, overlap, rand_class, dist, *inst
+        )
+    elif uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
@@ -244,16 +267,16 @@ def _evaluate(
                             overlap=overlap, meters=[rand_meter] if rand_meter else [])  # fmt: skip
     else:
         from seglab.uncertainty.build import build_predictor
-        from seglab.uncertainty.calibration import reliability_png
-        from seglab.uncertainty.config import UncertaintyConfig
 
-        if isinstance(uncertainty, str):
-            uncertainty = UncertaintyConfig(method=uncertainty)
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
         cm, meter = run_uncertainty_evaluation(predictor, loader, meta.num_classes, meta.ignore_index, dev,
                                                uncertainty.bins, progress, [rand_meter] if rand_meter else [])  # fmt: skip
+    if meter is not None:
+        from seglab.uncertainty.calibration import reliability_png
+
+        assert uncertainty is not None
         if dist.enabled:
             meter.all_reduce()
         diagram = out_path.with_name(f"{out_path.stem}-reliability.png")
@@ -271,6 +294,11 @@ def _evaluate(
     }  # fmt: skip
     if rand_meter is not None:
         report.update(rand_meter.compute(), rand_class=meta.class_names[rand_meter.class_index])
+    if inst_section is not None:
+        if dist.enabled:
+            inst_section["meter"].all_reduce()
+        report["instances"] = {**{k: v for k, v in inst_section.items() if k != "meter"},
+                               **inst_section["meter"].compute()}  # fmt: skip
     if tile is not None:
         report.update(tile=tile, overlap=overlap)
     if section is not None:
@@ -280,6 +308,68 @@ def _evaluate(
     dist.barrier()  # the report exists when any rank returns
     report["report_path"] = str(out_path)
     return report
+
+
+def _instance_evaluation(
+    checkpoint: str | Path, data: str | Path, split: str, dev: torch.device, progress: bool,
+    uncertainty: UncertaintyConfig | None, tile: int | None, overlap: int, rand_class: str | int | None,
+    dist: Dist, method: str, instance_class: str | int | None, params: InstanceParams | None,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Image by image: probabilities as ``predict`` computes them (whole image, or tiled, or from the uncertainty
+    predictor) -> confusion matrix (their argmax), Rand meter, uncertainty meter, and the instance labels of
+    ``method`` scored by an InstanceMeter against the true instances."""
+    from dataclasses import asdict
+
+    from seglab.checkpoint import load_checkpoint
+    from seglab.data.folder import FolderDataset
+    from seglab.engine.predict import image_probs
+    from seglab.errors import DataError
+    from seglab.instances.infer import InstanceParams, check_method, instances_from_probs, object_class_of
+    from seglab.instances.metrics import InstanceMeter
+    from seglab.metrics.rand import label_components
+
+    params = params or InstanceParams()
+    predictor: Any = None
+    if uncertainty is None:
+        model, meta = load_checkpoint(checkpoint, device=str(dev))
+    else:
+        from seglab.uncertainty.build import build_predictor
+        from seglab.uncertainty.calibration import UncertaintyMeter
+
+        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
+    check_method(method)
+    obj = object_class_of(meta.class_names, meta.target, instance_class)
+    ds = FolderDataset(
+        data, split, None, ignore_index=meta.ignore_index, num_classes=meta.num_classes, in_channels=meta.in_channels,
+        cache=False, target=meta.target, boundary_width=meta.boundary_width, **meta.split,
+    )  # fmt: skip
+    if len(ds) == 0:
+        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
+    truth_from = "instances/" if ds.scan.instances is not None else f"connected components of {meta.class_names[obj or 0]}"
+    cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+    rand_meter = _rand_meter(meta, rand_class)
+    unc = None if uncertainty is None else UncertaintyMeter(meta.num_classes, meta.ignore_index, n_bins=uncertainty.bins)
+    inst_meter = InstanceMeter()
+    indices: Any = list(ShardSampler(len(ds), dist.rank, dist.world_size)) if dist.enabled else range(len(ds))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc="evaluate", leave=False, dynamic_ncols=True)
+    for i in indices:
+        image, mask = ds.load(i)
+        truth = ds.load_instances(i) if ds.scan.instances is not None else label_components(mask == obj)
+        target = torch.from_numpy(mask)[None]
+        probs, result = image_probs(model if predictor is None else predictor, meta, image, dev, tile, overlap)
+        if unc is not None:
+            unc.update(result, target.to(dev))
+        cm.update(probs[None], target.to(probs.device))
+        if rand_meter is not None:
+            rand_meter.update(probs[None], target.to(probs.device))
+        labels = instances_from_probs(probs, method, target=meta.target, object_class=obj, params=params)
+        inst_meter.update(labels, truth)
+    section = {"method": method, "params": asdict(params), "truth": truth_from, "meter": inst_meter,
+               "object_class": "1 - background" if obj is None else meta.class_names[obj]}  # fmt: skip
+    return cm, rand_meter, unc, section, meta, len(ds)
 
 
 def calibrate(
@@ -342,6 +432,14 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"adapted Rand error {report['rand_error']:.4f} (precision {report['rand_precision']:.4f}, "
             f"recall {report['rand_recall']:.4f}) on the connected components of {report['rand_class']}"
+        )
+    inst = report.get("instances")
+    if inst:
+        lines.append(
+            f"instances ({inst['method']}, truth: {inst['truth']}): DSB score {inst['dsb_score']:.4f}  "
+            f"F1@0.5 {inst['f1']:.4f} (P {inst['precision']:.4f}, R {inst['recall']:.4f})  AJI {inst['aji']:.4f}  "
+            f"PQ {inst['pq']:.4f}  adapted Rand error {inst['rand_error']:.4f}; {inst['num_true']} true, "
+            f"{inst['num_pred']} predicted objects"
         )
     u = report.get("uncertainty")
     if u:

@@ -28,8 +28,9 @@ from seglab.models.tiling import iter_tiles
 if TYPE_CHECKING:
     from seglab.uncertainty.config import UncertaintyConfig
 
-# The files predict writes: <stem>_mask.png, _overlay.png, _prob_<class>.png, _uncertainty.png / .npz
-OUTPUT_NAME = re.compile(r".+_(mask|overlay|uncertainty|prob_[A-Za-z0-9_.-]+)\.(png|npz)")
+# The files predict writes: <stem>_mask.png, _overlay.png, _prob_<class>.png, _uncertainty.png / .npz,
+# _instances.png, _instances_overlay.png
+OUTPUT_NAME = re.compile(r".+_(mask|overlay|uncertainty|instances|instances_overlay|prob_[A-Za-z0-9_.-]+)\.(png|npz)")
 
 
 class PredictError(DataError):
@@ -192,6 +193,24 @@ def predict_probs(
     return out
 
 
+@torch.inference_mode()
+def image_probs(
+    model: Any, meta: Any, image: np.ndarray, device: torch.device, tile: int | None = None, overlap: int = 32
+) -> tuple[torch.Tensor, Any]:
+    """(probabilities (C, H, W), the predictor's result or None) of one uint8 (H, W, C) image, as ``predict``
+    computes them: ``model`` is a checkpoint's model (with ``meta``'s normalisation, temperature and resize; tiled
+    with ``tile``) or an uncertainty predictor (its mean probabilities)."""
+    from seglab.uncertainty.predictors import Predictor
+
+    if not isinstance(model, Predictor):
+        probs = predict_probs(model, image, meta.mean, meta.std, device, meta.temperature, tile, overlap,
+                              meta.resize)  # fmt: skip
+        return probs, None
+    x = image_tensor(image, meta.mean, meta.std, device, meta.resize)
+    result = model(x, image.shape[:2] if meta.resize else None)
+    return result.probs[0], result
+
+
 def _labels_and_maps(
     probs: torch.Tensor, prob_idx: Sequence[int], threshold: float | None
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -276,6 +295,9 @@ def predict(
     prob_maps: Sequence[str | int] = (),
     threshold: float | None = None,
     log: Callable[[str], None] | None = None,
+    instances: str | None = None,
+    instance_class: str | int | None = None,
+    instance_params: Any = None,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image, both
     of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
@@ -289,6 +311,11 @@ def predict(
     mask is the argmax of that predictor's mean probabilities, and ``<stem>_uncertainty.png`` (entropy or mutual
     information on the fixed scale 0 .. log C, viridis) and optionally ``<stem>_uncertainty.npz`` (every raw map)
     are written too.
+
+    With ``instances`` (components, watershed or learned; see ``seglab.instances``) the probabilities also become
+    an instance label map: ``<stem>_instances.png`` (16-bit, 0 = no object, 1..K) and
+    ``<stem>_instances_overlay.png`` (a colour per object, outlined). ``instance_class``: the object class of a
+    model of more than two classes; ``instance_params``: an ``InstanceParams``.
 
     Returns one record (the input and its output paths) per image. An image that cannot be read is skipped:
     ``log`` (default: standard error) gets one line naming it, the other images are predicted, and at the end
@@ -312,6 +339,12 @@ def predict(
     else:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
     prob_idx = [class_index(meta.class_names, c) for c in prob_maps]
+    if instances is not None:
+        from seglab.instances.infer import check_method, instances_from_probs, object_class_of
+        from seglab.instances.postprocess import instance_overlay
+
+        check_method(instances)
+        obj = object_class_of(meta.class_names, meta.target, instance_class)
     if threshold is not None and (len(prob_idx) != 1 or not 0.0 < threshold < 1.0):
         raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
                           f"{len(prob_idx)} classes")  # fmt: skip
@@ -333,13 +366,12 @@ def predict(
             failures.append((path, str(e)))
             _log(log, f"skipped {path.name}: {e}", bar)
             continue
-        if predictor is None:
+        if predictor is None and instances is None:  # tile by tile: no full-image probabilities
             labels, maps = predict_labels(model, image, meta.mean, meta.std, dev, meta.temperature, tile,
                                           overlap, prob_idx, threshold, meta.resize)  # fmt: skip
         else:
-            x = image_tensor(image, meta.mean, meta.std, dev, meta.resize)
-            result = predictor(x, image.shape[:2] if meta.resize else None)
-            labels, maps = _labels_and_maps(result.probs[0], prob_idx, threshold)
+            probs, result = image_probs(model if predictor is None else predictor, meta, image, dev, tile, overlap)
+            labels, maps = _labels_and_maps(probs, prob_idx, threshold)
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
         for c, prob in zip(prob_idx, maps):
@@ -349,6 +381,16 @@ def predict(
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
             save_png(Path(record["overlay"]), overlay(image, labels, palette))
+        if instances is not None:
+            objects = instances_from_probs(probs, instances, target=meta.target, object_class=obj,
+                                           params=instance_params)  # fmt: skip
+            if objects.max(initial=0) > 65535:
+                raise DataError(f"{path} has {objects.max()} objects; a 16-bit instance map holds at most 65535")
+            record["instances"] = str(out / f"{path.stem}_instances.png")
+            record["objects"] = int(objects.max(initial=0))
+            save_png(Path(record["instances"]), objects.astype(np.uint16))
+            record["instances_overlay"] = str(out / f"{path.stem}_instances_overlay.png")
+            save_png(Path(record["instances_overlay"]), instance_overlay(image, objects))
         if predictor is not None:
             record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)
