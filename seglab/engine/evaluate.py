@@ -322,9 +322,9 @@ def _instance_evaluation(
 
     from seglab.checkpoint import load_checkpoint
     from seglab.data.folder import FolderDataset
-    from seglab.engine.predict import image_probs
+    from seglab.engine.predict import image_probs, instance_object_class
     from seglab.errors import DataError
-    from seglab.instances.infer import InstanceParams, check_method, instances_from_probs, object_class_of
+    from seglab.instances.infer import InstanceParams, instances_from_probs
     from seglab.instances.metrics import InstanceMeter
     from seglab.metrics.rand import label_components
 
@@ -337,8 +337,7 @@ def _instance_evaluation(
         from seglab.uncertainty.calibration import UncertaintyMeter
 
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
-    check_method(method)
-    obj = object_class_of(meta.class_names, meta.target, instance_class)
+    obj = instance_object_class(meta, method, instance_class)
     ds = FolderDataset(
         data, split, None, ignore_index=meta.ignore_index, num_classes=meta.num_classes, in_channels=meta.in_channels,
         cache=False, target=meta.target, boundary_width=meta.boundary_width, **meta.split,

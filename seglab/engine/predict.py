@@ -211,6 +211,16 @@ def image_probs(
     return result.probs[0], result
 
 
+def instance_object_class(meta: Any, method: str, instance_class: str | int | None) -> int | None:
+    """Check ``--instances METHOD`` and resolve ``--instance-class`` (name or index) for ``meta``'s model: the
+    class whose probability is "object", or None for an interior_boundary model (see ``seglab.instances.infer``)."""
+    from seglab.instances.infer import check_method, object_class_of
+
+    check_method(method)
+    index = None if instance_class is None else class_index(meta.class_names, instance_class)
+    return object_class_of(meta.class_names, meta.target, index)
+
+
 def _labels_and_maps(
     probs: torch.Tensor, prob_idx: Sequence[int], threshold: float | None
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -340,11 +350,10 @@ def predict(
         model, meta = load_checkpoint(checkpoint, device=str(dev))
     prob_idx = [class_index(meta.class_names, c) for c in prob_maps]
     if instances is not None:
-        from seglab.instances.infer import check_method, instances_from_probs, object_class_of
+        from seglab.instances.infer import instances_from_probs
         from seglab.instances.postprocess import instance_overlay
 
-        check_method(instances)
-        obj = object_class_of(meta.class_names, meta.target, instance_class)
+        obj = instance_object_class(meta, instances, instance_class)
     if threshold is not None and (len(prob_idx) != 1 or not 0.0 < threshold < 1.0):
         raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
                           f"{len(prob_idx)} classes")  # fmt: skip

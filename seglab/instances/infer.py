@@ -63,15 +63,14 @@ class InstanceParams:
         return params
 
 
-def object_class_of(class_names: list[str], target: str, object_class: str | int | None) -> int | None:
-    """The class whose probability is "object" for a ``mask`` model (given, or class 1 of two); None for an
-    interior_boundary model (whose object probability is 1 - P(background)). ConfigError if it is ambiguous."""
+def object_class_of(class_names: list[str], target: str, object_class: int | None) -> int | None:
+    """The class whose probability is "object" for a ``mask`` model (``object_class``, an index the caller
+    resolved from a name, or class 1 of two); None for an interior_boundary model (whose object probability is
+    1 - P(background)). ConfigError if it is ambiguous."""
     if target == "interior_boundary":
         return None
     if object_class is not None:
-        from seglab.data.io import class_index
-
-        return class_index(class_names, object_class)
+        return object_class
     if len(class_names) != 2:
         raise ConfigError(
             f"the model has {len(class_names)} classes ({', '.join(class_names)}); name the class whose objects "

@@ -10,6 +10,7 @@ Faults (a killed worker under ``--max-restarts 1``, a rank that raises, a rank t
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -227,15 +228,38 @@ def test_evaluate_two_processes_equals_one(reference, shapes_dir, tmp_path):
     assert r.stdout.count("report:") == 1
 
 
+def test_instance_evaluation_two_processes_equals_one(reference, shapes_dir, tmp_path):
+    """The per-image instance path shards too: the per-image instance scores gathered from both ranks are one
+    process's, whatever the order."""
+    from seglab.engine.evaluate import evaluate
+    from seglab.instances import InstanceParams
+
+    evaluate(reference, shapes_dir, "all", out=tmp_path / "one.json", progress=False, instances="watershed",
+             instance_class="rectangle", instance_params=InstanceParams(threshold=0.3))  # fmt: skip
+    one = json.loads((tmp_path / "one.json").read_text())  # as written: NaN scores are null in both
+    r = run([sys.executable, "-m", "seglab", "evaluate", reference, "--data", shapes_dir, "--split", "all",
+             "--instances", "watershed", "--instance-class", "rectangle", "--instance-param", "threshold=0.3", "--out", tmp_path / "two.json", "--nproc",
+             "2", "--no-progress"], env=env())  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+    numbers = {k for k, v in one["instances"].items() if isinstance(v, int | float) or v is None}
+    assert numbers >= {"dsb_score", "f1", "aji", "pq", "rand_error", "num_true", "num_pred"}
+    assert_close_tree({k: two["instances"][k] for k in numbers}, {k: one["instances"][k] for k in numbers})
+    assert two["instances"]["num_images"] == 40 and min(two["instances"]["num_true"], two["instances"]["num_pred"]) > 0
+
+
 # ------------------------------------------------------------------ SyncBatchNorm and meters over 2 processes
 
 
 def assert_close_tree(got: object, want: object) -> None:
-    """Nested dicts and lists of numbers, equal to float64 round-off (NaN equals NaN)."""
+    """Nested dicts and lists of numbers, equal to float64 round-off (NaN equals NaN, JSON's null too)."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and got.keys() == want.keys()
         for k in want:
             assert_close_tree(got[k], want[k])
+    elif got is None or want is None:
+        assert got is want is None or math.isnan(got if want is None else want)
     else:
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
                                    equal_nan=True, atol=1e-12, rtol=1e-10)  # fmt: skip
