@@ -32,7 +32,8 @@ isbi: $(STAMP)
 	$(BIN)/seglab train configs/isbi2012-unet.yaml --out runs/isbi2012-unet-plain --no-progress --overwrite \
 		--set data.elastic=0 --set data.hflip=false --set data.vflip=false
 	$(BIN)/seglab evaluate runs/isbi2012-unet --ensemble runs/isbi2012-unet-plain --data $(ISBI) --split test \
-		--rand-class cell --no-progress
+		--rand-class cell --instances learned --instance-param seed_threshold=0.97 --instance-param fill=true \
+		--no-progress
 	$(BIN)/seglab predict runs/isbi2012-unet $(ISBI_TEST) --ensemble runs/isbi2012-unet-plain \
 		--out runs/isbi2012-unet/test-pred --prob membrane --no-progress
 	$(BIN)/python scripts/isbi_figure.py runs/isbi2012-unet runs/isbi2012-unet-plain

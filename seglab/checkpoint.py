@@ -55,6 +55,7 @@ class CheckpointMeta:
     # from instance maps (seglab.instances); evaluate builds the same target from instances/
     target: str = "mask"
     boundary_width: int = 2
+    stretch: list[float] | None = None  # data.stretch: percentiles of each image spread over 0..255 first
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:

@@ -73,6 +73,11 @@ class DataConfig:
     # (it is recorded in the checkpoint); the mask is resized (nearest) for training only: validation, evaluate
     # and predict upsample the logits to the label's own size, so scores are at the full resolution
     resize: ResizeSpec | None = None
+    # null (off) or [lo, hi] percentiles: each image's intensities from its lo-th to its hi-th percentile (over all
+    # channels) are spread over 0..255 before anything else, in training and at inference (recorded in the
+    # checkpoint): dim and bright microscopy images alike, e.g. [1, 99.8]
+    stretch: tuple[float, float] | None = None
+    invert: float = 0.0  # probability of inverting a training image (255 - x): dark-on-bright and bright-on-dark
     mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
     std: list[float] | None = None
     repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
@@ -276,6 +281,11 @@ def _check_data(d: DataConfig) -> None:
     _require(d.elastic_grid >= 2, "data.elastic_grid", ">= 2 (points per side of the displacement grid)",
              d.elastic_grid)  # fmt: skip
     _require(d.color_jitter >= 0, "data.color_jitter", ">= 0 (0 = off)", d.color_jitter)
+    _require(0 <= d.invert <= 1, "data.invert", "a probability in [0, 1]", d.invert)
+    if d.stretch is not None:
+        lo, hi = d.stretch
+        _require(0 <= lo < hi <= 100, "data.stretch", "[lo, hi] percentiles with 0 <= lo < hi <= 100 (or null)",
+                 d.stretch)  # fmt: skip
     for name in ("mean", "std"):
         values = getattr(d, name)
         _require(

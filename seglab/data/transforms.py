@@ -54,6 +54,22 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return v2.functional.resize(image, list(size), InterpolationMode.BILINEAR, antialias=True)
 
 
+def stretch_image(image: np.ndarray, percentiles: Any = None) -> np.ndarray:
+    """uint8 (H, W, C) with the intensities from the ``lo``-th to the ``hi``-th percentile of the whole image
+    (all channels together, so colours keep their balance) spread linearly over 0..255, clipped (``data.stretch``;
+    a contrast stretch, as microscopy tools normalise each image by its percentiles). None, or an image whose two
+    percentiles coincide, comes back as it is. Percentiles of the 256-bin histogram: exact and fast for uint8."""
+    if not percentiles:
+        return image
+    cumulative = np.cumsum(np.bincount(image.reshape(-1), minlength=256))
+    # the smallest value v with at least q % of the pixels <= v (NumPy's percentile, method="inverted_cdf")
+    lo, hi = (int(np.searchsorted(cumulative, max(q / 100 * cumulative[-1], 1))) for q in percentiles)
+    if hi <= lo:
+        return image
+    lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+    return lut[image]
+
+
 class Resize(v2.Transform):
     """``data.resize`` as a paired transform: the image bilinearly with antialiasing (:func:`resize_image`);
     masks (and weight maps, which are masks too) with nearest neighbour at pixel centres (``nearest-exact``:
@@ -127,9 +143,11 @@ class PairedTransform:
         std: list[float],
         ignore_index: int = 255,
         resize: dict[str, Any] | None = None,
+        stretch: Any = None,
     ) -> None:
         self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
         self.mean, self.std, self.ignore_index, self.resize = mean, std, ignore_index, resize
+        self.stretch = stretch
 
     def __call__(
         self,
@@ -138,6 +156,7 @@ class PairedTransform:
         weight: np.ndarray | None = None,
         instances: np.ndarray | None = None,
     ) -> tuple:
+        image = stretch_image(image, self.stretch)
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         items: list[Any] = [img, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())]
         if weight is not None:
@@ -151,8 +170,8 @@ class PairedTransform:
 
 
 def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
-    """``cfg.resize`` first, then for training the augmentation (scale, rotation, elastic, crop, flips, rot90,
-    colour jitter; sizes such as ``crop_size`` are in pixels of the resized image); then scaling to 0..1 and
+    """``cfg.stretch`` (of the whole image) and ``cfg.resize`` first, then for training the augmentation (scale,
+    rotation, elastic, crop, flips, rot90, inversion, colour jitter; sizes such as ``crop_size`` are in pixels of the resized image); then scaling to 0..1 and
     normalisation. For evaluation (``train`` False) only the image is resized: the mask keeps its own size."""
     mean, std = default_normalization(in_channels)
     mean, std = cfg.mean or mean, cfg.std or std
@@ -171,10 +190,12 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
             ops.append(v2.RandomVerticalFlip())
         if cfg.rot90:
             ops.append(RandomRot90())
+        if cfg.invert:
+            ops.append(v2.RandomInvert(cfg.invert))
         if cfg.color_jitter:
             j = cfg.color_jitter
             ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
-    return PairedTransform(ops, mean, std, cfg.ignore_index, cfg.resize)
+    return PairedTransform(ops, mean, std, cfg.ignore_index, cfg.resize, cfg.stretch)
 
 
 def pad_collate(ignore_index: int, sizes: bool = False):

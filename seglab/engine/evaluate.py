@@ -159,7 +159,8 @@ def _split_loader(
     from seglab.errors import DataError
 
     transform = build_transform(
-        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), meta.in_channels, train=False
+        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize, stretch=meta.stretch), meta.in_channels,
+        train=False,
     )
     ds = FolderDataset(
         data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
-from seglab.data.transforms import resize_image, resized_size
+from seglab.data.transforms import resize_image, resized_size, stretch_image
 from seglab.errors import ConfigError, DataError
 from seglab.models.tiling import iter_tiles
 
@@ -198,10 +198,11 @@ def image_probs(
     model: Any, meta: Any, image: np.ndarray, device: torch.device, tile: int | None = None, overlap: int = 32
 ) -> tuple[torch.Tensor, Any]:
     """(probabilities (C, H, W), the predictor's result or None) of one uint8 (H, W, C) image, as ``predict``
-    computes them: ``model`` is a checkpoint's model (with ``meta``'s normalisation, temperature and resize; tiled
-    with ``tile``) or an uncertainty predictor (its mean probabilities)."""
+    computes them: ``model`` is a checkpoint's model (with ``meta``'s contrast stretch, normalisation, temperature
+    and resize; tiled with ``tile``) or an uncertainty predictor (its mean probabilities)."""
     from seglab.uncertainty.predictors import Predictor
 
+    image = stretch_image(image, meta.stretch)
     if not isinstance(model, Predictor):
         probs = predict_probs(model, image, meta.mean, meta.std, device, meta.temperature, tile, overlap,
                               meta.resize)  # fmt: skip
@@ -376,8 +377,8 @@ def predict(
             _log(log, f"skipped {path.name}: {e}", bar)
             continue
         if predictor is None and instances is None:  # tile by tile: no full-image probabilities
-            labels, maps = predict_labels(model, image, meta.mean, meta.std, dev, meta.temperature, tile,
-                                          overlap, prob_idx, threshold, meta.resize)  # fmt: skip
+            labels, maps = predict_labels(model, stretch_image(image, meta.stretch), meta.mean, meta.std, dev,
+                                          meta.temperature, tile, overlap, prob_idx, threshold, meta.resize)  # fmt: skip
         else:
             probs, result = image_probs(model if predictor is None else predictor, meta, image, dev, tile, overlap)
             labels, maps = _labels_and_maps(probs, prob_idx, threshold)

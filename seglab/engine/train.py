@@ -274,7 +274,7 @@ def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
         palette=[list(c) for c in data.spec.palette], mean=data.mean, std=data.std, ignore_index=data.spec.ignore_index,
         split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
                "split_lists": cfg.data.splits}, resize=cfg.data.resize, target=cfg.data.target,
-        boundary_width=cfg.data.boundary_width,
+        boundary_width=cfg.data.boundary_width, stretch=list(cfg.data.stretch) if cfg.data.stretch else None,
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from seglab.config import DataConfig
@@ -133,3 +134,28 @@ def test_rot90_with_flips_reaches_all_eight_symmetries_exactly():
         seen.add(tuple(y.flatten().tolist()))
     symmetries = {tuple(np.rot90(m, k).flatten().tolist()) for m in (mask, mask.T) for k in range(4)}
     assert seen == symmetries and len(seen) == 8
+
+
+@pytest.mark.parametrize("percentiles", [(1.0, 99.8), (0.0, 100.0), (25.0, 75.0), (3.3, 50.0)])
+def test_stretch_spreads_the_percentiles_over_the_full_range(percentiles):
+    from seglab.data.transforms import stretch_image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(10, 60, (37, 41, 3)).astype(np.uint8)
+    lo, hi = np.percentile(image, percentiles, method="inverted_cdf")
+    want = np.clip((image.astype(np.float64) - lo) * 255 / (hi - lo) + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(stretch_image(image, percentiles), want)
+    assert stretch_image(image, None) is image
+    flat = np.full((5, 5, 1), 7, np.uint8)
+    assert np.array_equal(stretch_image(flat, percentiles), flat)  # no spread to stretch: as it is
+
+
+def test_stretch_is_applied_to_training_and_evaluation_images_and_invert_only_in_training():
+    cfg = DataConfig(stretch=(0.0, 100.0), invert=1.0, hflip=False, vflip=False, mean=[0.0], std=[1.0])
+    image = np.array([[[50], [60]], [[70], [90]]], np.uint8)
+    mask = np.zeros((2, 2), np.int64)
+    stretched = np.array([[0, 64], [128, 255]]) / 255  # (x - 50) * 255 / 40, rounded
+    x_eval, _ = build_transform(cfg, 1, train=False)(image, mask)
+    x_train, _ = build_transform(cfg, 1, train=True)(image, mask)
+    np.testing.assert_allclose(x_eval[0].numpy(), stretched, atol=1e-6)
+    np.testing.assert_allclose(x_train[0].numpy(), 1 - stretched, atol=1e-6)  # inverted after the stretch
