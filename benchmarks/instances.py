@@ -15,15 +15,18 @@ DSB 2018 (531 train / 133 test images of ../shared/data/dsb2018-nuclei, scored o
 ISBI 2012 (test slices 25-29; truth: connected components of the cells between membranes, as the challenge):
 
 3. **seglab**: the ISBI recipe's ensemble (``make isbi``: runs/isbi2012-unet + runs/isbi2012-unet-plain, or
-   ``--isbi-run``), its cell probability split by connected components, and by watershed with ``fill`` (every
-   pixel goes to a cell: membranes are split between their neighbours, as cells tile an EM slice).
+   ``--isbi-run``), its cell probability split by connected components, by watershed, and by the learned
+   membrane (``learned`` with ``fill``, the recipe's ``--instances``: seeds where P(cell) >= 0.97, flooded over
+   1 - P(cell) so every pixel joins a cell; 0.97 was chosen on training slices 20-24).
 4. **smp baseline**: ``smp.Unet("resnet18", encoder_weights=None, classes=1)`` on slices 00-24 with the same protocol
-   for ``--isbi-budget``, cell probability -> connected components.
+   for ``--isbi-budget``, cell probability -> connected components (and, as an extra row, the recipe's
+   post-processing applied to smp's probabilities).
 
 Every method goes through the library's code: ``seglab.engine.predict.image_probs`` (ours: as ``seglab predict``),
 ``seglab.instances.infer.instances_from_probs`` with default ``InstanceParams`` (chosen before any test image was
-scored) and ``seglab.instances.metrics.InstanceMeter``. Prints one Markdown table (DSB score, F1/P/R at IoU 0.5, AJI,
-PQ, adapted Rand error, steps) and writes ``docs/figures/instances.png``: a test image with touching nuclei, the
+scored) and ``seglab.instances.metrics.InstanceMeter``. Prints one Markdown table (DSB score; F1, precision and recall
+at IoU 0.5 pooled over the objects; AP@0.5 = TP / (TP + FP + FN) at 0.5 per image, averaged; AJI; PQ; adapted Rand
+error; foreground Dice) and writes ``docs/figures/instances.png``: a test image with touching nuclei, the
 true instances, ours (learned), ours (components) and smp (components).
 
     .venv/bin/python benchmarks/instances.py                 # about 55 minutes on 2 cores
@@ -144,6 +147,9 @@ def score(rows: dict, name: str, methods: list[tuple[str, str, dict]], probs_of,
     from seglab.instances.metrics import InstanceMeter
 
     meters = {label: InstanceMeter() for label, _, _ in methods}
+    dice = {
+        label: np.zeros(2) for label, _, _ in methods
+    }  # foreground Dice: 2|P n T|, |P| + |T| over the split
     n = min(len(ds), limit or len(ds))
     for i in range(n):
         image, mask = ds.load(i)
@@ -152,12 +158,20 @@ def score(rows: dict, name: str, methods: list[tuple[str, str, dict]], probs_of,
         for label, method, kw in methods:
             labels = instances_from_probs(probs, method, target=target, params=InstanceParams(**kw))
             meters[label].update(labels, truth)
+            dice[label] += (
+                2 * np.count_nonzero((labels > 0) & (truth > 0)),
+                np.count_nonzero(labels) + np.count_nonzero(truth),
+            )
             if ds.stems[i] in keep:
                 keep[ds.stems[i]][label] = labels
         if ds.stems[i] in keep:
             keep[ds.stems[i]]["image"], keep[ds.stems[i]]["truth"] = image, truth
     for label, _, _ in methods:
-        rows[(name, label)] = {**meters[label].compute(), "images": n}
+        rows[(name, label)] = {
+            **meters[label].compute(),
+            "fg_dice": dice[label][0] / dice[label][1],
+            "images": n,
+        }
 
 
 def figure(keep: dict, path: Path) -> None:
@@ -217,7 +231,10 @@ def main() -> None:
     p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "instances.png"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    budget, isbi_budget = parse_duration(args.budget, "--budget"), parse_duration(args.isbi_budget, "--isbi-budget")
+    budget, isbi_budget = (
+        parse_duration(args.budget, "--budget"),
+        parse_duration(args.isbi_budget, "--isbi-budget"),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -261,7 +278,8 @@ def main() -> None:
     if keep:
         figure(keep, Path(args.figure))
 
-    # ---- ISBI 2012: the recipe's ensemble (components, watershed with fill) and smp for isbi_budget
+    # ---- ISBI 2012: the recipe's ensemble (components, watershed, learned membrane) and smp for isbi_budget
+    recipe = {"seed_threshold": 0.97, "fill": True}
     lists = {"train": ISBI_TRAIN, "val": [], "test": ISBI_TEST}
     isbi_test = dataset(ISBI, "test", lists)
 
@@ -274,7 +292,8 @@ def main() -> None:
         cfg = UncertaintyConfig(method="ensemble", ensemble=[str(partner)] if partner.is_dir() else [])
         predictor, imeta = build_predictor(run, cfg, "cpu")
         score(rows, "ISBI 2012", [("seglab components", "components", {}),
-                                  ("seglab watershed (fill)", "watershed", {"fill": True})],
+                                  ("seglab watershed", "watershed", {}),
+                                  ("seglab learned (fill)", "learned", recipe)],
               lambda im: (image_probs(predictor, imeta, im, dev)[0], imeta.target), isbi_test, truth_isbi, None, {})  # fmt: skip
     else:
         print(f"no ISBI recipe run in {run} (make isbi trains it): its rows are left out", file=sys.stderr)
@@ -282,17 +301,20 @@ def main() -> None:
     smp_isbi, steps["smp ISBI"] = train_smp(dataset(ISBI, "train", lists), isbi_budget)
     print(f"smp ISBI: {steps['smp ISBI']} steps in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     score(rows, "ISBI 2012", [("smp components", "components", {}),
-                              ("smp watershed (fill)", "watershed", {"fill": True})],
+                              ("smp learned (fill)", "learned", recipe)],
           lambda im: (smp_probs(smp_isbi, im), "mask"), isbi_test, truth_isbi, None, {})  # fmt: skip
 
     print(f"\nmachine: {machine()}, torch {torch.__version__}, {args.threads} threads; budget {args.budget} per DSB "
           f"model (steps: seglab {steps['seglab']}, smp {steps['smp']}), smp ISBI {args.isbi_budget} "
           f"({steps['smp ISBI']} steps); total {(time.perf_counter() - started) / 60:.0f} min\n")  # fmt: skip
-    print("| data | model, instances | DSB score | F1@0.5 | P@0.5 | R@0.5 | AJI | PQ | Rand error | images |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| data | model, instances | DSB score | F1@0.5 | P@0.5 | R@0.5 | AP@0.5 | AJI | PQ | Rand error | fg Dice |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (data, label), r in rows.items():
         print(f"| {data} | {label} | {r['dsb_score']:.3f} | {r['f1']:.3f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | {r['rand_error']:.3f} | {r['images']} |")  # fmt: skip
+              f"{r['recall']:.3f} | {r['ap50']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | {r['rand_error']:.3f} | "
+              f"{r['fg_dice']:.3f} |")  # fmt: skip
     (out / "results.json").write_text(json.dumps({f"{d} | {k}": v for (d, k), v in rows.items()} | {"steps": steps},
                                                  indent=1))  # fmt: skip
 
