@@ -275,6 +275,7 @@ def main() -> None:
           lambda im: (image_probs(model, meta, im, dev)[0], meta.target), test, truth_dsb, args.test_limit, keep)  # fmt: skip
     score(rows, "DSB 2018", [("smp components", "components", {}), ("smp watershed", "watershed", {})],
           lambda im: (smp_probs(smp_model, im), "mask"), test, truth_dsb, args.test_limit, keep)  # fmt: skip
+    keep = {s: d for s, d in keep.items() if "truth" in d}  # --test-limit may stop before them
     if keep:
         figure(keep, Path(args.figure))
 
@@ -289,7 +290,8 @@ def main() -> None:
     run = Path(args.isbi_run)
     if (run / "best.safetensors").is_file():
         partner = run.with_name(run.name + "-plain")
-        cfg = UncertaintyConfig(method="ensemble", ensemble=[str(partner)] if partner.is_dir() else [])
+        cfg = (UncertaintyConfig(method="ensemble", ensemble=[str(partner)]) if partner.is_dir()
+               else UncertaintyConfig(method="deterministic"))  # fmt: skip
         predictor, imeta = build_predictor(run, cfg, "cpu")
         score(rows, "ISBI 2012", [("seglab components", "components", {}),
                                   ("seglab watershed", "watershed", {}),

@@ -160,6 +160,11 @@ def _train(
                 lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)),
             )
         _fit(run, parts, budget, cbs, history)
+        if state.epoch == 0:  # the budget went on set-up (data checks, precision probe): nothing to save
+            raise ConfigError(
+                f"train.time_limit ({cfg.train.time_limit:g} s) ran out before the first step "
+                f"({budget.elapsed():.0f} s went on set-up); raise it"
+            )
     dist.barrier()  # rank 0 has written the last checkpoint
 
     if not dist.is_main:

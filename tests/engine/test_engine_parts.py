@@ -19,7 +19,7 @@ from seglab.engine.loop import StepParts, train_one_epoch
 from seglab.engine.optim import Budget, Schedule, build_optimizer, param_groups
 from seglab.engine.state import TrainState
 from seglab.engine.train import train
-from seglab.errors import SeglabError
+from seglab.errors import ConfigError, SeglabError
 
 
 class Tiny(nn.Module):
@@ -125,6 +125,22 @@ def test_the_time_limit_ends_a_whole_run_with_a_final_checkpoint(monkeypatch, sh
     assert steps == 10 and result.history[-1]["stopped"] == "time limit"  # 4 steps an epoch: 2.5 epochs
     assert len(result.history) == 3 and result.history[-1]["lr"] == 0.0  # the schedule ends at the limit
     assert result.last_checkpoint.is_file() and "val_miou" in result.history[-1]
+
+
+def test_a_time_limit_spent_on_set_up_is_a_clear_error_and_leaves_no_run(monkeypatch, shapes_dir, tmp_path):
+    clock = {"t": 0.0}
+
+    def now():  # every reading of the clock is 20 s later: set-up alone outlasts the 10 s budget
+        clock["t"] += 20.0
+        return clock["t"]
+
+    monkeypatch.setattr(optim_module, "now", now)
+    cfg = Config().override([f"data.root={shapes_dir}", f"train.out_dir={tmp_path / 'run'}", "train.epochs=5",
+                             "model.params={depth: 2, base_channels: 4}", "train.progress=false",
+                             "train.time_limit=10s"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train.time_limit \(10 s\) ran out before the first step"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_accumulation_equals_one_step_on_the_whole_batch():
