@@ -204,7 +204,7 @@ def figure(keep: dict, path: Path) -> None:
                 ax.imshow(d["image"][crop])
             else:
                 labels = d[key][crop]
-                n = len(np.unique(labels)) - 1
+                n = len(np.unique(labels[labels > 0]))
                 ax.imshow(instance_overlay(d["image"][crop], labels))
                 title = f"{title} ({n})"
             ax.set_title(title if r == 0 or key != "image" else stem, fontsize=9)
