@@ -207,7 +207,7 @@ def figure(keep: dict, path: Path) -> None:
                 n = len(np.unique(labels[labels > 0]))
                 ax.imshow(instance_overlay(d["image"][crop], labels))
                 title = f"{title} ({n})"
-            ax.set_title(title if r == 0 or key != "image" else stem, fontsize=9)
+            ax.set_title(title if r == 0 or key != "image" else f"image {stem[:8]}", fontsize=9)
             ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +225,7 @@ def main() -> None:
     p.add_argument("--isbi-run", default=str(ROOT / "runs" / "isbi2012-unet"),
                    help="the ISBI recipe's run (make isbi); its ensemble partner is <run>-plain")  # fmt: skip
     p.add_argument("--dsb-run", help="reuse this DSB run instead of training ours (a quick look only)")
+    p.add_argument("--no-isbi", action="store_true", help="DSB 2018 only (skip the ISBI rows)")
     p.add_argument("--test-limit", type=int, help="score only the first N test images (a quick look)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-instances"))
@@ -288,7 +289,9 @@ def main() -> None:
         return label_components(mask == 1)
 
     run = Path(args.isbi_run)
-    if (run / "best.safetensors").is_file():
+    if args.no_isbi:
+        steps["smp ISBI"] = 0
+    elif (run / "best.safetensors").is_file():
         partner = run.with_name(run.name + "-plain")
         cfg = (UncertaintyConfig(method="ensemble", ensemble=[str(partner)]) if partner.is_dir()
                else UncertaintyConfig(method="deterministic"))  # fmt: skip
@@ -299,12 +302,13 @@ def main() -> None:
               lambda im: (image_probs(predictor, imeta, im, dev)[0], imeta.target), isbi_test, truth_isbi, None, {})  # fmt: skip
     else:
         print(f"no ISBI recipe run in {run} (make isbi trains it): its rows are left out", file=sys.stderr)
-    t = time.perf_counter()
-    smp_isbi, steps["smp ISBI"] = train_smp(dataset(ISBI, "train", lists), isbi_budget)
-    print(f"smp ISBI: {steps['smp ISBI']} steps in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    score(rows, "ISBI 2012", [("smp components", "components", {}),
-                              ("smp learned (fill)", "learned", recipe)],
-          lambda im: (smp_probs(smp_isbi, im), "mask"), isbi_test, truth_isbi, None, {})  # fmt: skip
+    if not args.no_isbi:
+        t = time.perf_counter()
+        smp_isbi, steps["smp ISBI"] = train_smp(dataset(ISBI, "train", lists), isbi_budget)
+        print(f"smp ISBI: {steps['smp ISBI']} steps in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        score(rows, "ISBI 2012", [("smp components", "components", {}),
+                                  ("smp learned (fill)", "learned", recipe)],
+              lambda im: (smp_probs(smp_isbi, im), "mask"), isbi_test, truth_isbi, None, {})  # fmt: skip
 
     print(f"\nmachine: {machine()}, torch {torch.__version__}, {args.threads} threads; budget {args.budget} per DSB "
           f"model (steps: seglab {steps['seglab']}, smp {steps['smp']}), smp ISBI {args.isbi_budget} "
