@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -57,13 +56,9 @@ ISBI_TEST = ["25", "26", "27", "28", "29"]
 
 
 def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores"
+    from seglab.bench.latency import device_name
+
+    return f"{device_name(torch.device('cpu'))}, {os.cpu_count()} cores"
 
 
 def dataset(root: Path, split: str, lists: dict | None = None, instances: bool = False):
