@@ -1,6 +1,6 @@
 """Data-parallel training throughput: 1 process against N processes on the same machine, in one run.
 
-The workload is the demo's recipe (``seglab.engine.demo.demo_config``: a 4-level U-Net of width 16, AdamW,
+The workload is the demo's recipe (``seglab.demo.demo_config``: a 4-level U-Net of width 16, AdamW,
 CE + Dice) on ``--images`` SyntheticShapes images of ``--size`` px (80 % train), global batch ``--batch``, amp
 off (the same numerics in every row), ``--epochs`` epochs. Every row is a real ``seglab train`` run in its own
 process(es) (``--nproc N`` through torchrun, gloo on the CPU, nccl on CUDA). Throughput is the median over
@@ -68,7 +68,7 @@ def main() -> None:
     import torch
 
     from seglab.data.synthetic import write_folder
-    from seglab.engine.demo import demo_config
+    from seglab.demo import demo_config
 
     work = args.out or Path(tempfile.mkdtemp(prefix="ddp-scaling-"))
     data = write_folder(work / "data", num_images=args.images, size=args.size, overwrite=True)

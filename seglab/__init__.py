@@ -21,6 +21,8 @@ _API = {
     "evaluate": "seglab.engine.evaluate",
     "calibrate": "seglab.engine.evaluate",
     "predict": "seglab.engine.predict",
+    "write_report": "seglab.reports.report",
+    "render_report": "seglab.reports.report",
     "SyntheticShapes": "seglab.data.synthetic",
     "FolderDataset": "seglab.data.folder",
 }

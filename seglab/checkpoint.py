@@ -74,9 +74,10 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".yaml")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file, read in 1 MiB chunks: what a sidecar's ``weights_sha256`` records."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -115,7 +116,7 @@ def write_sidecar(weights: Path, meta: CheckpointMeta) -> None:
     doc = {
         "format": FORMAT,
         "weights": weights.name,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         **dataclasses.asdict(meta),
     }
     atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
@@ -146,7 +147,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
                     f"{sidecar} is not a seglab checkpoint sidecar (format {FORMAT} expected)"
                 )
             doc = embedded
-        elif doc.get("weights_sha256") != _sha256(weights):
+        elif doc.get("weights_sha256") != sha256_file(weights):
             if embedded is None:
                 raise CheckpointError(
                     f"{weights} does not match {sidecar.name} (SHA-256 differs); the pair is incomplete"

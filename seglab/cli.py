@@ -12,7 +12,7 @@ from typing import Any
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from seglab.engine.demo import demo
+    from seglab.demo import demo
     from seglab.engine.evaluate import format_table
 
     r = demo(args.out, num_images=args.num, epochs=args.epochs, progress=not args.no_progress)
@@ -25,6 +25,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         f"data:        {r['data_dir']}\nrun:         {r['run_dir']}  (checkpoints, config.yaml, metrics.jsonl)"
     )
     print(f"evaluation:  {r['report_path']}\npredictions: {args.out}/predictions")
+    print(f"report:      {r['report_html']}")
 
 
 def _train_config(args: argparse.Namespace):
@@ -116,15 +117,37 @@ def _uncertainty_config(args: argparse.Namespace, predict: bool):
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from seglab.engine.evaluate import evaluate, format_table
 
+    unc = _uncertainty_config(args, predict=False)
+    if args.report:  # per-image scores and uncertainty (deterministic unless asked) for the report
+        from seglab.files import check_out_dir
+
+        check_out_dir(args.report, "report folder")
+        unc = unc or "deterministic"
     if _launch(args):
         return
     r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
-                 device=args.device, progress=not args.no_progress, uncertainty=_uncertainty_config(args, predict=False),
-                 tile=args.tile, overlap=args.overlap, rand_class=args.rand_class, **_instance_args(args))  # fmt: skip
+                 device=args.device, progress=not args.no_progress, uncertainty=unc, tile=args.tile,
+                 overlap=args.overlap, rand_class=args.rand_class, per_image=bool(args.report),
+                 **_instance_args(args))  # fmt: skip
     if not _is_main():
         return
     print(format_table(r))
     print(f"report: {r['report_path']}")
+    if args.report:
+        from seglab.reports.report import render_report
+
+        print(f"HTML report: {render_report(r, args.report, uncertainty=unc, device=args.device)['html']}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from seglab.reports.report import write_report
+
+    r = write_report(args.run, args.data, args.split, out=args.out, device=args.device,
+                     uncertainty=_uncertainty_config(args, predict=False), progress=not args.no_progress)  # fmt: skip
+    u = r["uncertainty"]
+    print(f"mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} on {r['num_images']} images "
+          f"({r['split']}); ECE {u['ece']:.4f}, AURC {u['aurc_entropy']:.4f} ({u['description']})")  # fmt: skip
+    print(f"report: {r['html']}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -204,6 +227,18 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 
     print(to_markdown(r))
     print(f"written: {', '.join(r['outputs'].values())}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from seglab.serve.app import ServeConfig, serve
+
+    cfg = ServeConfig(device=args.device, token=args.token or os.environ.get("SEGLAB_TOKEN") or None,
+                      max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                      concurrency=args.concurrency, queue=args.queue, samples=args.samples,
+                      add_dropout=args.add_dropout)  # fmt: skip
+    serve(args.checkpoint, args.host, args.port, cfg, log=lambda line: print(f"seglab: {line}", file=sys.stderr))
 
 
 def _yaml_mapping(text: str | None) -> dict | None:
@@ -333,9 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "connected components of this class (name or index), e.g. the cells between membranes")  # fmt: skip
     _instance_flags(e, "score")
     _uncertainty_flags(e, predict=False)
+    e.add_argument("--report", metavar="DIR", help="also write the HTML report of this evaluation into DIR "
+                   "(per-image scores; uncertainty deterministic unless --uncertainty)")  # fmt: skip
     _nproc_flag(e, "evaluate")
     common(e)
     e.set_defaults(func=_cmd_evaluate)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of a run: curves, per-class scores, "
+                        "confusion, calibration, examples, model card")  # fmt: skip
+    rp.add_argument("run", help="a run folder (its best checkpoint) or a .safetensors file")
+    rp.add_argument("--data", help="folder data set (default: data.root of the run's config.yaml)")
+    rp.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    rp.add_argument("--out", required=True, help="report folder (report.html, report.json, PNG figures)")
+    _uncertainty_flags(rp, predict=False)
+    common(rp)
+    rp.set_defaults(func=_cmd_report)
 
     pr = sub.add_parser("predict", help="write index masks and overlays for images or folders of images")
     pr.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
@@ -386,6 +433,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmark", help="folder for benchmark.md/.csv/.json/.png")
     common(b)
     b.set_defaults(func=_cmd_benchmark)
+
+    sv = sub.add_parser("serve", help="a REST API and web viewer for a checkpoint (needs the serve extra)")
+    sv.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $SEGLAB_TOKEN; none)")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload, MiB (default: 20); 413 above")
+    sv.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                    help="largest image in pixels (default: 4096 x 4096); 413 above")  # fmt: skip
+    sv.add_argument("--concurrency", type=int, default=1, help="images predicted at a time (default: 1)")
+    sv.add_argument("--queue", type=int, default=8, help="requests that may wait; 503 beyond (default: 8)")
+    sv.add_argument("--samples", type=int, default=8, help="MC dropout passes of ?uncertainty=mc-dropout (default: 8)")
+    sv.add_argument("--add-dropout", type=float, default=0.0, metavar="P",
+                    help="MC dropout on a model without dropout: add Dropout2d(P) before the head")  # fmt: skip
+    sv.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    sv.set_defaults(func=_cmd_serve)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
     x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from seglab.config import Config
-from seglab.engine.demo import demo_config
+from seglab.demo import demo_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

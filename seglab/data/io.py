@@ -5,6 +5,7 @@ before decoding), EXIF orientation applied, and for images one mode policy (``im
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -28,6 +29,17 @@ DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
 )  # fmt: skip
+
+
+class NamedBytes(io.BytesIO):
+    """Image bytes (an upload) that every reader here takes in place of a path; messages name it ``name``."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -64,14 +76,14 @@ def max_pixels() -> int:
     return int(value)
 
 
-def _too_large(path: Path, what: str, limit: int) -> DataError:
+def _too_large(path: Path | NamedBytes, what: str, limit: int) -> DataError:
     return DataError(
         f"{path} is {what}, above the limit of {limit:,} pixels; shrink or tile it, or raise the limit with "
         f"the environment variable SEGLAB_MAX_PIXELS"
     )
 
 
-def check_pixels(path: Path, size: tuple[int, int]) -> None:
+def check_pixels(path: Path | NamedBytes, size: tuple[int, int]) -> None:
     """DataError if an image of ``size`` (w, h) is empty or above ``max_pixels()``."""
     w, h = size
     limit = max_pixels()
@@ -81,7 +93,7 @@ def check_pixels(path: Path, size: tuple[int, int]) -> None:
         raise _too_large(path, f"{w}x{h} = {w * h:,} pixels", limit)
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path | NamedBytes) -> Image.Image:
     """Open an image lazily (header only); DataError if missing, unreadable, empty or above ``max_pixels()``."""
     limit = max_pixels()
     try:
@@ -123,7 +135,7 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if _orientation(img) >= 5 else (w, h)
 
 
-def load_image(path: Path) -> Image.Image:
+def load_image(path: Path | NamedBytes) -> Image.Image:
     """The one loading function for images and masks: open (header checks, ``open_image``), decode, and apply the
     EXIF orientation (``ImageOps.exif_transpose``) so that pixels come out as photo viewers show them. DataError
     naming the file if it is missing, unreadable, too large, corrupt or truncated."""
@@ -138,7 +150,7 @@ def load_image(path: Path) -> Image.Image:
     return img
 
 
-def image_channels(img: Image.Image, path: Path) -> int:
+def image_channels(img: Image.Image, path: Path | NamedBytes) -> int:
     """1 for grayscale modes, 3 for colour modes; DataError for modes we do not read (16-bit, 32-bit, float).
 
     The policy for 16-bit and float images is to refuse them, here, in the one place all readers go through:
@@ -155,7 +167,7 @@ def image_channels(img: Image.Image, path: Path) -> int:
     )
 
 
-def read_image(path: Path, channels: int | None = None) -> np.ndarray:
+def read_image(path: Path | NamedBytes, channels: int | None = None) -> np.ndarray:
     """Image as uint8 (H, W, C) with C = ``channels`` (1 or 3) or, if None, the file's own channel count.
 
     Training, evaluation and prediction all read images here: the mode is always checked (``image_channels``),
@@ -186,6 +198,19 @@ def read_mask_raw(path: Path) -> np.ndarray:
 def save_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> None:
     """Write uint8 (H, W) or (H, W, 3) as PNG; with ``palette`` an index mask becomes a P-mode image; uint16
     (H, W) (e.g. an instance label map) is written as a 16-bit grayscale PNG."""
+    img = png_image(array, palette)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> bytes:
+    """The bytes :func:`save_png` would write for ``array`` (the service answers with them)."""
+    buf = io.BytesIO()
+    png_image(array, palette).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_image(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> Image.Image:
+    """The PIL image :func:`save_png` writes (see there)."""
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -197,4 +222,4 @@ def save_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]] | N
         img.putpalette(flat + [0] * (768 - len(flat)))
     else:
         img = Image.fromarray(arr.astype(np.uint8))
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return img

@@ -26,6 +26,7 @@ from seglab.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
     from seglab.checkpoint import CheckpointMeta
+    from seglab.data.folder import FolderDataset
     from seglab.instances.infer import InstanceParams
     from seglab.uncertainty.calibration import UncertaintyMeter
     from seglab.uncertainty.config import UncertaintyConfig
@@ -145,6 +146,23 @@ def run_uncertainty_evaluation(
     return cm, meter
 
 
+def split_dataset(meta: CheckpointMeta, data: str | Path, split: str, transform: Any = None) -> FolderDataset:
+    """``split`` of the folder data set ``data`` as ``meta``'s model was trained on it (classes, channels, split
+    ratios, target), not cached; DataError if the split is empty. Without ``transform`` items are the decoded
+    arrays (``ds.load(i)``)."""
+    from seglab.data.folder import FolderDataset
+    from seglab.errors import DataError
+
+    ds = FolderDataset(
+        data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
+        in_channels=meta.in_channels, cache=False, target=meta.target, boundary_width=meta.boundary_width,
+        **meta.split,
+    )  # fmt: skip
+    if len(ds) == 0:
+        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
+    return ds
+
+
 def _split_loader(
     meta: CheckpointMeta, data: str | Path, split: str, batch_size: int, dist: Dist | None = None
 ) -> tuple[Any, int]:
@@ -154,21 +172,14 @@ def _split_loader(
     from torch.utils.data import DataLoader
 
     from seglab.config import DataConfig
-    from seglab.data.folder import FolderDataset
     from seglab.data.transforms import build_transform, pad_collate
-    from seglab.errors import DataError
 
     transform = build_transform(
-        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize, stretch=meta.stretch), meta.in_channels,
+        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize, stretch=meta.stretch),
+        meta.in_channels,
         train=False,
     )
-    ds = FolderDataset(
-        data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
-        in_channels=meta.in_channels, cache=False, target=meta.target, boundary_width=meta.boundary_width,
-        **meta.split,
-    )  # fmt: skip
-    if len(ds) == 0:
-        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
+    ds = split_dataset(meta, data, split, transform)
     sampler = ShardSampler(len(ds), dist.rank, dist.world_size) if dist is not None and dist.enabled else None
     collate = pad_collate(meta.ignore_index, sizes=True)  # each image is scored on its own, unpadded
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate), len(ds)
@@ -201,6 +212,7 @@ def evaluate(
     instances: str | None = None,
     instance_class: str | int | None = None,
     instance_params: InstanceParams | None = None,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
     (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
@@ -223,6 +235,11 @@ def evaluate(
     ISBI 2012 cells): the report gains an ``instances`` section (DSB score, precision/recall/F1 at IoU 0.5, AJI,
     PQ, adapted Rand error; see ``seglab.instances.metrics``). ``instance_class``: the object class of a model
     of more than two classes; ``instance_params``: the post-processing settings.
+
+    With ``per_image`` every image is predicted on its own, as ``seglab predict`` does (the path of
+    ``instances``), scored by its own ConfusionMatrix (merged into the split's), and the report gains
+    ``images``: per image of the split (every rank's, in split order) its ``index``, ``stem``, ``miou`` (over the
+    classes in its truth or its prediction) and ``pixel_accuracy`` (NaN for an image with only ignored pixels).
     """
     from seglab.checkpoint import checkpoint_paths
     from seglab.errors import ConfigError
@@ -238,13 +255,14 @@ def evaluate(
     inst = None if instances is None else (instances, instance_class, instance_params)
     with process_group(resolve_device(device), timeout) as (dist, dev):
         return _evaluate(checkpoint, data, split, batch_size, out_path, dev, progress and dist.is_main,
-                         uncertainty, tile, overlap, rand_class, dist, inst)  # fmt: skip
+                         uncertainty, tile, overlap, rand_class, dist, inst, per_image)  # fmt: skip
 
 
 def _evaluate(
     checkpoint: str | Path, data: str | Path, split: str, batch_size: int, out_path: Path, dev: torch.device,
     progress: bool, uncertainty: UncertaintyConfig | str | None, tile: int | None, overlap: int,
     rand_class: str | int | None, dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
+    per_image: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.files import write_json
@@ -252,14 +270,15 @@ def _evaluate(
     section: dict[str, Any] | None = None
     meter: Any = None
     inst_section: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] | None = None
     if isinstance(uncertainty, str):
         from seglab.uncertainty.config import UncertaintyConfig
 
         uncertainty = UncertaintyConfig(method=uncertainty)
-    if inst is not None:
-        cm, rand_meter, meter, inst_section, meta, num_images = _instance_evaluation(
-            checkpoint, data, split, dev, progress, uncertainty, tile, overlap, rand_class, dist, *inst
-        )
+    if inst is not None or per_image:
+        cm, rand_meter, meter, inst_section, rows, meta, num_images = _image_evaluation(
+            checkpoint, data, split, dev, progress, uncertainty, tile, overlap, rand_class, dist, inst, per_image,
+        )  # fmt: skip
     elif uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
@@ -300,6 +319,8 @@ def _evaluate(
             inst_section["meter"].all_reduce()
         report["instances"] = {**{k: v for k, v in inst_section.items() if k != "meter"},
                                **inst_section["meter"].compute()}  # fmt: skip
+    if rows is not None:
+        report["images"] = _gather_rows(rows) if dist.enabled else rows
     if tile is not None:
         report.update(tile=tile, overlap=overlap)
     if section is not None:
@@ -311,45 +332,56 @@ def _evaluate(
     return report
 
 
-def _instance_evaluation(
+def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's per-image rows (``torch.distributed`` all-gather), in split order."""
+    import torch.distributed as torch_dist
+
+    gathered: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(gathered, rows)
+    return sorted((row for part in gathered for row in part), key=lambda row: row["index"])
+
+
+def _image_evaluation(
     checkpoint: str | Path, data: str | Path, split: str, dev: torch.device, progress: bool,
     uncertainty: UncertaintyConfig | None, tile: int | None, overlap: int, rand_class: str | int | None,
-    dist: Dist, method: str, instance_class: str | int | None, params: InstanceParams | None,
+    dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None, per_image: bool,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Image by image: probabilities as ``predict`` computes them (whole image, or tiled, or from the uncertainty
-    predictor) -> confusion matrix (their argmax), Rand meter, uncertainty meter, and the instance labels of
-    ``method`` scored by an InstanceMeter against the true instances."""
+    predictor) -> the image's confusion matrix (their argmax; merged into the split's, and with ``per_image`` a
+    row of its scores), Rand meter, uncertainty meter, and with ``inst`` the instance labels of its method scored
+    by an InstanceMeter against the true instances."""
     from dataclasses import asdict
 
     from seglab.checkpoint import load_checkpoint
-    from seglab.data.folder import FolderDataset
-    from seglab.engine.predict import image_probs, instance_object_class
-    from seglab.errors import DataError
-    from seglab.instances.infer import InstanceParams, instances_from_probs
-    from seglab.instances.metrics import InstanceMeter
-    from seglab.metrics.rand import label_components
+    from seglab.engine.predict import image_probs
 
-    params = params or InstanceParams()
-    predictor: Any = None
+    net: Any  # the checkpoint's model, or the uncertainty predictor (image_probs takes either)
+    unc: UncertaintyMeter | None = None
     if uncertainty is None:
-        model, meta = load_checkpoint(checkpoint, device=str(dev))
+        net, meta = load_checkpoint(checkpoint, device=str(dev))
     else:
         from seglab.uncertainty.build import build_predictor
         from seglab.uncertainty.calibration import UncertaintyMeter
 
-        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
-    obj = instance_object_class(meta, method, instance_class)
-    ds = FolderDataset(
-        data, split, None, ignore_index=meta.ignore_index, num_classes=meta.num_classes, in_channels=meta.in_channels,
-        cache=False, target=meta.target, boundary_width=meta.boundary_width, **meta.split,
-    )  # fmt: skip
-    if len(ds) == 0:
-        raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
-    truth_from = "instances/" if ds.scan.instances is not None else f"connected components of {meta.class_names[obj or 0]}"
+        net, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
+        unc = UncertaintyMeter(meta.num_classes, meta.ignore_index, n_bins=uncertainty.bins)
+    if inst is not None:
+        from seglab.engine.predict import instance_object_class
+        from seglab.instances.infer import InstanceParams, instances_from_probs
+        from seglab.instances.metrics import InstanceMeter
+        from seglab.metrics.rand import label_components
+
+        method, instance_class, params = inst
+        params = params or InstanceParams()
+        obj = instance_object_class(meta, method, instance_class)
+    ds = split_dataset(meta, data, split)
+    if inst is not None:
+        objects = meta.class_names[obj or 0]
+        truth_from = "instances/" if ds.scan.instances is not None else f"connected components of {objects}"
+        inst_meter = InstanceMeter()
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     rand_meter = _rand_meter(meta, rand_class)
-    unc = None if uncertainty is None else UncertaintyMeter(meta.num_classes, meta.ignore_index, n_bins=uncertainty.bins)
-    inst_meter = InstanceMeter()
+    rows: list[dict[str, Any]] | None = [] if per_image else None
     indices: Any = list(ShardSampler(len(ds), dist.rank, dist.world_size)) if dist.enabled else range(len(ds))
     if progress:
         from tqdm.auto import tqdm
@@ -357,19 +389,28 @@ def _instance_evaluation(
         indices = tqdm(indices, desc="evaluate", leave=False, dynamic_ncols=True)
     for i in indices:
         image, mask = ds.load(i)
-        truth = ds.load_instances(i) if ds.scan.instances is not None else label_components(mask == obj)
         target = torch.from_numpy(mask)[None]
-        probs, result = image_probs(model if predictor is None else predictor, meta, image, dev, tile, overlap)
+        probs, result = image_probs(net, meta, image, dev, tile, overlap)
         if unc is not None:
             unc.update(result, target.to(dev))
-        cm.update(probs[None], target.to(probs.device))
+        one = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+        one.update(probs[None], target.to(probs.device))
+        cm.merge(one)
+        if rows is not None:
+            scores = one.compute()
+            rows.append({"index": i, "stem": ds.stems[i], "miou": scores["miou"],
+                         "pixel_accuracy": scores["pixel_accuracy"]})  # fmt: skip
         if rand_meter is not None:
             rand_meter.update(probs[None], target.to(probs.device))
-        labels = instances_from_probs(probs, method, target=meta.target, object_class=obj, params=params)
-        inst_meter.update(labels, truth)
-    section = {"method": method, "params": asdict(params), "truth": truth_from, "meter": inst_meter,
-               "object_class": "1 - background" if obj is None else meta.class_names[obj]}  # fmt: skip
-    return cm, rand_meter, unc, section, meta, len(ds)
+        if inst is not None:
+            truth = ds.load_instances(i) if ds.scan.instances is not None else label_components(mask == obj)
+            labels = instances_from_probs(probs, method, target=meta.target, object_class=obj, params=params)
+            inst_meter.update(labels, truth)
+    section = None
+    if inst is not None:
+        section = {"method": method, "params": asdict(params), "truth": truth_from, "meter": inst_meter,
+                   "object_class": "1 - background" if obj is None else meta.class_names[obj]}  # fmt: skip
+    return cm, rand_meter, unc, section, rows, meta, len(ds)
 
 
 def calibrate(

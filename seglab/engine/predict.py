@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +264,49 @@ def predict_labels(
     return labels, maps
 
 
+@dataclass
+class ImagePrediction:
+    """What :func:`predict_image` gives for one image: ``labels`` uint8 (H, W); ``maps``: the 8-bit probability
+    map of each asked class; ``probs`` (C, H, W) unless the image was predicted tile by tile without them;
+    ``result``: the uncertainty predictor's UncertaintyResult (entropy, mutual information ...) or None."""
+
+    labels: np.ndarray
+    maps: list[np.ndarray]
+    probs: torch.Tensor | None
+    result: Any
+
+
+def predict_image(
+    model: Any,
+    meta: Any,
+    image: np.ndarray,
+    device: torch.device,
+    *,
+    tile: int | None = None,
+    overlap: int = 32,
+    prob_idx: Sequence[int] = (),
+    threshold: float | None = None,
+    need_probs: bool = False,
+) -> ImagePrediction:
+    """One uint8 (H, W, C) image through a checkpoint's model or an uncertainty predictor (``seglab.uncertainty``),
+    exactly as ``seglab predict`` and ``seglab serve`` do it: the one per-image path of both. A plain model
+    without ``need_probs`` goes tile by tile (:func:`predict_labels`), so no full-image probabilities exist."""
+    from seglab.uncertainty.predictors import Predictor
+
+    if not isinstance(model, Predictor) and not need_probs:
+        labels, maps = predict_labels(model, stretch_image(image, meta.stretch), meta.mean, meta.std, device,
+                                      meta.temperature, tile, overlap, prob_idx, threshold, meta.resize)  # fmt: skip
+        return ImagePrediction(labels, maps, None, None)
+    probs, result = image_probs(model, meta, image, device, tile, overlap)
+    labels, maps = _labels_and_maps(probs, prob_idx, threshold)
+    return ImagePrediction(labels, maps, probs, result)
+
+
+def palette_of(meta: Any) -> list:
+    """The checkpoint's palette, or the default colours when it lacks one (a checkpoint saved from Python)."""
+    return meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
+
+
 def threshold_labels(probs: torch.Tensor, cls: int, threshold: float) -> torch.Tensor:
     """Labels (H, W) from probabilities (C, H, W): ``cls`` wherever its probability is >= ``threshold``, else
     the most probable other class (for two classes: a threshold on one class's probability map)."""
@@ -360,8 +404,7 @@ def predict(
                           f"{len(prob_idx)} classes")  # fmt: skip
     files = collect_inputs(inputs, out_dir)
     out = ensure_dir(out_dir)  # after every check of the arguments, before the first image
-    # a checkpoint saved from Python may lack a palette: fall back to the default colours
-    palette = meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
+    palette = palette_of(meta)
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
     bar = None
@@ -376,12 +419,9 @@ def predict(
             failures.append((path, str(e)))
             _log(log, f"skipped {path.name}: {e}", bar)
             continue
-        if predictor is None and instances is None:  # tile by tile: no full-image probabilities
-            labels, maps = predict_labels(model, stretch_image(image, meta.stretch), meta.mean, meta.std, dev,
-                                          meta.temperature, tile, overlap, prob_idx, threshold, meta.resize)  # fmt: skip
-        else:
-            probs, result = image_probs(model if predictor is None else predictor, meta, image, dev, tile, overlap)
-            labels, maps = _labels_and_maps(probs, prob_idx, threshold)
+        p = predict_image(model if predictor is None else predictor, meta, image, dev, tile=tile, overlap=overlap,
+                          prob_idx=prob_idx, threshold=threshold, need_probs=instances is not None)  # fmt: skip
+        labels, maps, probs, result = p.labels, p.maps, p.probs, p.result
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
         for c, prob in zip(prob_idx, maps):

@@ -163,6 +163,19 @@ def aurc_from_counts(err: Tensor, ok: Tensor) -> float:
     return float((err + (e_before - rate * k_before) * harmonic).sum()) / total
 
 
+def risk_coverage_from_counts(err: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
+    """The risk-coverage curve of the counts AURC is computed from (per group, ascending uncertainty): pixels are
+    accepted most certain first, a group of tied scores at once; (coverage, selective risk) after each non-empty
+    group, float64. Its step area ``sum(risk * diff(coverage, prepend=0))`` is :func:`aurc_from_counts` when no
+    scores tie (that spreads a tied group's errors evenly within it; a plot needs only the group ends)."""
+    err, ok = err.double(), ok.double()
+    n = err + ok
+    keep = n > 0
+    accepted = torch.cumsum(n[keep], 0)
+    total = accepted[-1] if len(accepted) else accepted.new_ones(())
+    return accepted / total, torch.cumsum(err[keep], 0) / accepted
+
+
 def error_detection_auroc(score: Tensor, error: Tensor) -> float:
     """AUROC of ``score`` (uncertainty, higher = less sure) for predicting ``error`` (bool), ties counted as 1/2."""
     return auroc_from_counts(*_grouped(score.reshape(-1), error.reshape(-1)))
@@ -274,6 +287,16 @@ class UncertaintyMeter:
             all_reduce_sum(t, group)
         self.mean_maps = dict(zip(self.mean_maps, maps.tolist()))
 
+    def risk_coverage(self, name: str = "entropy", points: int = 100) -> dict[str, Any]:
+        """The risk-coverage curve of score ``name`` (:func:`risk_coverage_from_counts` of its histogram), thinned to
+        the first group end at or past each of ``points`` equal coverage steps: small enough for JSON and plots."""
+        coverage, risk = risk_coverage_from_counts(*self.scores[name].cpu())
+        if len(coverage) > points:
+            steps = torch.linspace(0, 1, points + 1, dtype=torch.float64)[1:]
+            keep = torch.searchsorted(coverage, steps).clamp_(max=len(coverage) - 1).unique()
+            coverage, risk = coverage[keep], risk[keep]
+        return {"coverage": coverage.tolist(), "risk": risk.tolist()}
+
     def adaptive_ece(self) -> float:
         """Equal-mass ECE from the fine histogram: each fine bin joins the equal-mass run holding its middle pixel."""
         count, sum_conf, sum_correct = self.fine
@@ -303,6 +326,7 @@ class UncertaintyMeter:
             out[f"auroc_{name}"] = auroc_from_counts(err, ok)
             out[f"aurc_{name}"] = aurc_from_counts(err, ok)
         out["reliability"] = reliability_diagram(*self.bins)
+        out["risk_coverage_entropy"] = self.risk_coverage("entropy")
         return out
 
 
@@ -393,15 +417,12 @@ def temperature_report(
 # --------------------------------------------------------------------------------- reliability diagram
 
 
-def reliability_png(path: Any, reliability: dict[str, list[float]], title: str = "") -> None:
-    """Write a reliability diagram (accuracy per confidence bin against the diagonal, pixel share below) as PNG."""
-    from pathlib import Path
-
+def reliability_figure(reliability: dict[str, list[float]], title: str = "") -> Any:
+    """A reliability diagram (accuracy per confidence bin against the diagonal, pixel share below) as a matplotlib
+    Figure (Agg, no display needed)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from seglab.files import atomic_write
 
     edges = np.asarray(reliability["edges"])
     width = np.diff(edges)
@@ -421,4 +442,14 @@ def reliability_png(path: Any, reliability: dict[str, list[float]], title: str =
     bottom.bar(edges[:-1], count / max(count.sum(), 1), width=width, align="edge", color="#6acc64")
     bottom.set(xlabel="confidence (max probability)", ylabel="pixel share", yscale="log")
     fig.tight_layout()
+    return fig
+
+
+def reliability_png(path: Any, reliability: dict[str, list[float]], title: str = "") -> None:
+    """Write the reliability diagram of :func:`reliability_figure` as PNG (atomically)."""
+    from pathlib import Path
+
+    from seglab.files import atomic_write
+
+    fig = reliability_figure(reliability, title)
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))

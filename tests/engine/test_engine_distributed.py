@@ -228,6 +228,25 @@ def test_evaluate_two_processes_equals_one(reference, shapes_dir, tmp_path):
     assert r.stdout.count("report:") == 1
 
 
+def test_per_image_evaluation_and_report_two_processes_equals_one(reference, shapes_dir, tmp_path):
+    """``evaluate --report`` under --nproc 2: every rank's per-image rows reach rank 0 (in split order), which
+    alone renders the report."""
+    from seglab.engine.evaluate import evaluate
+
+    one = evaluate(reference, shapes_dir, "all", out=tmp_path / "one.json", progress=False,
+                   uncertainty="deterministic", per_image=True)  # fmt: skip
+    r = run([sys.executable, "-m", "seglab", "evaluate", reference, "--data", shapes_dir, "--split", "all",
+             "--out", tmp_path / "two.json", "--report", tmp_path / "report", "--nproc", "2", "--no-progress"],
+            env=env())  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert [row["index"] for row in two["images"]] == list(range(40))
+    assert two["images"] == json.loads((tmp_path / "one.json").read_text())["images"]  # integer counts: exact
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+    shown = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert shown["images"] == two["images"] and r.stdout.count("HTML report:") == 1
+
+
 def test_instance_evaluation_two_processes_equals_one(reference, shapes_dir, tmp_path):
     """The per-image instance path shards too: the per-image instance scores gathered from both ranks are one
     process's, whatever the order."""

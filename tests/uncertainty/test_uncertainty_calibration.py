@@ -17,6 +17,7 @@ from seglab.uncertainty.calibration import (
     negative_log_likelihood,
     reliability_diagram,
     reliability_png,
+    risk_coverage_from_counts,
 )
 from seglab.uncertainty.functional import UncertaintyResult, entropy
 
@@ -171,6 +172,42 @@ def test_aurc_matches_a_direct_sort():
             e = err[first + perm].numpy()
             sims.append((np.cumsum(e) / np.arange(1, 6)).mean())
     assert aurc(tied, err) == pytest.approx(np.mean(sims), rel=1e-12)
+
+
+def test_risk_coverage_curve_has_the_aurc_as_its_area():
+    from seglab.uncertainty.calibration import _grouped
+
+    def area(coverage, risk):
+        return float((risk * torch.diff(coverage, prepend=torch.zeros(1, dtype=coverage.dtype))).sum())
+
+    # worked example: most certain first the pixels are right, wrong, right, wrong
+    score = torch.tensor([0.3, 0.1, 0.4, 0.2])
+    error = torch.tensor([False, False, True, True])
+    coverage, risk = risk_coverage_from_counts(*_grouped(score, error))
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert risk.tolist() == pytest.approx([0, 1 / 2, 1 / 3, 2 / 4], abs=1e-15)
+    assert area(coverage, risk) == pytest.approx(aurc(score, error), abs=1e-15)
+    assert aurc(score, error) == pytest.approx((0 + 1 / 2 + 1 / 3 + 2 / 4) / 4, abs=1e-15)
+    # distinct random scores: the step area is the AURC
+    g = torch.Generator().manual_seed(3)
+    score = torch.rand(4000, generator=g, dtype=torch.float64)
+    error = torch.rand(4000, generator=g, dtype=torch.float64) < score
+    curve = risk_coverage_from_counts(*_grouped(score, error))
+    assert area(*curve) == pytest.approx(aurc(score, error), rel=1e-12)
+    # the meter's histogram: nearly the AURC of its own counts; thinned, it still ends at the error rate
+    logits, target = random_task(n=4, seed=2)
+    meter = UncertaintyMeter(4)
+    meter.update(logits.softmax(1), target)
+    out = meter.compute()
+    full = meter.risk_coverage(points=10**9)
+    exact = torch.tensor(full["coverage"]), torch.tensor(full["risk"])
+    assert area(*exact) == pytest.approx(out["aurc_entropy"], abs=5e-4)
+    thin = out["risk_coverage_entropy"]
+    assert len(thin["coverage"]) <= 100 < len(full["coverage"])
+    assert thin["coverage"][-1] == 1.0 and thin["risk"][-1] == pytest.approx(1 - out["accuracy"], abs=1e-12)
+    assert set(thin["coverage"]) <= set(full["coverage"])
+    empty = risk_coverage_from_counts(torch.zeros(5), torch.zeros(5))
+    assert len(empty[0]) == len(empty[1]) == 0
 
 
 def calibrated_task(scale, n=4, c=3, hw=24, seed=0):

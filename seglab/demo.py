@@ -1,4 +1,5 @@
-"""The demo: synthesise SyntheticShapes, train a small U-Net, evaluate on the test split, predict a few images."""
+"""The demo: synthesise SyntheticShapes, train a small U-Net, evaluate on the test split, predict a few images,
+and write the run's HTML report. It sits above the engine and the reports, which it strings together."""
 
 from __future__ import annotations
 
@@ -32,11 +33,14 @@ def demo(
     num_predictions: int = 4,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole pipeline under ``out_dir``; returns the evaluation report plus paths and timings."""
+    """Run the whole pipeline under ``out_dir``; returns the evaluation report plus paths and timings. The test
+    evaluation (image by image, with per-image scores and softmax uncertainty) is also the report's:
+    ``<out_dir>/report/report.html``."""
     from seglab.data.synthetic import write_folder
     from seglab.engine.evaluate import evaluate
     from seglab.engine.predict import predict
     from seglab.engine.train import train
+    from seglab.reports.report import render_report
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -45,12 +49,15 @@ def demo(
     cfg = demo_config(data_dir, out / "run", epochs)
     cfg.train.progress = progress
     result = train(cfg, overwrite=True)
-    report = evaluate(result.best_checkpoint, data_dir, "test", out=out / "eval-test.json", progress=progress)
+    report = evaluate(result.best_checkpoint, data_dir, "test", out=out / "eval-test.json", progress=progress,
+                      uncertainty="deterministic", per_image=True)  # fmt: skip
     test_stems = (data_dir / "splits" / "test.txt").read_text().split()[:num_predictions]
     preds = predict(result.best_checkpoint, [data_dir / "images" / f"{s}.png" for s in test_stems],
                     out / "predictions", progress=progress)  # fmt: skip
+    html = render_report(report, out / "report", uncertainty="deterministic")["html"]
     report.update(
         data_dir=str(data_dir), run_dir=str(result.run_dir), predictions=preds, val_miou=result.best_metrics["miou"],
+        report_html=html,
         seconds_data=t_data, seconds_train=result.seconds, seconds_total=time.perf_counter() - t0,
     )  # fmt: skip
     return report

@@ -1,0 +1,283 @@
+"""The report of a training run: one self-contained ``report.html`` (every figure embedded as a base64 PNG, inline
+CSS, no script, no link: it opens offline), each figure beside it as PNG, and ``report.json`` (its numbers).
+
+Sections: training curves (``metrics.jsonl``), per-class IoU and Dice beside each class's pixel share, the
+row-normalised confusion matrix, calibration (reliability diagram) and error detection (risk-coverage, AURC),
+the best, median and worst images by per-image mIoU, and a model card.
+
+One code path: every number comes from ``seglab.engine.evaluate.evaluate`` (the function ``seglab evaluate``
+runs) with ``per_image=True`` and an uncertainty predictor, so the report adds no second metric. Only the three
+example images are predicted again (``image_probs`` with the same predictor) to draw them.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from seglab.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from seglab.checkpoint import CheckpointMeta
+    from seglab.config import Config
+    from seglab.uncertainty.config import UncertaintyConfig
+
+FIGURES = ("curves", "classes", "confusion", "reliability", "risk_coverage", "examples")
+HISTORY_KEYS = ("epoch", "train_loss", "lr", "val_miou", "val_pixel_accuracy", "seconds")
+UNCERTAINTY_KEYS = ("method", "description", "temperature", "ece", "ece_adaptive", "nll", "brier", "accuracy",
+                    "auroc_entropy", "aurc_entropy", "risk_coverage_entropy")  # fmt: skip
+
+
+def write_report(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    *,
+    out: str | Path,
+    device: str = "cpu",
+    uncertainty: UncertaintyConfig | str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (a run folder or a .safetensors file) on ``split`` of ``data`` (default: the run's
+    ``config.yaml`` data.root) with ``uncertainty`` (default: deterministic, one softmax pass) and write the report
+    into folder ``out``: evaluate's own ``eval-<split>.json``, then :func:`render_report`. Returns the paths and
+    the numbers. A folder this call created is removed again if it fails."""
+    from seglab.checkpoint import read_meta
+    from seglab.engine.evaluate import evaluate
+    from seglab.files import check_out_dir
+
+    weights, run_dir = _run_files(checkpoint)
+    read_meta(weights)  # a clear CheckpointError before any work
+    cfg = _run_config(run_dir)
+    if data is None:
+        if cfg is None or not cfg.data.root:
+            raise ConfigError(
+                f"{run_dir} has no config.yaml naming data.root; pass the data set with --data DIR"
+            )
+        data = cfg.data.root
+    out = Path(out)
+    check_out_dir(out, "report folder")
+    unc = _uncertainty(uncertainty)
+    created = not out.exists()
+    try:
+        evaluation = evaluate(weights, data, split, out=out / f"eval-{split}.json", device=device,
+                              progress=progress, uncertainty=unc, per_image=True)  # fmt: skip
+        return render_report(evaluation, out, uncertainty=unc, device=device)
+    except BaseException:
+        if created:  # no half-made report folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def render_report(
+    evaluation: dict[str, Any],
+    out: str | Path,
+    *,
+    uncertainty: UncertaintyConfig | str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Write the report of an evaluate report ``evaluation`` (computed with ``per_image=True`` and
+    ``uncertainty``) into folder ``out``. ``uncertainty``: the predictor that evaluation used (default: its
+    method), to draw the best, median and worst images again. Everything is rendered in memory first and each file
+    written atomically, report.html last: a failure leaves no partial file. Returns the paths and the numbers."""
+    from seglab.checkpoint import checkpoint_paths, read_meta
+    from seglab.files import atomic_write, check_out_dir, ensure_dir, write_json
+    from seglab.reports import figures as F
+    from seglab.reports.html import render_html
+    from seglab.uncertainty.calibration import reliability_figure
+
+    if "images" not in evaluation or "uncertainty" not in evaluation:
+        raise ConfigError("a report needs an evaluation with per-image scores and uncertainty: "
+                          "evaluate(..., per_image=True, uncertainty='deterministic')")  # fmt: skip
+    out = Path(out)
+    check_out_dir(out, "report folder")
+    weights, _ = checkpoint_paths(evaluation["checkpoint"])
+    meta = read_meta(weights)
+    run_dir = weights.parent
+    cfg = _run_config(run_dir)
+    history = _history(run_dir)
+    u = evaluation["uncertainty"]
+    unc = _uncertainty(uncertainty or u["method"])
+    examples, first_size = _examples(evaluation, meta, unc, device)
+
+    names = list(evaluation["classes"])
+    cm = np.asarray(evaluation["confusion_matrix"], dtype=np.float64)
+    rows = cm.sum(1)
+    share = rows / max(rows.sum(), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(rows[:, None] > 0, cm / rows[:, None], np.nan)
+    rc = u["risk_coverage_entropy"]
+    title = f"{u['description']}, {evaluation['split']} split"
+    figs = {
+        "classes": F.classes_figure(names, evaluation["iou"], evaluation["dice"], share.tolist()),
+        "confusion": F.confusion_figure(names, normalised),
+        "reliability": reliability_figure(u["reliability"], title),
+        "risk_coverage": F.risk_coverage_figure(rc["coverage"], rc["risk"], u["aurc_entropy"], "entropy"),
+        "examples": F.examples_figure([(e["label"], e["panels"]) for e in examples]),
+    }
+    pngs = {name: F.png_bytes(fig) for name, fig in figs.items()}
+    if history:
+        pngs = {"curves": F.png_bytes(F.curves_figure(history)), **pngs}
+
+    numbers: dict[str, Any] = {
+        "checkpoint": str(weights), "data": evaluation["data"], "split": evaluation["split"],
+        "num_images": evaluation["num_images"], "classes": names, "palette": _palette(meta),
+        **{k: evaluation[k] for k in ("miou", "mean_dice", "pixel_accuracy", "iou", "dice")},
+        "pixel_share": share.tolist(), "confusion_matrix": evaluation["confusion_matrix"],
+        "confusion_normalised": normalised.tolist(),
+        "uncertainty": {k: u[k] for k in UNCERTAINTY_KEYS},
+        "examples": [{k: v for k, v in e.items() if k not in ("label", "panels")} for e in examples],
+        "images": evaluation["images"],
+        "training": _training(history, meta),
+        "model": _model_card(meta, weights, cfg, first_size),
+        "evaluation": evaluation.get("report_path"),
+    }  # fmt: skip
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None
+    html = render_html(numbers, pngs, config_text)
+
+    ensure_dir(out, "report folder")
+    paths = {name: out / f"{name}.png" for name in FIGURES if name in pngs}
+    for name, path in paths.items():
+        atomic_write(path, lambda tmp, data=pngs[name]: tmp.write_bytes(data))
+    numbers["figures"] = {name: str(p) for name, p in paths.items()}
+    write_json(out / "report.json", numbers)
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return {**numbers, "html": str(out / "report.html"), "json": str(out / "report.json")}
+
+
+def _run_files(checkpoint: str | Path) -> tuple[Path, Path]:
+    """(weights, run folder) of a run folder or a checkpoint file; CheckpointError naming the fix."""
+    from seglab.checkpoint import checkpoint_paths
+
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / "best.safetensors").is_file():
+        raise CheckpointError(f"{path} holds no checkpoint (best.safetensors); pass a run folder of seglab train "
+                              "or a .safetensors file")  # fmt: skip
+    weights, _ = checkpoint_paths(path)
+    if not path.exists() and not weights.is_file():
+        raise CheckpointError(f"run folder {path} does not exist; pass a run folder or a .safetensors file")
+    return weights, weights.parent
+
+
+def _run_config(run_dir: Path) -> Config | None:
+    """The run's resolved ``config.yaml``, or None (a checkpoint without its run folder, an unreadable config)."""
+    from seglab.config import Config
+    from seglab.errors import SeglabError
+
+    try:
+        return Config.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    except SeglabError:
+        return None
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    """The epochs of ``metrics.jsonl`` (a line cut short by a kill is dropped); [] without a training log."""
+    from seglab.engine.state import read_history
+
+    return read_history(run_dir / "metrics.jsonl", 1 << 62)
+
+
+def _uncertainty(uncertainty: UncertaintyConfig | str | None) -> UncertaintyConfig:
+    from seglab.uncertainty.config import UncertaintyConfig
+
+    if isinstance(uncertainty, UncertaintyConfig):
+        return uncertainty
+    method = uncertainty or "deterministic"
+    if method == "ensemble":
+        raise ConfigError("an ensemble report needs the members: pass uncertainty=UncertaintyConfig(method="
+                          "'ensemble', ensemble=[...]) or --ensemble CKPT ...")  # fmt: skip
+    return UncertaintyConfig(method=method)
+
+
+def _palette(meta: CheckpointMeta) -> list[list[int]]:
+    from seglab.engine.predict import palette_of
+
+    return [[int(c) for c in colour] for colour in palette_of(meta)[: meta.num_classes]]
+
+
+def pick_examples(images: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, row) of the best, median and worst image by mIoU (images with no defined mIoU left out; ties go
+    to the earlier image)."""
+    scored = sorted((r for r in images if r["miou"] is not None and math.isfinite(r["miou"])),
+                    key=lambda r: (r["miou"], -r["index"]))  # fmt: skip
+    if not scored:
+        raise ConfigError("no image of the split has a defined mIoU (every pixel is ignore_index)")
+    return [("best", scored[-1]), ("median", scored[(len(scored) - 1) // 2]), ("worst", scored[0])]
+
+
+def _examples(
+    evaluation: dict[str, Any], meta: CheckpointMeta, unc: UncertaintyConfig, device: str
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """The best, median and worst images predicted again as evaluate predicted them (``image_probs``, the same
+    predictor): rows of panels image / truth / prediction / errors / entropy; and the split's first image size."""
+    from seglab.engine.device import resolve_device
+    from seglab.engine.evaluate import split_dataset
+    from seglab.engine.predict import image_probs
+    from seglab.reports import figures as F
+    from seglab.uncertainty.build import build_predictor, heatmap
+
+    dev = resolve_device(device)
+    tile, overlap = evaluation.get("tile"), evaluation.get("overlap", 32)
+    predictor, _ = build_predictor(evaluation["checkpoint"], unc, str(dev), tile, overlap)
+    ds = split_dataset(meta, evaluation["data"], evaluation["split"])
+    palette = _palette(meta)
+    out = []
+    for label, row in pick_examples(evaluation["images"]):
+        image, truth = ds.load(row["index"])
+        probs, result = image_probs(predictor, meta, image, dev, tile, overlap)
+        pred = probs.argmax(0).cpu().numpy()
+        panels = [image, F.colour_mask(truth, palette, meta.ignore_index),
+                  F.colour_mask(pred, palette, meta.ignore_index), F.error_map(pred, truth, meta.ignore_index),
+                  heatmap(result.entropy[0], meta.num_classes)]  # fmt: skip
+        text = f"{label}: {row['stem']}\nmIoU {row['miou']:.3f}"
+        out.append({"rank": label, **row, "label": text, "panels": panels})
+    first = ds.load(0)[0].shape[:2]
+    return out, (int(first[0]), int(first[1]))
+
+
+def _training(history: list[dict[str, Any]], meta: CheckpointMeta) -> dict[str, Any]:
+    seconds = [r["seconds"] for r in history if isinstance(r.get("seconds"), int | float)]
+    return {
+        "log": bool(history), "epochs": len(history) if history else meta.epoch,
+        "seconds": float(sum(seconds)) if seconds else None, "best_metrics": meta.metrics,
+        "history": [{k: r[k] for k in HISTORY_KEYS if k in r} for r in history],
+    }  # fmt: skip
+
+
+def _model_card(
+    meta: CheckpointMeta, weights: Path, cfg: Config | None, first_size: tuple[int, int]
+) -> dict[str, Any]:
+    """Architecture, parameters and MACs at the training input size, and the weights' SHA-256 (checked against
+    the sidecar's)."""
+    import yaml
+
+    from seglab.bench.cost import count_cost
+    from seglab.checkpoint import checkpoint_paths, load_checkpoint, sha256_file
+    from seglab.data.transforms import resized_size
+
+    size, source = resized_size(*first_size, meta.resize), "the first image of the split"
+    if meta.resize:
+        source += f", resized by data.resize {meta.resize}"
+    if cfg is not None and cfg.data.crop_size:
+        size, source = (cfg.data.crop_size, cfg.data.crop_size), "data.crop_size"
+    model, _ = load_checkpoint(weights, device="cpu")
+    params = macs = None
+    if hasattr(model, "parameters"):  # an exported ONNX model has none to count
+        cost = count_cost(model, size, meta.in_channels)
+        params, macs = cost.params, cost.macs
+    sha = sha256_file(weights)
+    _, sidecar = checkpoint_paths(weights)
+    recorded = (
+        (yaml.safe_load(sidecar.read_text()) or {}).get("weights_sha256") if sidecar.is_file() else None
+    )
+    return {
+        "arch": meta.arch, "encoder": meta.model_params.get("encoder"), "model_params": meta.model_params,
+        "in_channels": meta.in_channels, "num_classes": meta.num_classes, "params": params, "macs": macs,
+        "input_size": list(size), "input_size_from": source, "data_root": cfg.data.root if cfg else None,
+        "temperature": meta.temperature, "epoch": meta.epoch, "weights": str(weights), "sha256": sha,
+        "sha256_matches_sidecar": None if recorded is None else recorded == sha,
+    }  # fmt: skip
