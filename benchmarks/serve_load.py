@@ -67,8 +67,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(command: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    """Start a server whose output goes to ``log`` (a pipe nobody reads would fill and stall it)."""
+    with log.open("wb") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -81,7 +83,7 @@ def start(command: list[str], port: int) -> subprocess.Popen:
                 break
             time.sleep(0.2)
     proc.kill()
-    sys.exit(f"server {' '.join(command)} did not start: {proc.stderr.read().decode()[-2000:]}")
+    sys.exit(f"server {' '.join(command)} did not start: {log.read_text()[-2000:]}")
 
 
 def memory_kb(pid: int, key: str) -> int:
@@ -270,12 +272,16 @@ def main() -> None:
     for name, command, at in (("seglab serve", seglab, port),
                               ("bare FastAPI endpoint", [sys.executable, __file__, "--bare-server", checkpoint,
                                                          str(port + 1)], port + 1)):  # fmt: skip
-        proc = start(command, at)
+        proc = start(command, at, tmp / f"server-{at}.log")
         try:
             results[name] = load(at, proc, args.clients, args.duration, expected, mix)
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # still busy with a request: no graceful end
+                proc.kill()
+                proc.wait()
 
     w, h = Image.open(image_path).size
     print(f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "

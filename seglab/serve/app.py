@@ -237,8 +237,9 @@ def create_app(checkpoint: str | Path, config: ServeConfig | None = None) -> Any
         state["active"] += 1
         try:
             body, name = await _upload(request, config.max_upload_bytes)
+            # decoded before waiting for a slot: a bad upload is answered at once, not after the queue
+            image = await run_in_threadpool(service.decode, body, name)
             async with slots:
-                image = await run_in_threadpool(service.decode, body, name)
                 content, media = await run_in_threadpool(service.predict, image, **options)
             state["served"] += 1
             return Response(content, media_type=media)
