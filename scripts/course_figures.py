@@ -90,6 +90,14 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def picture(fig: Any, cell: Any, array: Any, title: str) -> None:
+    """An image panel without axes in ``cell`` of ``fig``'s grid."""
+    a = fig.add_subplot(cell)
+    a.imshow(array, interpolation="nearest")
+    a.set_title(title, fontsize=9)
+    a.axis("off")
+
+
 def save(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
@@ -470,10 +478,7 @@ def losses_figure(
         panels = [(image, "image"), (colour(truth), "truth (yellow: triangle)")]
         panels += [(colour(preds[label][row]), label) for label in LOSS_RUNS]
         for col, (arr, title) in enumerate(panels, start=1):
-            a = fig.add_subplot(grid[row, col])
-            a.imshow(arr, interpolation="nearest")
-            a.set_title(title, fontsize=9)
-            a.axis("off")
+            picture(fig, grid[row, col], arr, title)
     fig.suptitle(
         "Cross-entropy, Dice and Dice + cross-entropy on SyntheticShapes: the rare class", fontsize=11
     )
@@ -617,10 +622,7 @@ def try_it(out: Path, data: Path, result: Any, report: dict, numbers: dict[str, 
         for row, (arr, title) in enumerate(
             ((image, "test image"), (colour(truth), "truth"), (colour(pred), "U-Net"))
         ):
-            a = fig.add_subplot(grid[row, col])
-            a.imshow(arr, interpolation="nearest")
-            a.set_title(title, fontsize=9)
-            a.axis("off")
+            picture(fig, grid[row, col], arr, title)
     fig.suptitle(
         "seglab.train on SyntheticShapes: a U-Net (depth 3, base 16) with Dice + cross-entropy", fontsize=11
     )
