@@ -205,7 +205,8 @@ def flop_counter_macs(model: nn.Module, x: Tensor) -> int:
     return counter.get_total_flops() // 2 // x.shape[0]
 
 
-def _human(n: float, unit: str = "") -> str:
+def human(n: float, unit: str = "") -> str:
+    """``n`` with a k / M / G / T suffix and two decimals, e.g. 9.32 G."""
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
             return f"{n / div:.2f} {suffix}{unit}"
@@ -245,9 +246,9 @@ def format_cost(cost: ModelCost, all_layers: bool = False) -> str:
     ]
     for g in grouped:
         lines.append(f"| {g['name'] or '(model)'} | {g['kind']} | {_shape(g['out'])} | {g['filter']} | "
-                     f"{g['params']:,} | {_human(g['macs'])} | {_bytes(g['act'])} |")  # fmt: skip
+                     f"{g['params']:,} | {human(g['macs'])} | {_bytes(g['act'])} |")  # fmt: skip
     lines.append(
-        f"| **total** | | | | {cost.params:,} | {_human(cost.macs)} | {_bytes(cost.activation_bytes)} |"
+        f"| **total** | | | | {cost.params:,} | {human(cost.macs)} | {_bytes(cost.activation_bytes)} |"
     )
     return "\n".join(lines)
 

@@ -76,8 +76,12 @@ def max_pixels() -> int:
     return int(value)
 
 
+class ImageTooLarge(DataError):
+    """An image above ``max_pixels()`` (the service answers it with 413, other bad images with 400)."""
+
+
 def _too_large(path: Path | NamedBytes, what: str, limit: int) -> DataError:
-    return DataError(
+    return ImageTooLarge(
         f"{path} is {what}, above the limit of {limit:,} pixels; shrink or tile it, or raise the limit with "
         f"the environment variable SEGLAB_MAX_PIXELS"
     )

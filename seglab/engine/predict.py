@@ -302,9 +302,11 @@ def predict_image(
     return ImagePrediction(labels, maps, probs, result)
 
 
-def palette_of(meta: Any) -> list:
-    """The checkpoint's palette, or the default colours when it lacks one (a checkpoint saved from Python)."""
-    return meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
+def palette_of(meta: Any) -> list[list[int]]:
+    """The checkpoint's palette as ``num_classes`` [r, g, b] int lists, or the default colours when it lacks one
+    (a checkpoint saved from Python)."""
+    palette = meta.palette if len(meta.palette) >= meta.num_classes else default_palette(meta.num_classes)
+    return [[int(v) for v in colour] for colour in palette[: meta.num_classes]]
 
 
 def threshold_labels(probs: torch.Tensor, cls: int, threshold: float) -> torch.Tensor:

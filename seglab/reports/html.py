@@ -48,13 +48,11 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else _e(value)
 
 
-def _count(n: int | None, unit: str = "") -> str:
-    if n is None:
-        return "n/a"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:.2f} {suffix}{unit} ({n:,})"
-    return f"{n:,} {unit}".strip()
+def _count(n: int | None) -> str:
+    """A count as ``seglab benchmark --cost`` prints it, exact in brackets: 9.32 G (9,321,062,400)."""
+    from seglab.bench.cost import human
+
+    return "n/a" if n is None else f"{n:,}" if n < 1000 else f"{human(n)} ({n:,})"
 
 
 def _img(name: str, pngs: dict[str, bytes], alt: str) -> str:

@@ -85,6 +85,7 @@ def render_report(
     method), to draw the best, median and worst images again. Everything is rendered in memory first and each file
     written atomically, report.html last: a failure leaves no partial file. Returns the paths and the numbers."""
     from seglab.checkpoint import checkpoint_paths, read_meta
+    from seglab.engine.predict import palette_of
     from seglab.files import atomic_write, check_out_dir, ensure_dir, write_json
     from seglab.reports import figures as F
     from seglab.reports.html import render_html
@@ -125,7 +126,7 @@ def render_report(
 
     numbers: dict[str, Any] = {
         "checkpoint": str(weights), "data": evaluation["data"], "split": evaluation["split"],
-        "num_images": evaluation["num_images"], "classes": names, "palette": _palette(meta),
+        "num_images": evaluation["num_images"], "classes": names, "palette": palette_of(meta),
         **{k: evaluation[k] for k in ("miou", "mean_dice", "pixel_accuracy", "iou", "dice")},
         "pixel_share": share.tolist(), "confusion_matrix": evaluation["confusion_matrix"],
         "confusion_normalised": normalised.tolist(),
@@ -193,12 +194,6 @@ def _uncertainty(uncertainty: UncertaintyConfig | str | None) -> UncertaintyConf
     return UncertaintyConfig(method=method)
 
 
-def _palette(meta: CheckpointMeta) -> list[list[int]]:
-    from seglab.engine.predict import palette_of
-
-    return [[int(c) for c in colour] for colour in palette_of(meta)[: meta.num_classes]]
-
-
 def pick_examples(images: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(label, row) of the best, median and worst image by mIoU (images with no defined mIoU left out; ties go
     to the earlier image)."""
@@ -216,7 +211,7 @@ def _examples(
     predictor): rows of panels image / truth / prediction / errors / entropy; and the split's first image size."""
     from seglab.engine.device import resolve_device
     from seglab.engine.evaluate import split_dataset
-    from seglab.engine.predict import image_probs
+    from seglab.engine.predict import image_probs, palette_of
     from seglab.reports import figures as F
     from seglab.uncertainty.build import build_predictor, heatmap
 
@@ -224,7 +219,7 @@ def _examples(
     tile, overlap = evaluation.get("tile"), evaluation.get("overlap", 32)
     predictor, _ = build_predictor(evaluation["checkpoint"], unc, str(dev), tile, overlap)
     ds = split_dataset(meta, evaluation["data"], evaluation["split"])
-    palette = _palette(meta)
+    palette = palette_of(meta)
     out = []
     for label, row in pick_examples(evaluation["images"]):
         image, truth = ds.load(row["index"])

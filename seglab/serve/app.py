@@ -70,7 +70,7 @@ class Service:
         self.checkpoint = checkpoint_paths(checkpoint)[0]
         self.device = resolve_device(config.device)
         self.model, self.meta = load_checkpoint(checkpoint, device=str(self.device))
-        self.palette = [list(map(int, c)) for c in palette_of(self.meta)[: self.meta.num_classes]]
+        self.palette = palette_of(self.meta)
         self._predictors: dict[str, Any] = {}
         self._locks = {
             m: threading.Lock() for m in UNCERTAINTY
@@ -104,7 +104,7 @@ class Service:
 
     def decode(self, body: bytes, name: str) -> np.ndarray:
         """The upload as uint8 (H, W, C), read as ``seglab predict`` reads files; HTTPError 400 / 413."""
-        from seglab.data.io import NamedBytes, open_image, oriented_size, read_image
+        from seglab.data.io import ImageTooLarge, NamedBytes, open_image, oriented_size, read_image
 
         if not body:
             raise HTTPError(400, "the upload is empty; send an image file")
@@ -116,8 +116,7 @@ class Service:
                                      f"{self.config.max_pixels:,}; send a smaller image")  # fmt: skip
             return read_image(NamedBytes(body, name), self.meta.in_channels)
         except DataError as e:
-            status = 413 if "above the limit" in str(e) else 400
-            raise HTTPError(status, str(e)) from None
+            raise HTTPError(413 if isinstance(e, ImageTooLarge) else 400, str(e)) from None
 
     def predict(
         self, image: np.ndarray, *, uncertainty: str | None, overlay: bool, as_json: bool
@@ -146,9 +145,6 @@ class Service:
 
             pictures["uncertainty_png"] = png_bytes(heatmap(p.result.entropy[0], self.meta.num_classes))
         if not as_json:
-            if overlay and uncertainty is not None:
-                raise HTTPError(400, "format=png answers with one picture; ask for overlay=1 or uncertainty, or "
-                                     "use format=json for both")  # fmt: skip
             key = "overlay_png" if overlay else "uncertainty_png" if uncertainty else None
             return (pictures[key] if key else png_bytes(p.labels, self.palette)), "image/png"
         counts = np.bincount(p.labels.ravel(), minlength=self.meta.num_classes)
@@ -258,6 +254,9 @@ def _options(request: Any) -> dict[str, Any]:
         if q[key] not in PARAMS[key]:
             raise HTTPError(400, f"{key}={q[key]!r} is not one of {', '.join(PARAMS[key])}")
     method = q.get("uncertainty", "none")
+    if q.get("format", "png") == "png" and q.get("overlay") == "1" and method != "none":
+        raise HTTPError(400, "format=png answers with one picture; ask for overlay=1 or uncertainty, or use "
+                             "format=json for both")  # fmt: skip
     return {"uncertainty": None if method == "none" else method, "overlay": q.get("overlay") == "1",
             "as_json": q.get("format") == "json"}  # fmt: skip
 
