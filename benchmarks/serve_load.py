@@ -253,7 +253,7 @@ def main() -> None:
         model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
         meta = CheckpointMeta(arch="unet", num_classes=len(CLASSES), in_channels=3, model_params=params,
                               class_names=list(CLASSES), palette=[list(c) for c in PALETTE], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
-        checkpoint = str(save_checkpoint(tmp / "best", model, meta))
+        checkpoint = str(save_checkpoint(tmp / "model" / "best", model, meta))  # not beside the data
     image_path = Path(args.image) if args.image else None
     if image_path is None:
         from seglab.data.synthetic import write_folder

@@ -110,14 +110,16 @@ def _embedded_doc(weights: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
-def write_sidecar(weights: Path, meta: CheckpointMeta) -> None:
-    """Write the YAML sidecar that describes the weights file ``weights`` (with its SHA-256)."""
+def write_sidecar(weights: Path, meta: CheckpointMeta, extra: dict[str, Any] | None = None) -> None:
+    """Write the YAML sidecar that describes the weights file ``weights`` (with its SHA-256, and ``extra`` keys,
+    e.g. the input sizes an exported ONNX graph takes)."""
     _, sidecar = checkpoint_paths(weights)
     doc = {
         "format": FORMAT,
         "weights": weights.name,
         "weights_sha256": sha256_file(weights),
         **dataclasses.asdict(meta),
+        **(extra or {}),
     }
     atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
 

@@ -6,6 +6,7 @@ No torch import here: the CLI builds and prints configs instantly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from seglab.errors import ConfigError
+from seglab.validate import MAX_SIDE  # pixels: the largest crop or resized side, as for the flags
 
 
 class Stem(str):
@@ -113,8 +115,9 @@ class TrainConfig:
         "poly"  # poly | cosine | constant, over the steps or over time_limit, whichever ends first
     )
     warmup_iters: int = 0  # linear warm-up (optimizer steps), for every schedule
-    # a wall-clock budget for the whole run ("10m", "90s", "1h30m" or seconds): the schedule runs over elapsed
-    # time and training stops at the limit with a final validation and checkpoint; null = epochs only
+    # a wall-clock budget for the whole run ("10m", "90s", "1h30m", "1.5h", or a bare number of seconds; every part
+    # carries its unit: "1h30" is refused as ambiguous): the schedule runs over elapsed time and training stops at
+    # the limit with a final validation and checkpoint; null = epochs only
     time_limit: str | float | None = None
     # a loss name or a weighted sum {name: weight}; names in seglab.losses.list_losses() (ce, dice, focal, ...)
     loss: str | dict[str, Any] = field(default_factory=lambda: {"ce": 1.0, "dice": 1.0})
@@ -227,23 +230,38 @@ class Config:
         return self
 
 
-def parse_duration(value: str | float, key: str) -> float:
-    """Seconds of a duration given as a number of seconds or text such as "90s", "10m", "1h30m", "2.5h"."""
-    import re
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION = re.compile(rf"(?:({_NUMBER})h)?(?:({_NUMBER})m(?:in)?)?(?:({_NUMBER})s)?")
 
+
+def parse_duration(value: str | float, key: str) -> float:
+    """Seconds of a duration: a bare number of seconds ("45", 45) or parts that each carry their unit, such as
+    "90s", "10m", "1h30m", "1.5h". A bare number after a unit ("1h30": 30 s? 30 min?) is refused as ambiguous,
+    as are zero, negative and non-finite durations."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
         text = str(value).strip().lower().replace(" ", "")
-        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s?)?", text)
-        if not text or parts is None:
+        parts = _DURATION.fullmatch(text) if text else None
+        if re.fullmatch(_NUMBER, text):
+            seconds = float(text)
+        elif parts is not None and any(parts.groups()):
+            h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+            seconds = 3600 * h + 60 * m + sec
+        else:
+            bare = re.fullmatch(rf"(.*[a-z])({_NUMBER})", text)
+            if bare and _DURATION.fullmatch(bare[1]):
+                raise ConfigError(
+                    f"{key} {value!r} is ambiguous: {bare[2]} after {bare[1]} has no unit; write "
+                    f"{bare[1]}{bare[2]}{'s' if bare[1].endswith(('m', 'min')) else 'm'} (units h, m, s; "
+                    "a bare number alone is seconds)"
+                )
             raise ConfigError(
-                f"{key} must be a duration such as 90s, 10m or 1h30m (or seconds), got {value!r}"
+                f"{key} must be a duration such as 90s, 10m, 1h30m or 1.5h (or a number of seconds), "
+                f"got {value!r}"
             )
-        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
-        seconds = 3600 * h + 60 * m + sec
-    if not seconds > 0:
-        raise ConfigError(f"{key} must be a positive duration, got {value!r}")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{key} must be a positive, finite duration, got {value!r}")
     return seconds
 
 
@@ -260,7 +278,7 @@ def _check_data(d: DataConfig) -> None:
             f"data.val_ratio + data.test_ratio must be < 1 (the rest is the training split), "
             f"got {d.val_ratio} + {d.test_ratio}"
         )
-    _require(d.split_seed >= 0, "data.split_seed", ">= 0", d.split_seed)
+    _require(0 <= d.split_seed < 2**32, "data.split_seed", "within 0..4294967295", d.split_seed)
     if d.splits is not None:
         unknown = sorted(set(d.splits) - {"train", "val", "test"})
         if unknown:
@@ -272,14 +290,14 @@ def _check_data(d: DataConfig) -> None:
     _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
     _require(d.target in TARGETS, "data.target", " or ".join(TARGETS), d.target)
     _require(d.boundary_width >= 1, "data.boundary_width", ">= 1 (pixels)", d.boundary_width)
-    _require(d.crop_size is None or d.crop_size >= 1, "data.crop_size", ">= 1 (or null for the whole image)",
-             d.crop_size)  # fmt: skip
+    _require(d.crop_size is None or 1 <= d.crop_size <= MAX_SIDE, "data.crop_size",
+             f"within 1..{MAX_SIDE} pixels (or null for the whole image)", d.crop_size)  # fmt: skip
     lo, hi = d.scale
     _require(0 < lo <= hi, "data.scale", "[lo, hi] with 0 < lo <= hi ([1, 1] = off)", d.scale)
     _require(d.rotation >= 0, "data.rotation", ">= 0 (degrees; 0 = off)", d.rotation)
     _require(d.elastic >= 0, "data.elastic", ">= 0 (pixels; 0 = off)", d.elastic)
-    _require(d.elastic_grid >= 2, "data.elastic_grid", ">= 2 (points per side of the displacement grid)",
-             d.elastic_grid)  # fmt: skip
+    _require(2 <= d.elastic_grid <= 256, "data.elastic_grid", "within 2..256 (points per side of the displacement "
+             "grid)", d.elastic_grid)  # fmt: skip
     _require(d.color_jitter >= 0, "data.color_jitter", ">= 0 (0 = off)", d.color_jitter)
     _require(0 <= d.invert <= 1, "data.invert", "a probability in [0, 1]", d.invert)
     if d.stretch is not None:
@@ -298,9 +316,9 @@ def _check_data(d: DataConfig) -> None:
             f"data.mean and data.std must have one value per image channel each, got {len(d.mean)} and {len(d.std)}"
         )
     d.resize = check_resize(d.resize, "data.resize")
-    _require(d.repeat >= 1, "data.repeat", ">= 1", d.repeat)
-    _require(d.num_workers is None or d.num_workers >= 0, "data.num_workers",
-             ">= 0 (0 loads in the main process; null chooses)", d.num_workers)  # fmt: skip
+    _require(1 <= d.repeat <= 10_000, "data.repeat", "within 1..10000 (passes per epoch)", d.repeat)
+    _require(d.num_workers is None or 0 <= d.num_workers <= 256, "data.num_workers",
+             "within 0..256 (0 loads in the main process; null chooses)", d.num_workers)  # fmt: skip
 
 
 def _check_model(m: ModelConfig) -> None:
@@ -334,18 +352,42 @@ def _check_train(t: TrainConfig) -> None:
     if t.time_limit is not None:
         t.time_limit = parse_duration(t.time_limit, "train.time_limit")
     t.dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
-    _require(
-        t.threads is None or t.threads >= 1, "train.threads", ">= 1 (or null for torch's default)", t.threads
-    )
+    _require(t.threads is None or 1 <= t.threads <= 1024, "train.threads",
+             "within 1..1024 (or null for torch's default)", t.threads)  # fmt: skip
+    _require(0 <= t.seed < 2**32, "train.seed", "within 0..4294967295", t.seed)
+    check_loss_weights(t.loss, "train.loss")
     w = t.class_weights
     _require(
         w is None
         or w in CLASS_WEIGHTS
-        or (isinstance(w, list) and bool(w) and all(v >= 0 for v in w) and any(v > 0 for v in w)),
+        or (isinstance(w, list) and bool(w) and all(0 <= v < math.inf for v in w) and any(v > 0 for v in w)),
         "train.class_weights",
-        "null, median_frequency, balanced or a list of one weight >= 0 per class (not all 0)",
+        "null, median_frequency, balanced or a list of one finite weight >= 0 per class (not all 0)",
         w,
     )
+
+
+def check_loss_weights(spec: Any, key: str = "train.loss") -> None:
+    """A loss spec's term weights: ConfigError unless each is a finite number >= 0 and one is > 0 (a negative
+    weight would maximise its loss; NaN or infinity would poison every step)."""
+    if not isinstance(spec, dict):
+        return  # a single loss name (its options are checked by make_loss)
+    if not spec:
+        raise ConfigError(f"{key} must name at least one loss, e.g. {{ce: 1.0, dice: 1.0}}")
+    weights = []
+    for name, value in spec.items():
+        options = value if isinstance(value, dict) else {"weight": value}
+        for option in ("weight", "ce_weight", "dice_weight"):  # the term's, and dice_ce's inner weights
+            weight = options.get(option, 1.0)
+            number = isinstance(weight, int | float) and not isinstance(weight, bool)
+            if not (number and 0 <= weight < math.inf):
+                what = "the weight" if option == "weight" else f"{option}"
+                raise ConfigError(
+                    f"{key}: {what} of term {name!r} must be a finite number >= 0, got {_plain(weight)!r}"
+                )
+        weights.append(options.get("weight", 1.0))
+    if not any(weights):
+        raise ConfigError(f"{key}: every term has weight 0, so nothing would be learned; give one a weight > 0")
 
 
 def check_resize(value: Any, key: str = "data.resize") -> dict[str, int | float] | None:
@@ -357,13 +399,13 @@ def check_resize(value: Any, key: str = "data.resize") -> dict[str, int | float]
     if ok:
         ((name, v),) = value.items()
         number = isinstance(v, int | float) and not isinstance(v, bool)
-        if name == "scale" and number and 0 < v < float("inf"):
+        if name == "scale" and number and 0 < v <= 16:
             return {"scale": float(v)}
-        if name != "scale" and number and v >= 1 and float(v).is_integer():
+        if name != "scale" and number and 1 <= v <= MAX_SIDE and float(v).is_integer():
             return {name: int(v)}
     raise ConfigError(
-        f"{key} must be null or a mapping with exactly one of short: N or long: N (pixels, an integer >= 1) or "
-        f"scale: F (a factor > 0), e.g. {{short: 512}}, got {_plain(value)!r}"
+        f"{key} must be null or a mapping with exactly one of short: N or long: N (pixels, an integer within "
+        f"1..{MAX_SIDE}) or scale: F (a factor within (0, 16]), e.g. {{short: 512}}, got {_plain(value)!r}"
     )
 
 
@@ -492,7 +534,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key {key} must be true or false, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .inf/.nan in YAML: never a meaningful setting, often a crash later
+            raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
         return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"config key {key} is out of range (a 64-bit integer), got {value!r}")
     if hint is Any or (
         isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):

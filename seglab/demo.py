@@ -43,7 +43,7 @@ def demo(
     from seglab.reports.report import render_report
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    out = check_demo_dir(out_dir)
     data_dir = write_folder(out / "data", num_images=num_images, size=size, overwrite=True)
     t_data = time.perf_counter() - t0
     cfg = demo_config(data_dir, out / "run", epochs)
@@ -61,3 +61,34 @@ def demo(
         seconds_data=t_data, seconds_train=result.seconds, seconds_total=time.perf_counter() - t0,
     )  # fmt: skip
     return report
+
+
+def check_demo_dir(out_dir: str | Path) -> Path:
+    """Check, before any work, that the demo may write into ``out_dir``: not a data set or a run folder (nor
+    inside one); its ``data`` is absent or an earlier SyntheticShapes folder, its ``run`` absent or a run on that
+    data (an earlier demo's), and its evaluation, predictions and report absent or earlier outputs of theirs."""
+    from seglab.data.synthetic import is_synthetic_folder
+    from seglab.engine.evaluate import check_report_path
+    from seglab.errors import ConfigError
+    from seglab.files import guard_dir, read_yaml_file, run_root
+    from seglab.reports.report import check_report_dir
+
+    out = guard_dir(out_dir, "demo folder")
+    run = run_root(out)
+    if run is not None:
+        raise ConfigError(f"demo --out {out} lies in the run folder {run}; choose a folder outside it")
+    data, run_dir = out / "data", out / "run"
+    if data.exists() and not (data.is_dir() and is_synthetic_folder(data)):
+        raise ConfigError(f"demo --out {out}: {data} exists and is not the demo's SyntheticShapes data; choose "
+                          "another --out")  # fmt: skip
+    if run_dir.exists() and any(run_dir.iterdir()):
+        doc = read_yaml_file(run_dir / "config.yaml")
+        section = doc.get("data") if isinstance(doc, dict) else None
+        root = section.get("root") if isinstance(section, dict) else None
+        if not root or Path(root).resolve() != data.resolve():
+            raise ConfigError(f"demo --out {out}: {run_dir} exists and is not a run of the demo's data; choose "
+                              "another --out")  # fmt: skip
+    check_report_path(out / "eval-test.json", uncertainty=True)
+    guard_dir(out / "predictions", "output folder")
+    check_report_dir(out / "report", option="demo --out")
+    return out

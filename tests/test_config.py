@@ -133,13 +133,13 @@ def test_example_configs_are_valid_and_round_trip(tmp_path, path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.threads=-1", "train.threads must be >= 1 (or null for torch's default), got -1"),
-        ("train.threads=0", "train.threads must be >= 1 (or null for torch's default), got 0"),
+        ("train.threads=-1", "train.threads must be within 1..1024 (or null for torch's default), got -1"),
+        ("train.threads=0", "train.threads must be within 1..1024 (or null for torch's default), got 0"),
         ("train.epochs=0", "train.epochs must be >= 1, got 0"),
         ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
         ("train.lr=0", "train.lr must be > 0, got 0.0"),
         ("train.lr=-.1", "train.lr must be > 0, got -0.1"),
-        ("train.lr=.nan", "train.lr must be > 0, got nan"),
+        ("train.lr=.nan", "config key train.lr must be a finite number, got nan"),
         ("train.weight_decay=-1e-4", "train.weight_decay must be >= 0, got -0.0001"),
         ("train.warmup_iters=-1", "train.warmup_iters must be >= 0, got -1"),
         ("train.ema=1", "train.ema must be in [0, 1) (0 = off), got 1.0"),
@@ -148,16 +148,16 @@ def test_example_configs_are_valid_and_round_trip(tmp_path, path):
         ("train.schedule=step", "train.schedule must be poly, cosine or constant, got 'step'"),
         ("data.val_ratio=1", "data.val_ratio must be in [0, 1), got 1.0"),
         ("data.test_ratio=-0.1", "data.test_ratio must be in [0, 1), got -0.1"),
-        ("data.split_seed=-1", "data.split_seed must be >= 0, got -1"),
-        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 loads in the main process; null chooses), got -1"),
-        ("data.repeat=0", "data.repeat must be >= 1, got 0"),
+        ("data.split_seed=-1", "data.split_seed must be within 0..4294967295, got -1"),
+        ("data.num_workers=-1", "data.num_workers must be within 0..256 (0 loads in the main process; null chooses), got -1"),
+        ("data.repeat=0", "data.repeat must be within 1..10000 (passes per epoch), got 0"),
         ("data.scale=[0,0]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [0.0, 0.0]"),
         ("data.scale=[2,1]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [2.0, 1.0]"),
         ("data.rotation=-10", "data.rotation must be >= 0 (degrees; 0 = off), got -10.0"),
         ("data.elastic=-1", "data.elastic must be >= 0 (pixels; 0 = off), got -1.0"),
-        ("data.elastic_grid=1", "data.elastic_grid must be >= 2 (points per side of the displacement grid), got 1"),
+        ("data.elastic_grid=1", "data.elastic_grid must be within 2..256 (points per side of the displacement grid), got 1"),
         ("data.color_jitter=-0.2", "data.color_jitter must be >= 0 (0 = off), got -0.2"),
-        ("data.crop_size=0", "data.crop_size must be >= 1 (or null for the whole image), got 0"),
+        ("data.crop_size=0", "data.crop_size must be within 1..16384 pixels (or null for the whole image), got 0"),
         ("data.ignore_index=-1", "data.ignore_index must be a mask value in 0..65535, got -1"),
         ("data.ignore_index=65536", "data.ignore_index must be a mask value in 0..65535, got 65536"),
         ("data.border_w0=-1", "data.border_w0 must be >= 0, got -1.0"),
@@ -209,13 +209,13 @@ def test_split_stems_take_strings_and_yaml_integers():
 def test_yaml_files_and_the_python_api_are_validated(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  num_workers: -1\n")
-    with pytest.raises(ConfigError, match=r"^data.num_workers must be >= 0"):
+    with pytest.raises(ConfigError, match=r"^data.num_workers must be within 0..256"):
         Config.load(path)
-    with pytest.raises(ConfigError, match=r"^train.threads must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^train.threads must be within 1..1024"):
         Config.from_dict({"train": {"threads": -1}})
     cfg = Config()
     cfg.train.threads = -1
-    with pytest.raises(ConfigError, match=r"^train.threads must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^train.threads must be within 1..1024"):
         cfg.validate()
     cfg = Config(data=DataConfig(hflip="off", scale=[1, 2]), train=TrainConfig(lr=1))
     assert cfg.validate().data.hflip is False and cfg.data.scale == (1.0, 2.0) and cfg.train.lr == 1.0

@@ -237,10 +237,11 @@ def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: 
 
         if device.type != "cpu":
             raise ConfigError("the onnxruntime path runs on the CPU; use --device cpu")
-        file = tmp / f"model-{id(model)}.onnx"
+        file = tmp / f"model-{id(model)}-{'x'.join(map(str, x.shape))}.onnx"
         if not file.exists():
-            export_model(
-                model, file, "onnx", example_size=tuple(x.shape[-2:]), in_channels=x.shape[1], check=False
+            export_model(  # it runs at this shape only: static (a SegNet exports no other way)
+                model, file, "onnx", example_size=tuple(x.shape[-2:]), in_channels=x.shape[1], dynamic=False,
+                check=False, batch=x.shape[0],
             )
         return OnnxModel(file, threads=torch.get_num_threads()), ""
     if path in ("fp16", "bf16"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.errors import ConfigError
-from seglab.files import ensure_dir
+from seglab.files import OutputKind, ensure_dir, file_head, guard_dir, guard_file, is_png, json_with
 
 
 def cost_report(
@@ -40,11 +40,14 @@ def run_benchmark(
     split: str = "test",
     out: str | Path = "benchmark",
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
     **timing: Any,
 ) -> dict[str, Any]:
     """Time ``models`` (arch, arch:encoder, .onnx) and ``checkpoints``; with ``data`` also evaluate the
     checkpoints' mIoU on ``split``. ``timing``: the arguments of :func:`seglab.bench.latency.benchmark_models`.
-    Writes benchmark.md/.csv/.json/.png to ``out``; returns the result with ``outputs`` (the file paths)."""
+    Writes benchmark.md/.csv/.json/.png to ``out``; returns the result with ``outputs`` (the file paths). ``out``
+    and those files are checked before any work (``seglab.files.guard_dir``/``guard_file``): earlier benchmark
+    outputs are replaced, files of another kind only with ``overwrite``."""
     from seglab.bench.latency import benchmark_models
     from seglab.bench.report import write_outputs
 
@@ -54,6 +57,14 @@ def run_benchmark(
     if data is not None and not checkpoints:
         raise ConfigError("--data evaluates mIoU of trained models; add --checkpoints RUN_DIR ...")
     miou: dict[str, float] = {}
+    out = guard_dir(out, "output folder")
+    for suffix, kind in BENCHMARK_FILES.items():
+        guard_file(out / f"benchmark.{suffix}", kind, overwrite)
+    if data is not None:
+        from seglab.engine.evaluate import check_report_path
+
+        for i in range(len(checkpoints)):
+            check_report_path(out / f"eval-{i}-{split}.json", overwrite=overwrite)
     out = ensure_dir(out)
     if data is not None:
         from seglab.bench.latency import parse_spec
@@ -61,7 +72,8 @@ def run_benchmark(
 
         for i, ckpt in enumerate(checkpoints):
             name = parse_spec(ckpt).name
-            report = evaluate(ckpt, data, split, out=out / f"eval-{i}-{split}.json", progress=False)
+            report = evaluate(ckpt, data, split, out=out / f"eval-{i}-{split}.json", progress=False,
+                              overwrite=overwrite)
             miou[name] = float(report["miou"])
             if log:
                 log(f"{name}: mIoU {miou[name]:.4f} on the {split} split of {data}")
@@ -70,3 +82,11 @@ def run_benchmark(
         result["protocol"].update(data=str(data), split=split)
     result["outputs"] = {k: str(v) for k, v in write_outputs(result, out).items()}
     return result
+
+
+BENCHMARK_FILES = {
+    "md": OutputKind("benchmark table", (".md",), lambda p: file_head(p, 10) == b"Protocol: "),
+    "csv": OutputKind("benchmark table", (".csv",), lambda p: file_head(p, 11) == b"model,path,"),
+    "json": OutputKind("benchmark result", (".json",), json_with("protocol", "rows")),
+    "png": OutputKind("benchmark plot", (".png",), is_png),
+}

@@ -19,6 +19,7 @@ as binary too. ``scan_folder`` reports every problem it finds; a deep scan cache
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -167,8 +168,16 @@ class FolderScan:
 
 
 def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
+    """The image files of ``folder`` by stem; other entries, shared stems and broken symbolic links (dangling
+    or looping, which ``is_file`` would skip without a word) are problems."""
     files: dict[str, Path] = {}
+    broken: list[str] = []
     for p in sorted(folder.iterdir()):
+        if not p.name.startswith(".") and p.is_symlink():
+            why = _broken_link(p)
+            if why:
+                broken.append(f"{p.name} ({why})")
+                continue
         if p.name.startswith(".") or not p.is_file():
             continue
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -182,7 +191,26 @@ def _list_files(folder: Path, problems: list[str]) -> dict[str, Path]:
             )
             continue
         files[p.stem] = p
+    if broken:
+        links = "link leads" if len(broken) == 1 else "links lead"
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        them = "it" if len(broken) == 1 else "them"
+        problems.append(
+            f"{len(broken)} symbolic {links} nowhere in {folder}: {', '.join(broken[:3])}{more}; repair {them} "
+            f"or remove {them}"
+        )
     return files
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why the symbolic link ``path`` leads to no file (its target is missing, or the links loop), or None."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"-> {os.readlink(path)}, which does not exist"
+    except OSError as e:
+        return "a loop of links" if e.errno == errno.ELOOP else f"unreadable: {e.strerror}"
+    return None
 
 
 _YAML_KEYS = ("names", "colors", "mask_format", "ignore_index", "ignore_color")
@@ -276,7 +304,7 @@ def _value_counts(raw: np.ndarray) -> Counter:
 # ---------------------------------------------------------------------------------------------------------------
 # The scan cache: what decoding a file found, so that a second deep scan decodes nothing.
 
-SCAN_CACHE_VERSION = 1
+SCAN_CACHE_VERSION = 2  # 2: 16-bit RGB images are refused (check_sample_bits); older caches passed them
 MAX_SCAN_CACHES = 64  # data roots with a cache file; the least recently used are dropped
 
 
@@ -296,6 +324,7 @@ class _FileInfo:
     size: tuple[int, int] = (0, 0)
     channels: int = 0
     objects: int = 0  # an instance map's objects (distinct non-zero ids)
+    under: Counter | None = None  # an instance map's object pixels per value of its mask, from a deep scan
     counts: Counter | None = None
     error: str | None = None
 
@@ -350,6 +379,9 @@ class _ScanCache:
                 info.channels = int(entry["channels"])
             elif kind == "instances":
                 info.objects = int(entry["objects"])
+                if "under" in entry:
+                    info.under = Counter({tuple(map(int, v)) if isinstance(v, list) else int(v): int(n)
+                                          for v, n in entry["under"]})  # fmt: skip
             else:
                 info.counts = Counter(
                     {
@@ -415,12 +447,18 @@ def _mask_info(path: Path, read_values: bool, cache: _ScanCache) -> tuple[_FileI
         return _FileInfo(error=str(e)), None
 
 
-def _instance_info(path: Path, deep: bool, cache: _ScanCache) -> tuple[_FileInfo, Record]:
-    """Size (and with ``deep`` the number of objects) of an instance map; an error unless single-channel."""
+def _instance_info(
+    path: Path, deep: bool, cache: _ScanCache, mask: Path | None = None
+) -> tuple[_FileInfo, Record]:
+    """Size (and with ``deep`` the number of objects) of an instance map; an error unless single-channel. With
+    ``deep`` and its index ``mask`` of the same size, also the mask values under its objects (``under``; cached
+    with the mask's size and mtime, so a changed mask is read again)."""
     key = cache.stat(path)
+    mask_key = cache.stat(mask) if mask is not None else None
     try:
         hit = cache.get(key, "instances")
-        if hit is not None:
+        stale = deep and mask_key is not None and hit is not None and hit[1][1].get("mask") != list(mask_key[1:])
+        if hit is not None and not stale:  # (a deep scan compares the objects with the mask as it is now)
             check_pixels(path, hit[0].size)
             return hit
         if not deep:
@@ -433,9 +471,50 @@ def _instance_info(path: Path, deep: bool, cache: _ScanCache) -> tuple[_FileInfo
             raise DataError(_instance_mode_message(path, "RGB"))
         h, w = raw.shape
         objects = int(np.count_nonzero(np.bincount(raw.ravel().astype(np.intp, copy=False))[1:]))
-        return _FileInfo((w, h), objects=objects), cache.record(key, "instances", w=w, h=h, objects=objects)
+        info = _FileInfo((w, h), objects=objects, under=_values_under(raw, mask))
+        extra = {} if info.under is None or mask_key is None else {
+            "under": [[list(v) if isinstance(v, tuple) else v, n] for v, n in info.under.items()],
+            "mask": list(mask_key[1:])}  # fmt: skip
+        return info, cache.record(key, "instances", w=w, h=h, objects=objects, **extra)
     except DataError as e:
         return _FileInfo(error=str(e)), None
+
+
+def _values_under(instances: np.ndarray, mask: Path | None) -> Counter | None:
+    """Pixel counts per stored value of ``mask`` under the objects (non-zero ids) of ``instances``; None without
+    a mask, or for one that cannot be read or differs in size (problems reported on their own)."""
+    if mask is None:
+        return None
+    try:
+        raw = read_mask_raw(mask)
+    except DataError:
+        return None
+    if raw.shape[:2] != instances.shape:
+        return None
+    under = raw[instances > 0]
+    return _value_counts(under[None] if under.ndim == 2 else under)
+
+
+def _instances_on_background(scan: FolderScan, under: dict[str, Counter]) -> list[str]:
+    """Instance maps whose objects lie mostly (over half their pixels) on the background (class 0) of their
+    masks: the two disagree, e.g. a shifted, flipped or mispaired file. Pixels the mask ignores do not count."""
+    spec = scan.classes
+    assert spec is not None and scan.instances is not None
+    lut = _value_map(spec)
+    out = []
+    for stem, counts in under.items():
+        labels = Counter()
+        for value, n in counts.items():
+            labels[lut(value)] += n
+        total = sum(n for label, n in labels.items() if label is not None and label != spec.ignore_index)
+        share = labels[0] / total if total else 0.0
+        if share > 0.5:
+            out.append(
+                f"instance map {scan.instances[stem]}: {100 * share:.0f} % of its object pixels lie on background "
+                f"({spec.names[0]!r}) of mask {scan.masks[stem]}; the two disagree (shifted, flipped or paired "
+                f"with the wrong file?): fix the one that is wrong"
+            )
+    return out
 
 
 def _instance_mode_message(path: Path, mode: str) -> str:
@@ -504,7 +583,7 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
     def read(stem: str) -> tuple[tuple[_FileInfo, Record], ...]:
         out = (_image_info(images[stem], deep, cache), _mask_info(masks[stem], need_masks, cache))
         if instances is not None and stem in instances:
-            out += (_instance_info(instances[stem], deep, cache),)
+            out += (_instance_info(instances[stem], deep, cache, masks[stem]),)
         return out
 
     workers = min(4, os.cpu_count() or 1, len(stems))
@@ -517,6 +596,7 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
     channels: set[int] = set()
     value_counts: dict[str, Counter] = {}
     objects: dict[str, int] = {}
+    under: dict[str, Counter] = {}  # mask values under each instance map's objects (deep scans)
     for stem, result in zip(stems, results):
         for info, record in result:
             if info.error is not None:
@@ -533,6 +613,8 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
                 )
             elif deep:
                 objects[stem] = inst.objects
+                if inst.under is not None:
+                    under[stem] = inst.under
         if img.error is not None or msk.error is not None:
             continue
         channels.add(img.channels)
@@ -556,6 +638,8 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
         _check_classes(scan, value_counts, inferred=declared is None)
         if scan.classes.mask_format == "index" and not ignore_declared:
             problems += _binary_masks_read_as_ignore(scan, value_counts)
+    if scan.classes is not None and under:
+        problems += _instances_on_background(scan, under)
     splits_dir = root / "splits"
     if splits_dir.is_dir():
         scan.split_lists = {}

@@ -41,6 +41,8 @@ class NamedBytes(io.BytesIO):
     def __str__(self) -> str:
         return self.name
 
+    __repr__ = __str__  # Pillow's messages show repr(fp): the name, not <NamedBytes object at 0x...>
+
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """The first ``num_classes`` default colours (repeating a hashed colour beyond the table)."""
@@ -97,8 +99,10 @@ def check_pixels(path: Path | NamedBytes, size: tuple[int, int]) -> None:
         raise _too_large(path, f"{w}x{h} = {w * h:,} pixels", limit)
 
 
-def open_image(path: Path | NamedBytes) -> Image.Image:
-    """Open an image lazily (header only); DataError if missing, unreadable, empty or above ``max_pixels()``."""
+def open_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) -> Image.Image:
+    """Open an image lazily (header only); DataError if missing, unreadable, empty or above ``max_pixels()``, or
+    with ``formats`` (Pillow format names, e.g. the service's allowlist) in any other format: checked from the
+    header, so no other decoder ever runs on the data."""
     limit = max_pixels()
     try:
         # Pillow warns above its limit and refuses above twice it; seglab refuses above the same limit, with a
@@ -115,11 +119,44 @@ def open_image(path: Path | NamedBytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e.__class__.__name__}: {e}; is it a valid image?") from None
     try:
+        if formats is not None and img.format not in formats:
+            raise DataError(f"{path} is in {img.format} format; only {', '.join(formats)} are accepted here: "
+                            f"convert it to PNG")  # fmt: skip
         check_pixels(path, img.size)
+        check_sample_bits(img, path)
     except DataError:
         img.close()
         raise
     return img
+
+
+# modes in which Pillow hands out 8 bits per sample, even when the file stores more (it keeps the high byte)
+_EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr")
+
+
+def sample_bits(img: Image.Image) -> int:
+    """Bits per sample stored in an opened image's file, from its header (nothing is decoded): the PNG bit
+    depth (Pillow's raw mode ``...;16B``), TIFF's BitsPerSample; 8 for every other format."""
+    if img.format == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258) or (8,)
+        return max(int(b) for b in (bits if isinstance(bits, tuple) else (bits,)))
+    if img.format == "PNG" and img.tile:
+        args = img.tile[0].args
+        rawmode = args[0] if isinstance(args, tuple) else args
+        return 16 if isinstance(rawmode, str) and rawmode.endswith(";16B") else 8
+    return 8
+
+
+def check_sample_bits(img: Image.Image, path: Path | NamedBytes) -> None:
+    """DataError for a file with more than 8 bits per sample that Pillow opens in an 8-bit mode (16-bit RGB or
+    RGBA PNG and TIFF): Pillow would silently keep the high byte, so 12-bit camera data comes out near-black.
+    Refused as 16-bit grayscale is (``image_channels``); 16-bit single-channel masks open as I;16 and pass."""
+    bits = sample_bits(img)
+    if bits > 8 and img.mode in _EIGHT_BIT_MODES:
+        raise DataError(
+            f"image {path} has {bits} bits per sample ({img.format} {img.mode}); seglab reads 8-bit grayscale or "
+            f"RGB images: convert it to 8 bits (choosing how its values map to 0..255)"
+        )
 
 
 def _orientation(img: Image.Image) -> int:
@@ -139,11 +176,11 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
     return (h, w) if _orientation(img) >= 5 else (w, h)
 
 
-def load_image(path: Path | NamedBytes) -> Image.Image:
+def load_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) -> Image.Image:
     """The one loading function for images and masks: open (header checks, ``open_image``), decode, and apply the
     EXIF orientation (``ImageOps.exif_transpose``) so that pixels come out as photo viewers show them. DataError
-    naming the file if it is missing, unreadable, too large, corrupt or truncated."""
-    img = open_image(path)
+    naming the file if it is missing, unreadable, too large, corrupt or truncated (``formats``: see ``open_image``)."""
+    img = open_image(path, formats)
     try:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
@@ -171,14 +208,17 @@ def image_channels(img: Image.Image, path: Path | NamedBytes) -> int:
     )
 
 
-def read_image(path: Path | NamedBytes, channels: int | None = None) -> np.ndarray:
+def read_image(
+    path: Path | NamedBytes, channels: int | None = None, formats: Sequence[str] | None = None
+) -> np.ndarray:
     """Image as uint8 (H, W, C) with C = ``channels`` (1 or 3) or, if None, the file's own channel count.
 
     Training, evaluation and prediction all read images here: the mode is always checked (``image_channels``),
-    whatever ``channels`` asks for, and the EXIF orientation is applied (``load_image``)."""
+    whatever ``channels`` asks for, and the EXIF orientation is applied (``load_image``). ``formats``: accept
+    only these Pillow formats (``open_image``)."""
     if channels not in (None, 1, 3):
         raise ConfigError(f"images are read with 1 or 3 channels, not {channels}")
-    img = load_image(path)
+    img = load_image(path, formats)
     own = image_channels(img, path)
     c = own if channels is None else channels
     img = img.convert("L" if c == 1 else "RGB")

@@ -8,6 +8,7 @@ triangle class is rare (about 3 % of pixels).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -122,17 +123,31 @@ def write_folder(
 ) -> Path:
     """Write SyntheticShapes as a folder data set (images/, masks/, classes.yaml, splits/).
 
-    The folder is built under a temporary name and renamed, so a failure leaves nothing half-written.
+    The folder is built under a temporary name and renamed, so a failure leaves nothing half-written. ``out`` must
+    not lie in a data set or a run folder; with ``overwrite`` it may be an earlier SyntheticShapes folder (see
+    :func:`is_synthetic_folder`), which is then replaced, but nothing else: never a run or another data set.
     """
     from seglab.data.io import save_png
     from seglab.errors import DataError
-    from seglab.files import ensure_dir
+    from seglab.files import data_set_root, ensure_dir, run_root
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"data folder {out} is blocked by a file of that name; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    for what, root in (("run folder", run_root(out)), ("data set", data_set_root(out.parent))):
+        if root is not None:
+            where = f"is a {what}" if root == out.resolve() else f"lies in the {what} {root}"
+            raise DataError(
+                f"data synth --out {out} {where}; seglab never writes a data set there: choose a folder outside it"
+            )
+    if out.exists() and any(out.iterdir()):
+        if not is_synthetic_folder(out):
+            raise DataError(
+                f"{out} exists and is not a SyntheticShapes folder of seglab (--overwrite replaces only those); "
+                "choose another --out"
+            )
+        if not overwrite:
+            raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     ds = SyntheticShapes(num_images=num_images, size=size, seed=seed)
     ensure_dir(out.parent, "parent folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -153,10 +168,34 @@ def write_folder(
         (tmp / "splits").mkdir()
         for name, part in parts.items():
             (tmp / "splits" / f"{name}.txt").write_text("".join(s + "\n" for s in part))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder's usual permissions, not the 0700 of a temporary one
+        if out.exists():  # the old folder goes aside first: a failure in between leaves one of them in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def is_synthetic_folder(path: str | Path) -> bool:
+    """Whether folder ``path`` is a SyntheticShapes folder as :func:`write_folder` writes it: its classes.yaml
+    is that data set's (names, colours, mask format) and it holds nothing but images/, masks/, classes.yaml and
+    splits/ (an empty folder counts too)."""
+    from seglab.files import read_yaml_file
+
+    path = Path(path)
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return True
+    if not names <= {"classes.yaml", "images", "masks", "splits"} or "classes.yaml" not in names:
+        return False
+    doc = read_yaml_file(path / "classes.yaml")
+    expected = {"names": list(CLASSES), "colors": [list(c) for c in PALETTE], "mask_format": "index"}
+    return doc == expected and all((path / n).is_dir() for n in names - {"classes.yaml"})

@@ -11,6 +11,7 @@ to it afterwards (``seglab.engine.evaluate``), and ``pad_collate(..., sizes=True
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,27 @@ def resized_size(h: int, w: int, resize: dict[str, Any] | None) -> tuple[int, in
     if kind != "scale":  # the named side is exactly N, whatever the rounding of the factor
         out[int(w < h) if kind == "short" else int(w > h)] = int(value)
     return out[0], out[1]
+
+
+def crop_padding_note(
+    sizes: Mapping[tuple[int, int], int], crop_size: int | None, resize: dict[str, Any] | None
+) -> str | None:
+    """Why ``crop_size`` is wasteful for images of ``sizes`` ((w, h) -> count, as a scan counts them) after
+    ``resize``, or None when every image holds a whole crop. A crop beyond an image pads it with ignored pixels:
+    the model computes on padding it learns nothing from (one run went from 1 s to 74 s an epoch)."""
+    if not crop_size or not sizes:
+        return None
+    small = {(w, h): n for (w, h), n in sizes.items() if min(resized_size(h, w, resize)) < crop_size}
+    if not small:
+        return None
+    h, w = min((resized_size(h, w, resize) for w, h in small), key=min)
+    fits = min(min(resized_size(h, w, resize)) for w, h in sizes)
+    return (
+        f"data.crop_size {crop_size} is larger than {sum(small.values())} of {sum(sizes.values())} images (the "
+        f"smallest is {w}x{h}{' after data.resize' if resize else ''}): every crop of one is padded with ignored "
+        f"pixels to {crop_size}x{crop_size}, up to {crop_size**2 / (w * h):.1f}x the work for nothing; set "
+        f"data.crop_size to at most {fits} (or null for whole images), or enlarge the images with data.resize"
+    )
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -169,15 +191,21 @@ class PairedTransform:
         return tuple(out)
 
 
-def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTransform:
+def build_transform(
+    cfg: DataConfig, in_channels: int, train: bool, ignore_index: int | None = None
+) -> PairedTransform:
     """``cfg.stretch`` (of the whole image) and ``cfg.resize`` first, then for training the augmentation (scale,
     rotation, elastic, crop, flips, rot90, inversion, colour jitter; sizes such as ``crop_size`` are in pixels of the resized image); then scaling to 0..1 and
-    normalisation. For evaluation (``train`` False) only the image is resized: the mask keeps its own size."""
+    normalisation. For evaluation (``train`` False) only the image is resized: the mask keeps its own size.
+
+    Mask pixels that geometry brings in from outside are ``ignore_index``: pass the data set's own (its
+    classes.yaml may declare one other than ``cfg.ignore_index``, see ``ClassSpec``); None takes the config's."""
     mean, std = default_normalization(in_channels)
     mean, std = cfg.mean or mean, cfg.std or std
+    ignore = cfg.ignore_index if ignore_index is None else ignore_index
     ops: list[v2.Transform] = [Resize(cfg.resize, masks=train)] if cfg.resize else []
     if train:
-        fill = {tv_tensors.Image: 0, tv_tensors.Mask: cfg.ignore_index, InstanceMap: 0}
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore, InstanceMap: 0}
         if cfg.scale != (1.0, 1.0) or cfg.rotation:
             ops.append(v2.RandomAffine(degrees=cfg.rotation, scale=cfg.scale, fill=fill))
         if cfg.elastic:
@@ -195,7 +223,7 @@ def build_transform(cfg: DataConfig, in_channels: int, train: bool) -> PairedTra
         if cfg.color_jitter:
             j = cfg.color_jitter
             ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
-    return PairedTransform(ops, mean, std, cfg.ignore_index, cfg.resize, cfg.stretch)
+    return PairedTransform(ops, mean, std, ignore, cfg.resize, cfg.stretch)
 
 
 def pad_collate(ignore_index: int, sizes: bool = False):

@@ -3,11 +3,14 @@
 The loop calls ``on_train_start``, ``on_log`` (every ``train.log_interval`` optimizer steps), ``on_epoch_end``
 (in list order; returning True stops training) and ``on_train_end``. The default list, in order:
 ``MetricsLog`` (the epoch's line in metrics.jsonl), ``Checkpointer`` (commit the state, then the checkpoints),
-``ProgressPrinter`` (one line per epoch), ``TensorBoardLogger`` (when tensorboard is installed or asked for).
+``ProgressPrinter`` (one line per epoch to stderr, flushed; more for long epochs without progress bars),
+``TensorBoardLogger`` (when tensorboard is installed or asked for).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,19 +88,48 @@ class Checkpointer(Callback):
                        meta=run.meta, signature=run.signature, epochs=run.cfg.train.epochs)  # fmt: skip
 
 
-class ProgressPrinter(Callback):
-    """One line per epoch (loss, validation mIoU, throughput); at the start, the class weights if any."""
+def progress_bars(cfg: Config) -> bool:
+    """Progress bars only for someone watching: ``train.progress`` and stderr a terminal (or a Jupyter kernel, where
+    tqdm draws widgets). In a file (nohup, SLURM, Kubernetes logs) a bar is noise that shows nothing until it ends;
+    the log lines take its place."""
+    watched = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
+    return bool(cfg.train.progress) and watched
 
-    def __init__(self, write: Callable[[str], None]) -> None:
-        self.write = write
+
+def log_writer(bars: bool) -> Callable[[str], None]:
+    """Where training's log lines go: stderr, flushed at once (beside the ``bars``, through tqdm.write)."""
+    if bars:
+        from tqdm.auto import tqdm
+
+        return lambda line: tqdm.write(line, file=sys.stderr)
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+class ProgressPrinter(Callback):
+    """One line per epoch (loss, validation mIoU, learning rate, throughput, seconds); at the start, the class
+    weights if any. Without progress ``bars`` also a line at the log interval (``train.log_interval`` steps) that
+    comes ``interval_s`` or more after the last line, so a long epoch shows that it is moving."""
+
+    def __init__(self, write: Callable[[str], None], *, bars: bool = True, interval_s: float = 30.0) -> None:
+        self.write, self.bars, self.interval_s = write, bars, interval_s
+        self.last = time.monotonic()
 
     def on_train_start(self, run: Run) -> None:
+        self.last = time.monotonic()
         if run.class_weights is not None:
             pairs = ", ".join(f"{n} {w:.4g}" for n, w in zip(run.data.class_names, run.class_weights))
             how = run.cfg.train.class_weights
             self.write(f"class weights ({how if isinstance(how, str) else 'given'}): {pairs}")
 
+    def on_log(self, run: Run, scalars: dict[str, float]) -> None:
+        if self.bars or time.monotonic() - self.last < self.interval_s:
+            return
+        self.last = time.monotonic()
+        self.write(f"epoch {run.state.epoch + 1}/{run.cfg.train.epochs}  step {scalars['step']}  "
+                   f"loss {scalars['loss']:.4f}  lr {scalars['lr']:.3g}")  # fmt: skip
+
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        self.last = time.monotonic()
         val = (
             f"val mIoU {record['val_miou']:.4f}  pixel acc {record['val_pixel_accuracy']:.4f}  "
             if "val_miou" in record
@@ -105,7 +137,7 @@ class ProgressPrinter(Callback):
         )
         end = "  (time limit reached)" if record.get("stopped") else ""
         self.write(f"epoch {record['epoch']}/{run.cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
-                   f"{record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s{end}")  # fmt: skip
+                   f"lr {record['lr']:.3g}  {record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s{end}")  # fmt: skip
 
 
 class UserHook(Callback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seglab.config import Config
 from seglab.data.folder import ClassSpec, FolderDataset, scan_folder
-from seglab.data.transforms import build_transform, pad_collate
+from seglab.data.transforms import build_transform, crop_padding_note, pad_collate
 from seglab.engine.distributed import Dist, ShardSampler
 from seglab.errors import ConfigError, DataError
 
@@ -143,20 +144,34 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     d = cfg.data
     scan = scan_folder(d.root, d.ignore_index, deep=True)  # every file, once, before any work
     scan.raise_problems()
-    common = dict(ignore_index=d.ignore_index, val_ratio=d.val_ratio, test_ratio=d.test_ratio,
+    assert scan.classes is not None  # (no classes is a problem, raised above)
+    # the run's ignore index: classes.yaml's when it declares one, else data.ignore_index (``scan_folder``); every
+    # pad (augmentation fill, weight maps, collate) must use it, or padded pixels hold a label outside the classes
+    ignore = scan.classes.ignore_index
+    note = crop_padding_note(scan.sizes, d.crop_size, d.resize)
+    if note and dist.is_main:  # once per run, from one process
+        warnings.warn(note, stacklevel=2)
+    common = dict(ignore_index=ignore, val_ratio=d.val_ratio, test_ratio=d.test_ratio,
                   split_seed=d.split_seed, split_lists=d.splits, cache=d.cache, scan=scan, target=d.target,
                   boundary_width=d.boundary_width)  # fmt: skip
     in_ch = scan.in_channels
-    eval_transform = build_transform(d, in_ch, train=False)
+    for name in ("mean", "std"):  # one value would broadcast over every channel: silently wrong
+        values = getattr(d, name)
+        if values is not None and len(values) != in_ch:
+            raise ConfigError(
+                f"data.{name} has {len(values)} values but the images of {d.root} have {in_ch} channels; give "
+                f"one per channel (or null for ImageNet's statistics)"
+            )
+    eval_transform = build_transform(d, in_ch, train=False, ignore_index=ignore)
     weight_fn = None
     if d.border_weights:
         from seglab.losses.weights import unet_weight_map
 
         weight_fn = functools.partial(
-            unet_weight_map, w0=d.border_w0, sigma=d.border_sigma, ignore_index=d.ignore_index
+            unet_weight_map, w0=d.border_w0, sigma=d.border_sigma, ignore_index=ignore
         )
     train_ds = FolderDataset(
-        d.root, "train", build_transform(d, in_ch, train=True), weight_fn=weight_fn, **common
+        d.root, "train", build_transform(d, in_ch, train=True, ignore_index=ignore), weight_fn=weight_fn, **common
     )
     val_ds = FolderDataset(d.root, "val", eval_transform, **common)
     # no validation only when asked for (data.splits.val: [], or data.val_ratio: 0 without split lists):

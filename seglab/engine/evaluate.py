@@ -13,6 +13,7 @@ metrics, before the softmax. (A loader of plain (images, masks) batches is evalu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from seglab.engine.device import resolve_device
 from seglab.engine.distributed import Dist, ShardSampler, process_group
+from seglab.files import OutputKind, guard_file, is_png, json_with, run_lock, run_root
 from seglab.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
@@ -213,9 +215,12 @@ def evaluate(
     instance_class: str | int | None = None,
     instance_params: InstanceParams | None = None,
     per_image: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
-    (default: ``eval-<split>.json`` beside the checkpoint) and returns it.
+    (default: ``eval-<split>.json`` beside the checkpoint) and returns it. ``out`` (a .json path) may hold an
+    earlier evaluation report; anything else there is refused before any work (``overwrite``: replace a file of
+    another kind, never a checkpoint, state or data-set file; see ``seglab.files.guard_file``).
 
     Distributed (torchrun, or ``seglab evaluate --nproc N``): each rank evaluates a shard of the split, the
     counts are summed over the ranks (``timeout``: seconds a collective may wait), and rank 0 writes the report:
@@ -242,15 +247,11 @@ def evaluate(
     classes in its truth or its prediction) and ``pixel_accuracy`` (NaN for an image with only ignored pixels).
     """
     from seglab.checkpoint import checkpoint_paths
-    from seglab.errors import ConfigError
     from seglab.files import ensure_dir
 
     out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
-    if out is not None:  # checked before any work; the default lies beside the checkpoint
-        if out_path.is_dir():
-            raise ConfigError(
-                f"evaluate --out {out_path} is a folder; give a file path such as {out_path / 'eval.json'}"
-            )
+    check_report_path(out_path, uncertainty is not None, overwrite)  # before any work
+    if out is not None:  # the default lies beside the checkpoint
         ensure_dir(out_path.parent, "report folder")
     inst = None if instances is None else (instances, instance_class, instance_params)
     with process_group(resolve_device(device), timeout) as (dist, dev):
@@ -299,7 +300,7 @@ def _evaluate(
         assert uncertainty is not None
         if dist.enabled:
             meter.all_reduce()
-        diagram = out_path.with_name(f"{out_path.stem}-reliability.png")
+        diagram = reliability_path(out_path)
         section = {"method": uncertainty.method, "description": uncertainty.describe(),
                    "temperature": meta.temperature, **meter.compute(), "reliability_png": str(diagram)}  # fmt: skip
         if dist.is_main:
@@ -330,6 +331,24 @@ def _evaluate(
     dist.barrier()  # the report exists when any rank returns
     report["report_path"] = str(out_path)
     return report
+
+
+EVAL_REPORT = OutputKind("evaluation report", (".json",), json_with("checkpoint", "split", "miou", "confusion_matrix",
+                                                                   without=("examples", "model")))
+RELIABILITY_PNG = OutputKind("reliability diagram", (".png",), is_png)
+
+
+def check_report_path(out_path: Path, uncertainty: bool = False, overwrite: bool = False) -> None:
+    """The guard of evaluate's outputs: the JSON report at ``out_path`` and, with ``uncertainty``, the reliability
+    diagram beside it (``seglab.files.guard_file``)."""
+    guard_file(out_path, EVAL_REPORT, overwrite, "evaluate --out")
+    if uncertainty:
+        guard_file(reliability_path(out_path), RELIABILITY_PNG, overwrite, "evaluate --out")
+
+
+def reliability_path(out_path: Path) -> Path:
+    """Where the reliability diagram of the report ``out_path`` goes."""
+    return out_path.with_name(f"{out_path.stem}-reliability.png")
 
 
 def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,10 +446,22 @@ def calibrate(
     seeded random subset of ``max_pixels``) and record it in the checkpoint's sidecar (rewritten atomically;
     the weights are untouched). ``predict`` and ``evaluate`` then divide the logits by it. Returns the
     temperature and the NLL/ECE on the fitting pixels before and after."""
+    from seglab.checkpoint import checkpoint_paths
+
+    weights, _ = checkpoint_paths(checkpoint)
+    run = run_root(weights.parent) if weights.parent.is_dir() else None
+    with run_lock(run) if run == weights.parent.resolve() else contextlib.nullcontext():  # one writer per run
+        return _calibrate(checkpoint, data, split, batch_size, device, progress, max_pixels)
+
+
+def _calibrate(
+    checkpoint: str | Path, data: str | Path, split: str, batch_size: int, device: str, progress: bool,
+    max_pixels: int | None,
+) -> dict[str, Any]:  # fmt: skip
     import yaml
 
-    from seglab.checkpoint import checkpoint_paths, load_checkpoint
-    from seglab.files import atomic_write
+    from seglab.checkpoint import FORMAT, checkpoint_paths, load_checkpoint, sha256_file, write_sidecar
+    from seglab.files import atomic_write, read_yaml_file
     from seglab.uncertainty.calibration import collect_logits, fit_temperature, temperature_report
 
     dev = resolve_device(device)
@@ -444,10 +475,14 @@ def calibrate(
     logits, labels = collect_logits(torch.nn.Identity(), label_logits(model, loader, dev), dev, meta.ignore_index,
                                     max_pixels)  # fmt: skip
     temperature = fit_temperature(logits, labels, ignore_index=None)
-    _, sidecar = checkpoint_paths(checkpoint)
-    doc = yaml.safe_load(sidecar.read_text())
-    doc["temperature"] = temperature
-    atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
+    weights, sidecar = checkpoint_paths(checkpoint)
+    doc = read_yaml_file(sidecar)
+    if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("weights_sha256") == sha256_file(weights):
+        doc["temperature"] = temperature  # the sidecar as it is, with the new temperature
+        atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
+    else:  # missing or stale: the checkpoint's own description (its weights' header), with the temperature
+        meta.temperature = temperature
+        write_sidecar(weights, meta)
     return {
         "checkpoint": str(checkpoint_paths(checkpoint)[0]), "sidecar": str(sidecar), "data": str(data),
         "split": split, "num_images": num_images, "pixels": len(labels), "temperature": temperature,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from seglab.errors import CheckpointError, ConfigError, SeglabError
+from seglab.files import OutputKind, checkpoint_sidecar_of, guard_file
 from seglab.models.onnx_model import GEOMETRY_KEY, OnnxModel, first_line
 
 FORMATS = ("onnx", "torchscript")
@@ -101,32 +102,50 @@ def export_model(
     dynamic: bool = True,
     check: bool = True,
     opset: int | None = None,
+    overwrite: bool = False,
+    batch: int = 1,
 ) -> ExportResult:
     """Export ``model`` (put in eval mode) to ``out`` as ``fmt`` ("onnx" or "torchscript").
 
-    ``example_size`` (H, W) is the traced input (odd by default, so the padding path is exported). With
+    ``example_size`` (H, W) is the traced input (odd by default, so the padding path is exported), of ``batch``
+    images (what a static export then takes). With
     ``check`` the exported model runs on a random input of another odd size (the example's for static exports)
     and the largest absolute logit difference to PyTorch is recorded in the result.
+
+    ``out`` is checked before any work (``seglab.files.guard_file``): an earlier export of the format is replaced,
+    a file of another kind only with ``overwrite``, a checkpoint, state or data-set file never. The file is written
+    under a temporary name and renamed once it is complete; a dynamic ONNX graph is first run at a second size,
+    and a graph that holds the example's sizes after all (an exporter that baked them in) is exported static.
+    A SegNet with max unpooling is refused with ``dynamic`` before anything is written (see :func:`needs_static`).
     """
     from seglab.files import atomic_write, ensure_dir
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
-    if out.is_dir():
-        suffix = "onnx" if fmt == "onnx" else "pt"
+    guard_file(out, ONNX_FILE if fmt == "onnx" else TORCHSCRIPT_FILE, overwrite, "export --out")
+    why = needs_static(model) if fmt == "onnx" and dynamic else None
+    if why:
         raise ConfigError(
-            f"export --out {out} is a folder; give a file path such as {out / ('model.' + suffix)}"
+            f"{type(model).__name__} cannot be exported with a dynamic input size: {why}; export it with --static "
+            "(and --example-size H W, the size it will run at)"
         )
     ensure_dir(out.parent)
     model = model.eval()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, in_channels, *example_size, generator=gen)
+    x = torch.randn(batch, in_channels, *example_size, generator=gen)
+    xc = torch.randn(2, in_channels, example_size[0] - 4, example_size[1] + 6, generator=gen)
     is_dynamic = False
     try:
         if fmt == "onnx":
             holder: dict[str, bool] = {}
-            atomic_write(out, lambda tmp: holder.update(dyn=_export_onnx(model, x, tmp, dynamic, opset)))
+
+            def write(tmp: Path) -> None:
+                holder["dyn"] = _export_onnx(model, x, tmp, dynamic, opset)
+                if holder["dyn"] and not _runs_at(tmp, xc):  # sizes baked in after all: the example's only
+                    holder["dyn"] = _export_onnx(model, x, tmp, False, opset)
+
+            atomic_write(out, write)
             is_dynamic = holder["dyn"]
         else:
             with torch.no_grad(), warnings.catch_warnings():
@@ -141,8 +160,8 @@ def export_model(
         ) from None
     result = ExportResult(out, fmt, is_dynamic, tuple(x.shape))
     if check:
-        shape = (2, in_channels, example_size[0] - 4, example_size[1] + 6) if is_dynamic else tuple(x.shape)
-        xc = torch.randn(*shape, generator=gen)
+        if not is_dynamic:
+            xc = torch.randn(*x.shape, generator=gen)
         with torch.inference_mode():
             ref = model(xc)
             got = load_exported(out)(xc)
@@ -157,11 +176,88 @@ def export_checkpoint(
     gets the checkpoint's sidecar as ``<out>.yaml``, so `seglab predict` and `evaluate` can run it."""
     from seglab.checkpoint import load_checkpoint, write_sidecar
 
+    overwrite = kwargs.get("overwrite", False)
+    if fmt == "onnx":  # the file, then its sidecar: both checked before any work
+        guard_file(Path(out), ONNX_FILE, overwrite, "export --out")
+        guard_file(Path(f"{out}.yaml"), ONNX_SIDECAR, overwrite, "export --out")
     model, meta = load_checkpoint(checkpoint)
     result = export_model(model, out, fmt, in_channels=meta.in_channels, **kwargs)
     if fmt == "onnx":
-        write_sidecar(result.path, meta)
+        write_sidecar(result.path, meta, extra=_size_note(model, result))
     return result
+
+
+def needs_static(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot be exported to ONNX with dynamic sizes, or None. SegNet's max unpooling: ONNX
+    MaxUnpool takes its output size as an input, which the exporter records as the example's constant sizes, so
+    the graph fails (or is wrong) at any other size."""
+    from seglab.layers.sampling import MaxUnpoolUp
+
+    if any(isinstance(m, MaxUnpoolUp) for m in model.modules()):
+        return "its max unpooling (SegNet) keeps the example's sizes in the ONNX graph"
+    return None
+
+
+def plain_min_size(geometry: Any, pad_mode: str | None) -> int:
+    """The smallest side every size from which on the exported graph runs in plain ONNX Runtime: reflect padding
+    needs each pad smaller than the side (PyTorch falls back to replication; the graph does not, seglab's
+    ``OnnxModel`` does it before the graph). 1 for other pad modes."""
+    if pad_mode != "reflect" or geometry is None:
+        return 1
+    period = 2 * (geometry.multiple + geometry.margin) + geometry.min_size + 1
+    fits = [max(geometry.margin, geometry.margin + geometry.output_size(n) - n) < n for n in range(1, 4 * period)]
+    last_bad = max((n for n, ok in enumerate(fits, start=1) if not ok), default=0)
+    return last_bad + 1
+
+
+def _size_note(model: torch.nn.Module, result: ExportResult) -> dict[str, Any]:
+    """What the sidecar of an ONNX export says about the sizes the graph takes in plain ONNX Runtime."""
+    if not result.dynamic:
+        return {"onnx_input_size": list(result.example_shape[-2:])}
+    return {"onnx_min_size": plain_min_size(getattr(model, "geometry", None), getattr(model, "pad_mode", None))}
+
+
+def _runs_at(path: Path, x: torch.Tensor) -> bool:
+    """Whether the ONNX file ``path`` runs on ``x`` in ONNX Runtime (True when onnxruntime is not installed)."""
+    try:
+        model = OnnxModel(path)
+    except SeglabError:
+        return True
+    try:
+        model(x)
+    except SeglabError:
+        return False
+    return True
+
+
+def _is_onnx(path: Path) -> bool:
+    """An earlier ONNX export: its sidecar names it, or the file parses as an ONNX model."""
+    if checkpoint_sidecar_of(Path(f"{path}.yaml")) == path.name:
+        return True
+    try:
+        import onnx
+
+        return len(onnx.load_model(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # noqa: BLE001 - not ONNX (or no onnx package): not recognised
+        return False
+
+
+def _is_torchscript(path: Path) -> bool:
+    """An earlier TorchScript export: a zip holding TorchScript's constants.pkl (a torch.save file has none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+
+
+def _is_export_sidecar(path: Path) -> bool:
+    """The sidecar of an earlier ONNX export ``<name>.onnx.yaml`` (it names ``<name>.onnx``)."""
+    return checkpoint_sidecar_of(path) == path.name[: -len(".yaml")]
+
+
+ONNX_FILE = OutputKind("ONNX model", (".onnx",), _is_onnx)
+TORCHSCRIPT_FILE = OutputKind("TorchScript model", (".pt", ".pth", ".ts"), _is_torchscript)
+ONNX_SIDECAR = OutputKind("ONNX model sidecar", (".onnx.yaml",), _is_export_sidecar)
 
 
 def _is_pickle(path: Path) -> bool:

@@ -2,7 +2,8 @@
 
 A step reads nothing back from the device: the running loss and a flag for a non-finite loss are summed on the
 device and read once per ``log_interval`` optimizer steps (the only host syncs), the labels were checked when the
-data was loaded (``trusted_labels``), and the learning rate is set from host-side counters.
+data was loaded (``trusted_labels``), and the learning rate is set from host-side counters. Distributed, the loss
+is the global batch's (``seglab.losses.global_batch``): N processes train what one process trains.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from seglab.engine.device import AMP_DTYPES
 from seglab.engine.distributed import Dist
 from seglab.engine.optim import Budget, Schedule
 from seglab.errors import ConfigError, SeglabError
-from seglab.losses import trusted_labels
+from seglab.losses import global_batch, trusted_labels
 
 
 @dataclass
@@ -127,7 +128,9 @@ def train_one_epoch(
         if on_log is not None:
             on_log(scalars)
 
-    with trusted_labels():
+    # distributed: the loss of the global batch on every rank (Dice's soft counts, the means' normalisers)
+    pooled = global_batch() if parts.ddp is not None else contextlib.nullcontext()
+    with trusted_labels(), pooled:
         for i, batch in enumerate(iterator):
             images, masks, extra = to_device(batch, device, parts.channels_last)
             accumulating = (i + 1) % parts.accumulate and i + 1 < batches

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
 from seglab.data.transforms import resize_image, resized_size, stretch_image
 from seglab.errors import ConfigError, DataError
+from seglab.files import OutputKind, guard_file, is_png
 from seglab.models.tiling import iter_tiles
 
 if TYPE_CHECKING:
@@ -355,6 +357,7 @@ def predict(
     instances: str | None = None,
     instance_class: str | int | None = None,
     instance_params: Any = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image, both
     of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
@@ -379,11 +382,15 @@ def predict(
     :class:`PredictError` (a DataError; ``.results`` and ``.failures``) says how many failed and why. Any other
     error (a bad checkpoint or flag, an output folder blocked by a file) stops at once, before the first image.
     Files in ``out_dir`` named like these outputs are never taken as inputs (``out_dir`` may be an input folder).
+    Before the first image, ``out_dir`` and every output name are checked (``seglab.files.guard_dir``/``guard_file``):
+    never a data set or a run folder itself; a file already at an output name must be an earlier PNG/NPZ output
+    (``overwrite``: replace a file of another kind, never a checkpoint, state or data-set file).
     """
     from seglab.checkpoint import load_checkpoint
     from seglab.engine.device import resolve_device
-    from seglab.files import ensure_dir
+    from seglab.files import ensure_dir, guard_dir
 
+    guard_dir(out_dir, "output folder")
     dev = resolve_device(device)
     predictor = None
     if uncertainty is not None:
@@ -405,6 +412,13 @@ def predict(
         raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
                           f"{len(prob_idx)} classes")  # fmt: skip
     files = collect_inputs(inputs, out_dir)
+    suffixes = ["_mask.png", *(f"_prob_{_safe(meta.class_names[c])}.png" for c in prob_idx)]
+    suffixes += ["_overlay.png"] * write_overlay + ["_instances.png", "_instances_overlay.png"] * (instances is not None)
+    if uncertainty is not None:
+        suffixes += ["_uncertainty.png"] + ["_uncertainty.npz"] * bool(uncertainty.save_maps)
+    for path in files:
+        for suffix in suffixes:
+            guard_file(Path(out_dir) / f"{path.stem}{suffix}", PREDICTION, overwrite)
     out = ensure_dir(out_dir)  # after every check of the arguments, before the first image
     palette = palette_of(meta)
     results: list[dict[str, Any]] = []
@@ -427,7 +441,7 @@ def predict(
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
         for c, prob in zip(prob_idx, maps):
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", meta.class_names[c])
+            name = _safe(meta.class_names[c])
             record[f"prob_{name}"] = str(out / f"{path.stem}_prob_{name}.png")
             save_png(Path(record[f"prob_{name}"]), prob)
         if write_overlay:
@@ -452,6 +466,19 @@ def predict(
         raise PredictError(f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
                            f"{shown}{more}", results, failures)  # fmt: skip
     return results
+
+
+def _safe(name: str) -> str:
+    """A class name as it appears in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _is_prediction(path: Path) -> bool:
+    """An earlier output of predict: a PNG, or an NPZ (zip) of uncertainty maps."""
+    return is_png(path) or (path.suffix == ".npz" and zipfile.is_zipfile(path))
+
+
+PREDICTION = OutputKind("prediction", (".png", ".npz"), _is_prediction)
 
 
 def _log(log: Callable[[str], None] | None, line: str, bar: Any = None) -> None:

@@ -44,6 +44,7 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=lambda: {"miou": -1.0})
     amp: str | None = None  # the precision in use (train.amp: auto resolves it once, at the start)
     stopped: str | None = None  # why training ended early ("time limit"), if it did
+    time_limit: float | None = None  # train.time_limit (seconds) the run was last given
 
     def save(
         self, run_dir: Path, *, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: Any,
@@ -61,10 +62,12 @@ class TrainState:
     def resume(
         cls, run_dir: Path, doc: dict[str, Any], *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
         optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device, repair: bool = True,
+        time_limit: float | None = None,
     ) -> TrainState:  # fmt: skip
         """Load ``doc``, the committed state of ``run_dir`` (``load_state``), into the training objects and (with
         ``repair``: the process that writes the run folder) make the run's checkpoints agree with it. Refuses, in
-        one line, whatever would not continue exactly."""
+        one line, whatever would not continue exactly; warns when ``epochs`` or ``time_limit`` (the run's
+        train.epochs and train.time_limit now) differ from the state's, as the schedule then changes."""
         check_signature(run_dir, doc.get("signature"), signature)
         if "meta" in doc:  # the state holds the weights it was committed with
             raw, averaged = doc["model"], doc.get("ema")
@@ -92,13 +95,24 @@ class TrainState:
                 f"train.epochs changed from {doc['epochs']} to {epochs}: the learning-rate schedule goes on from "
                 f"the step reached over the new length, so the result differs from a run planned for {epochs} "
                 f"epochs from the start",
-                stacklevel=3,
+                stacklevel=4,
+            )
+        if "time_limit" in doc and doc["time_limit"] != time_limit:
+            warnings.warn(
+                f"train.time_limit changed from {_limit(doc['time_limit'])} to {_limit(time_limit)}: the "
+                f"learning-rate schedule goes on from the time spent ({float(doc.get('elapsed') or 0):.0f} s) over the "
+                f"new budget, so the result differs from a run given {_limit(time_limit)} from the start",
+                stacklevel=4,
             )
         names = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in doc.items() if k in names})
         if "step" not in doc:  # an older state: the scheduler counted the steps
             state.step = int(doc.get("scheduler", {}).get("last_epoch", 0))
         return state
+
+
+def _limit(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds:g} s"
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:

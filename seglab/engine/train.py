@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,8 @@ from seglab.engine.callbacks import (
     Run,
     TensorBoardLogger,
     UserHook,
+    log_writer,
+    progress_bars,
     tensorboard_available,
 )  # fmt: skip
 from seglab.engine.data import TrainData, build_data, class_weights
@@ -52,7 +57,18 @@ from seglab.engine.loop import StepParts, forward_loss, frozen_bn_layers, to_dev
 from seglab.engine.optim import Budget, Schedule, build_optimizer, lr_factor
 from seglab.engine.state import STATE_FILE, TrainState, load_state, model_signature, read_history
 from seglab.errors import ConfigError
-from seglab.files import atomic_write, check_out_dir, jsonable, to_json
+from seglab.files import (
+    atomic_write,
+    check_out_dir,
+    data_set_root,
+    describe,
+    fsync_path,
+    jsonable,
+    read_yaml_file,
+    run_lock,
+    run_root,
+    to_json,
+)  # fmt: skip
 from seglab.layers.norm import SyncBatchNorm
 from seglab.losses import CrossEntropyLoss, make_loss
 from seglab.models.factory import create_model
@@ -99,15 +115,36 @@ def _train(
     cfg: Config, dist: Dist, device: torch.device, t0: float, resume: bool, overwrite: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None, callbacks: Sequence[Callback],
 ) -> TrainResult:  # fmt: skip
-    budget = SharedBudget(cfg.train.time_limit, dist)  # the whole run counts, data checks included
     run_dir = Path(cfg.train.out_dir)
+    with contextlib.ExitStack() as stack:  # rank 0: the run folder's lock, held to the end
+        return _train_run(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks, run_dir, stack)
+
+
+def _train_run(
+    cfg: Config, dist: Dist, device: torch.device, t0: float, resume: bool, overwrite: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None, callbacks: Sequence[Callback],
+    run_dir: Path, stack: contextlib.ExitStack,
+) -> TrainResult:  # fmt: skip
+    budget = SharedBudget(cfg.train.time_limit, dist)  # the whole run counts, data checks included
+    stage: Path | None = None  # rank 0, --overwrite of a run: where the new run writes until its first commit
 
     def committed_state() -> dict[str, Any] | None:
-        nonlocal resume
+        nonlocal resume, stage
         if restarted():  # torchrun restarted the job after a failure: go on from the last commit, if any
-            resume = (run_dir / STATE_FILE).is_file()
+            resume = (run_dir / STATE_FILE).is_file() and not (run_dir / STAGE_DIR).is_dir()
         _check_run_dir(run_dir, resume, overwrite or restarted())
-        return load_state(run_dir) if resume else None  # read once, before the data: refuses early
+        if not run_dir.exists():  # made for the lock; removed again if the run leaves nothing in it
+            stack.callback(_remove_if_empty, run_dir)
+        stack.enter_context(run_lock(run_dir))  # one writer per run folder: a second one is refused here
+        if resume:
+            doc = load_state(run_dir)  # read once, before the data: refuses early
+            _check_budget(run_dir, doc, cfg.train.time_limit)
+            shutil.rmtree(run_dir / STAGE_DIR, ignore_errors=True)  # an --overwrite killed before its commit
+            return doc
+        if any((run_dir / n).exists() for n in RUN_FILES):  # the old run stays as it is until the first commit
+            stage = _new_stage(run_dir)
+            stack.callback(shutil.rmtree, stage, ignore_errors=True)  # gone by then unless the run failed
+        return None
 
     committed = dist.on_main(committed_state)  # every rank resumes from rank 0's file
     resume = committed is not None
@@ -133,9 +170,9 @@ def _train(
     if committed is not None:
         state = TrainState.resume(run_dir, committed, signature=signature, model=model, ema=ema,
                                   optimizer=optimizer, scaler=scaler, epochs=cfg.train.epochs, device=device,
-                                  repair=dist.is_main)  # fmt: skip
+                                  repair=dist.is_main, time_limit=cfg.train.time_limit)  # fmt: skip
         budget = SharedBudget(cfg.train.time_limit, dist, spent=state.elapsed)
-    state.amp = amp
+    state.amp, state.time_limit = amp, cfg.train.time_limit
     channels_last = use_channels_last(cfg.train.channels_last, device, state.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -148,15 +185,15 @@ def _train(
         ddp=ddp, dist=dist, freeze_bn=cfg.train.freeze_bn,
     )  # fmt: skip
     history = dist.on_main(lambda: read_history(run_dir / "metrics.jsonl", state.epoch) if resume else [])
-    run = Run(cfg, run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist,
+    run = Run(cfg, stage or run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist,
               None if weights is None else [float(w) for w in weights])  # fmt: skip
     # rank 0 writes the run folder and runs the callbacks; the others train and validate
-    cbs = _default_callbacks(cfg, on_epoch_end) + list(callbacks) if dist.is_main else []
-    with _no_half_made_run(run_dir) if dist.is_main else contextlib.nullcontext():
+    cbs = _default_callbacks(cfg, on_epoch_end, stage, run_dir) + list(callbacks) if dist.is_main else []
+    with _no_half_made_run(run_dir, stage) if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
-            atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+            atomic_write(run.run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
             atomic_write(
-                run_dir / "metrics.jsonl",
+                run.run_dir / "metrics.jsonl",
                 lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)),
             )
         _fit(run, parts, budget, cbs, history)
@@ -317,11 +354,9 @@ def _choose_amp(
         if channels_last:
             model.to(memory_format=torch.channels_last)
         choice, seconds = probe_amp(step, candidates)
-    if cfg.train.progress and log:
-        from tqdm.auto import tqdm
-
+    if log:  # the precision choice, in the job's log too (flushed at once)
         times = ", ".join(f"{'fp32' if a == 'off' else a} {s:.3f} s" for a, s in seconds.items())
-        tqdm.write(f"train.amp auto: {times} per step on {device.type} -> {choice}")
+        log_writer(progress_bars(cfg))(f"train.amp auto: {times} per step on {device.type} -> {choice}")
     return choice
 
 
@@ -340,7 +375,7 @@ def _untouched(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _progress_bar(cfg: Config, epoch: int) -> Callable[[Any], Any] | None:
-    if not cfg.train.progress:
+    if not progress_bars(cfg):
         return None
     from tqdm.auto import tqdm
 
@@ -349,12 +384,14 @@ def _progress_bar(cfg: Config, epoch: int) -> Callable[[Any], Any] | None:
     )
 
 
-def _default_callbacks(cfg: Config, on_epoch_end: Callable | None) -> list[Callback]:
+def _default_callbacks(
+    cfg: Config, on_epoch_end: Callable | None, stage: Path | None = None, run_dir: Path | None = None
+) -> list[Callback]:
     cbs: list[Callback] = [MetricsLog(), Checkpointer()]
-    if cfg.train.progress:
-        from tqdm.auto import tqdm
-
-        cbs.append(ProgressPrinter(tqdm.write))
+    if stage is not None and run_dir is not None:
+        cbs.append(_Promote(stage, run_dir, cbs))
+    bars = progress_bars(cfg)  # without bars (off, or stderr not a terminal) the printer logs more often
+    cbs.append(ProgressPrinter(log_writer(bars), bars=bars))
     if cfg.train.tensorboard or (cfg.train.tensorboard is None and tensorboard_available()):
         cbs.append(TensorBoardLogger())
     if on_epoch_end is not None:
@@ -362,29 +399,129 @@ def _default_callbacks(cfg: Config, on_epoch_end: Callable | None) -> list[Callb
     return cbs
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", STATE_FILE, "best.safetensors", "best.yaml", "last.safetensors",
+             "last.yaml", "tensorboard")  # fmt: skip
+STAGE_DIR = ".overwrite"  # inside the run folder: the new run of --overwrite, up to its first commit
+
+
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run folder that is or lies in a data set, lies in another run
+    folder, holds checkpoints (without --resume or --overwrite), or holds a config.yaml or metrics.jsonl that is
+    not a seglab run's (never replaced, even with --overwrite)."""
     check_out_dir(run_dir, "run folder")
+    ds = data_set_root(run_dir)
+    if ds is not None:
+        where = "is the data set" if ds == run_dir.resolve() else f"lies in the data set {ds}"
+        raise ConfigError(f"run folder {run_dir} {where}; seglab never writes into a data set: choose another --out")
+    outer = run_root(run_dir.resolve().parent)
+    if outer is not None:
+        raise ConfigError(f"run folder {run_dir} lies in the run folder {outer}; choose a folder outside it")
     has_ckpt = any((run_dir / n).exists() for n in ("best.safetensors", "last.safetensors", STATE_FILE))
     if has_ckpt and not resume and not overwrite:
         raise ConfigError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"
         )
+    for name, ours in (("config.yaml", _is_run_config), ("metrics.jsonl", _is_metrics_log)):
+        path = run_dir / name
+        if path.exists() and not ours(path):
+            raise ConfigError(
+                f"run folder {run_dir} holds a {name} that seglab train did not write ({describe(path)}); seglab "
+                "never replaces it: choose another --out"
+            )
+
+
+def _is_run_config(path: Path) -> bool:
+    """A config.yaml as seglab writes it: a mapping of (some of) the sections data, model and train."""
+    doc = read_yaml_file(path)
+    return isinstance(doc, dict) and bool(doc) and set(doc) <= {"data", "model", "train"}
+
+
+def _is_metrics_log(path: Path) -> bool:
+    """A metrics.jsonl as seglab writes it: JSON records with an epoch (a last line cut short by a kill aside)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            return False
+        if not isinstance(record, dict) or "epoch" not in record:
+            return False
+    return True
+
+
+def _check_budget(run_dir: Path, doc: dict[str, Any], limit: float | None) -> None:
+    """ConfigError (before anything is written) when resuming ``run_dir`` could not train a step: its time
+    budget ``limit`` is spent, or it stopped on that same limit."""
+    spent = float(doc.get("elapsed") or 0.0)
+    stopped_here = doc.get("stopped") == "time limit" and doc.get("time_limit") == limit
+    if limit is not None and (spent >= limit or stopped_here):
+        raise ConfigError(
+            f"cannot resume {run_dir}: its time budget is spent ({spent:.0f} s used of train.time_limit "
+            f"{limit:g} s); raise train.time_limit to continue (e.g. --time-limit {max(2 * limit, spent + 60):.0f}s)"
+        )
+
+
+def _new_stage(run_dir: Path) -> Path:
+    """An empty staging folder for the new run of --overwrite (a leftover of a killed one is discarded)."""
+    stage = run_dir / STAGE_DIR
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    return stage
+
+
+class _Promote(Callback):
+    """--overwrite: after the new run's first commit (written into the staging folder), its files replace the
+    old run's, the state last (the commit point); until then the old run is untouched."""
+
+    def __init__(self, stage: Path, run_dir: Path, callbacks: list[Callback]) -> None:
+        self.stage, self.run_dir, self.callbacks = stage, run_dir, callbacks
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        if run.run_dir != self.stage or not (self.stage / STATE_FILE).is_file():
+            return
+        loggers = [cb for cb in self.callbacks if isinstance(cb, TensorBoardLogger) and cb.writer is not None]
+        for cb in loggers:  # its event files move: closed here, reopened at the new place below
+            cb.writer.close()
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)  # from here the old run can no longer be resumed
+        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+        for name in RUN_FILES:
+            if not (self.stage / name).exists() and (self.run_dir / name).is_file():
+                (self.run_dir / name).unlink()
+        for item in sorted(self.stage.iterdir(), key=lambda p: p.name == STATE_FILE):
+            os.replace(item, self.run_dir / item.name)
+        self.stage.rmdir()
+        fsync_path(self.run_dir)
+        run.run_dir = self.run_dir
+        if loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            for cb in loggers:
+                cb.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
 
 @contextlib.contextmanager
-def _no_half_made_run(run_dir: Path) -> Iterator[None]:
-    """A run that fails before its first epoch is committed leaves nothing behind."""
-    created = not run_dir.exists()
+def _no_half_made_run(run_dir: Path, stage: Path | None = None) -> Iterator[None]:
+    """A run that fails before its first epoch is committed leaves nothing behind; with ``stage`` (--overwrite)
+    the staging folder goes and the old run is as it was."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         yield
     except Exception:
-        if not (run_dir / STATE_FILE).exists():
-            import shutil
-
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        elif not (run_dir / STATE_FILE).exists():
             for name in ("config.yaml", "metrics.jsonl"):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
         raise
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove the run folder this run made if it holds nothing (after the lock, and its file, are gone)."""
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()

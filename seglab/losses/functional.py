@@ -122,6 +122,79 @@ def trusted_labels() -> Iterator[None]:
         _LABELS_TRUSTED.reset(token)
 
 
+_GLOBAL_BATCH: ContextVar[bool] = ContextVar("seglab_global_batch", default=False)
+
+
+@contextmanager
+def global_batch() -> Iterator[None]:
+    """Inside this block, in a distributed job (``torch.distributed`` initialised, more than one rank), every loss
+    is the loss of the global batch, not of this rank's share: the sums behind its batch statistics (soft TP, FP
+    and FN of Dice, Tversky and Jaccard; the numerator and normaliser of every weighted mean; Lovász's sorted
+    errors) are pooled over the ranks, so under DistributedDataParallel N processes train what one process
+    with the whole batch trains, as SyncBatchNorm does for its statistics.
+
+    Every rank gets the same loss value. The gradient reaching this rank's share is world_size times its share
+    of the global gradient (what an all-reduce's backward would return), which DDP's average of the ranks'
+    gradients turns into the global batch's gradient, with no collective in the backward pass. Every rank must
+    call the same losses in the same order inside the block (each term costs one small all-reduce)."""
+    token = _GLOBAL_BATCH.set(True)
+    try:
+        yield
+    finally:
+        _GLOBAL_BATCH.reset(token)
+
+
+def _world_size() -> int:
+    """The number of ranks whose batches a loss pools: 1 outside :func:`global_batch` or a distributed job."""
+    if not _GLOBAL_BATCH.get():
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _ranks_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the ranks (see :func:`global_batch`): the value of the sum, and world_size times the
+    gradient of this rank's term."""
+    world = _world_size()
+    if world == 1:
+        return t
+    import torch.distributed as dist
+
+    total = t.detach().clone()
+    dist.all_reduce(total)
+    return total + world * (t - t.detach())
+
+
+def _ranks_mean(values: Tensor) -> Tensor:
+    """The mean of ``values`` over every rank's elements (e.g. per-image scores of the global batch)."""
+    if _world_size() == 1:
+        return values.mean()
+    total, count = _ranks_sum(torch.stack([values.sum(), values.new_tensor(values.numel())])).unbind()
+    return total / count.clamp_min(1)
+
+
+def _ranks_cat(t: Tensor, dim: int) -> Tensor:
+    """The ranks' ``t`` concatenated along ``dim`` in rank order (sizes along ``dim`` may differ), the others'
+    parts detached and this rank's with world_size times its gradient (see :func:`global_batch`)."""
+    world = _world_size()
+    if world == 1:
+        return t
+    import torch.distributed as dist
+
+    size = torch.tensor([t.shape[dim]], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(n) for n in sizes]
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [0, max(sizes) - t.shape[dim]]
+    padded = F.pad(t.detach(), pad).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [p.narrow(dim, 0, n) for p, n in zip(parts, sizes)]
+    parts[dist.get_rank()] = t.detach() + world * (t - t.detach())
+    return torch.cat(parts, dim)
+
+
 def _check_labels(target: Tensor, hi: int, ignore_index: int | None) -> None:
     if not target.numel() or _LABELS_TRUSTED.get():
         return
@@ -154,9 +227,10 @@ def _reduce(per_pixel: Tensor, weight: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "none":
         return per_pixel
     if reduction == "sum":
-        return per_pixel.sum()
+        return _ranks_sum(per_pixel.sum())
     if reduction == "mean":
-        return per_pixel.sum() / weight.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
+        total, norm = _ranks_sum(torch.stack([per_pixel.sum(), weight.sum().to(per_pixel.dtype)])).unbind()
+        return total / norm.clamp_min(torch.finfo(per_pixel.dtype).tiny)
     raise ValueError(f"reduction must be mean, sum or none; got {reduction!r}")
 
 
@@ -315,8 +389,11 @@ def soft_counts(
         w = w * _binary_target(logits, pixel_weight.to(probs.dtype))
     dims = tuple(range(2, probs.dim())) if per_image else (0, *range(2, probs.dim()))
     pw, tw = probs * w, onehot * w
-    tp = (pw * onehot).sum(dims)
-    return tp, pw.sum(dims) - tp, tw.sum(dims) - tp
+    sums = torch.stack([(pw * onehot).sum(dims), pw.sum(dims), tw.sum(dims)])
+    if not per_image:  # pooled over the batch: over the global batch in a distributed job (global_batch)
+        sums = _ranks_sum(sums)
+    tp, p_sum, t_sum = sums.unbind()
+    return tp, p_sum - tp, t_sum - tp
 
 
 def _region_loss(
@@ -334,7 +411,8 @@ def _region_loss(
         if n_cls < 2:
             raise ValueError("include_background=False leaves no class")
         w = torch.cat([w.new_zeros(1), w[1:]])
-    return ((per_class * w).sum(-1) / w.sum()).mean()
+    per_item = (per_class * w).sum(-1) / w.sum()
+    return _ranks_mean(per_item) if per_item.dim() else per_item  # per image: the global batch's images
 
 
 def dice_loss(
@@ -460,8 +538,8 @@ def lovasz_softmax(
     fg = fg.reshape(n, -1, c)  # (N, P, C)
     p = probs.movedim(1, -1).reshape(n, -1, c)
     errors = (fg - p).abs() * valid.reshape(n, -1, 1).to(probs.dtype)
-    if not per_image:
-        fg, errors = fg.reshape(1, -1, c), errors.reshape(1, -1, c)
+    if not per_image:  # one ranking of every pixel of the (global, see global_batch) batch
+        fg, errors = _ranks_cat(fg.reshape(1, -1, c), 1), _ranks_cat(errors.reshape(1, -1, c), 1)
     errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
     fg_sorted = fg.gather(1, perm)
     losses = (errors_sorted * _lovasz_grad(fg_sorted)).sum(1)  # (B, C)
@@ -472,4 +550,4 @@ def lovasz_softmax(
     else:
         raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
     per_item = (losses * present).sum(1) / present.sum(1).clamp_min(1)
-    return per_item.mean()
+    return _ranks_mean(per_item) if per_image else per_item.mean()

@@ -8,12 +8,14 @@ Every module is called as ``loss(logits, target)``; those marked ``supports_pixe
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from seglab.config import check_loss_weights
 from seglab.errors import ConfigError
 from seglab.losses import functional as LF
 from seglab.losses.functional import Mode, WeightArg
@@ -26,7 +28,23 @@ class _Loss(nn.Module):
     supports_pixel_weight = False
 
     def _weights(self, name: str, value: WeightArg) -> None:
-        self.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32))
+        tensor = None if value is None else torch.as_tensor(value, dtype=torch.float32)
+        if tensor is not None:
+            self._check(name, bool(torch.isfinite(tensor).all() and (tensor >= 0).all()), "finite and >= 0", value)
+        self.register_buffer(name, tensor)
+
+    def _check(self, name: str, ok: bool, allowed: str, value: Any) -> None:
+        """ConfigError naming the option unless ``ok``: a bad option would train silently on a wrong loss."""
+        if not ok:
+            shown = value.tolist() if isinstance(value, torch.Tensor) else value
+            raise ConfigError(f"{type(self).__name__} option {name} must be {allowed}, got {shown!r}")
+
+    def _unit(self, name: str, value: float) -> None:
+        self._check(name, _number(value) and 0 <= value <= 1, "within [0, 1]", value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @LOSSES.register("ce")
@@ -44,6 +62,7 @@ class CrossEntropyLoss(_Loss):
     ) -> None:
         super().__init__()
         self._weights("weight", weight)
+        self._unit("label_smoothing", label_smoothing)
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
@@ -70,6 +89,7 @@ class BinaryCrossEntropyLoss(_Loss):
     ) -> None:
         super().__init__()
         self._weights("pos_weight", pos_weight)
+        self._unit("label_smoothing", label_smoothing)
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
@@ -92,8 +112,11 @@ class FocalLoss(_Loss):
         mode: Mode | None = None,
     ) -> None:
         super().__init__()
+        self._check("gamma", _number(gamma) and gamma >= 0, "a number >= 0", gamma)
         self.gamma, self.ignore_index, self.mode = gamma, ignore_index, mode
         self.scalar_alpha = alpha if isinstance(alpha, int | float) else None
+        if self.scalar_alpha is not None:
+            self._unit("alpha", self.scalar_alpha)
         self._weights("alpha", None if self.scalar_alpha is not None else alpha)
 
     def forward(self, logits: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
@@ -115,6 +138,8 @@ class _RegionLoss(_Loss):
         per_image: bool = False,
     ) -> None:
         super().__init__()
+        self._check("smooth", _number(smooth) and smooth >= 0, "a number >= 0", smooth)
+        self._check("eps", _number(eps) and eps > 0, "a number > 0", eps)
         self.ignore_index, self.smooth, self.eps, self.mode = ignore_index, smooth, eps, mode
         self.include_background, self.per_image = include_background, per_image
         self._weights("class_weights", class_weights)
@@ -151,6 +176,9 @@ class TverskyLoss(_RegionLoss):
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            self._check(name, _number(value) and value >= 0, "a number >= 0", value)
+        self._check("gamma", _number(gamma) and gamma > 0, "a number > 0", gamma)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -174,6 +202,7 @@ class LovaszSoftmaxLoss(_Loss):
         self, ignore_index: int | None = 255, classes: str = "present", per_image: bool = False
     ) -> None:
         super().__init__()
+        self._check("classes", classes in ("present", "all"), "present or all", classes)
         self.ignore_index, self.classes, self.per_image = ignore_index, classes, per_image
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -278,6 +307,7 @@ def make_loss(spec: str | Mapping[str, Any], **common: Any) -> nn.Module:
         return _build(spec, common)
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"a loss spec is a name or a mapping name -> weight, got {spec!r}")
+    check_loss_weights(dict(spec), "loss")
     terms: dict[str, tuple[float, nn.Module]] = {}
     for name, value in spec.items():
         if isinstance(value, int | float):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seglab.validate import check_tiling
+
 
 def tile_starts(size: int, tile: int) -> list[int]:
     """Start offsets of tiles of length ``tile`` covering ``size``; the last tile is shifted to end at ``size``."""
@@ -62,8 +64,7 @@ def iter_tiles(
     the image; the last tile of a row or column is shifted to end at the border and so overlaps its neighbour:
     write them in order (the later tile wins), as :func:`predict_tiled` does. ``prepare`` turns each cut-out
     block into the model's input (e.g. uint8 -> normalised float on the model's device)."""
-    if tile < 1 or overlap < 0:
-        raise ValueError(f"tile must be >= 1 and overlap >= 0, got tile={tile}, overlap={overlap}")
+    check_tiling(tile, overlap)
     h, w = image.shape[-2:]
     mode = "reflect" if overlap < min(h, w) else "replicate"  # reflection needs the image to be wider
     th, tw = min(tile, h), min(tile, w)

@@ -12,6 +12,7 @@ example images are predicted again (``image_probs`` with the same predictor) to 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -20,6 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seglab.errors import CheckpointError, ConfigError
+from seglab.files import (
+    OutputKind,
+    check_out_dir,
+    file_head,
+    guard_dir,
+    guard_file,
+    is_png,
+    json_with,
+    run_lock,
+    run_root,
+)
 
 if TYPE_CHECKING:
     from seglab.checkpoint import CheckpointMeta
@@ -41,14 +53,15 @@ def write_report(
     device: str = "cpu",
     uncertainty: UncertaintyConfig | str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a run folder or a .safetensors file) on ``split`` of ``data`` (default: the run's
     ``config.yaml`` data.root) with ``uncertainty`` (default: deterministic, one softmax pass) and write the report
     into folder ``out``: evaluate's own ``eval-<split>.json``, then :func:`render_report`. Returns the paths and
-    the numbers. A folder this call created is removed again if it fails."""
+    the numbers. A folder this call created is removed again if it fails. ``out`` is checked before any work
+    (:func:`check_report_dir`); inside a run folder the run's lock is held throughout (one writer per run)."""
     from seglab.checkpoint import read_meta
     from seglab.engine.evaluate import evaluate
-    from seglab.files import check_out_dir
 
     weights, run_dir = _run_files(checkpoint)
     read_meta(weights)  # a clear CheckpointError before any work
@@ -59,18 +72,42 @@ def write_report(
                 f"{run_dir} has no config.yaml naming data.root; pass the data set with --data DIR"
             )
         data = cfg.data.root
-    out = Path(out)
-    check_out_dir(out, "report folder")
+    out = check_report_dir(out, overwrite, "report --out")
     unc = _uncertainty(uncertainty)
     created = not out.exists()
-    try:
-        evaluation = evaluate(weights, data, split, out=out / f"eval-{split}.json", device=device,
-                              progress=progress, uncertainty=unc, per_image=True)  # fmt: skip
-        return render_report(evaluation, out, uncertainty=unc, device=device)
-    except BaseException:
-        if created:  # no half-made report folder
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with report_lock(out):
+        try:
+            evaluation = evaluate(weights, data, split, out=out / f"eval-{split}.json", device=device,
+                                  progress=progress, uncertainty=unc, per_image=True, overwrite=overwrite)  # fmt: skip
+            return render_report(evaluation, out, uncertainty=unc, device=device, overwrite=overwrite)
+        except BaseException:
+            if created:  # no half-made report folder
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+REPORT_HTML = OutputKind("HTML report", (".html",), lambda p: b"<title>seglab report" in file_head(p))
+REPORT_JSON = OutputKind("report's numbers", (".json",), json_with("checkpoint", "uncertainty", "images", "model"))
+FIGURE_PNG = OutputKind("report figure", (".png",), is_png)
+
+
+def check_report_dir(out: str | Path, overwrite: bool = False, option: str = "--report") -> Path:
+    """Check, before any work, that folder ``out`` may receive a report (``seglab.files.guard_dir``: never a data
+    set; a run folder or a folder inside one is fine) and that every file it writes there is absent or an earlier
+    report's (``overwrite``: also replace files of another kind, never a checkpoint, state or data-set file)."""
+    check_out_dir(out, "report folder")
+    out = guard_dir(out, "report folder", option, run_folder=True)
+    guard_file(out / "report.html", REPORT_HTML, overwrite, option)
+    guard_file(out / "report.json", REPORT_JSON, overwrite, option)
+    for name in FIGURES:
+        guard_file(out / f"{name}.png", FIGURE_PNG, overwrite, option)
+    return out
+
+
+def report_lock(out: str | Path) -> Any:
+    """The lock of the run folder that report folder ``out`` is or lies in (one writer per run), else a no-op."""
+    run = run_root(out)
+    return run_lock(run) if run is not None else contextlib.nullcontext()
 
 
 def render_report(
@@ -79,23 +116,31 @@ def render_report(
     *,
     uncertainty: UncertaintyConfig | str | None = None,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the report of an evaluate report ``evaluation`` (computed with ``per_image=True`` and
     ``uncertainty``) into folder ``out``. ``uncertainty``: the predictor that evaluation used (default: its
     method), to draw the best, median and worst images again. Everything is rendered in memory first and each file
-    written atomically, report.html last: a failure leaves no partial file. Returns the paths and the numbers."""
+    written atomically, report.html last: a failure leaves no partial file. Returns the paths and the numbers.
+    ``out`` is checked first (:func:`check_report_dir`); inside a run folder the run's lock is held."""
+    if "images" not in evaluation or "uncertainty" not in evaluation:
+        raise ConfigError("a report needs an evaluation with per-image scores and uncertainty: "
+                          "evaluate(..., per_image=True, uncertainty='deterministic')")  # fmt: skip
+    out = check_report_dir(out, overwrite)
+    with report_lock(out):
+        return _render_report(evaluation, out, uncertainty, device)
+
+
+def _render_report(
+    evaluation: dict[str, Any], out: Path, uncertainty: UncertaintyConfig | str | None, device: str
+) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, read_meta
     from seglab.engine.predict import palette_of
-    from seglab.files import atomic_write, check_out_dir, ensure_dir, write_json
+    from seglab.files import atomic_write, ensure_dir, write_json
     from seglab.reports import figures as F
     from seglab.reports.html import render_html
     from seglab.uncertainty.calibration import reliability_figure
 
-    if "images" not in evaluation or "uncertainty" not in evaluation:
-        raise ConfigError("a report needs an evaluation with per-image scores and uncertainty: "
-                          "evaluate(..., per_image=True, uncertainty='deterministic')")  # fmt: skip
-    out = Path(out)
-    check_out_dir(out, "report folder")
     weights, _ = checkpoint_paths(evaluation["checkpoint"])
     meta = read_meta(weights)
     run_dir = weights.parent

@@ -121,6 +121,22 @@ def test_two_processes_train_what_one_process_trains(reference, shapes_dir, tmp_
     assert {r["processes"] for r in records(tmp_path / "run")} == {2}
 
 
+def test_two_processes_train_what_one_process_trains_with_the_default_loss(shapes_dir, tmp_path):
+    """The default loss, ce + dice: Dice's soft counts are pooled over the ranks (seglab.losses.global_batch), so
+    `--nproc 2` trains what one process trains, as with cross-entropy alone (per-rank Dice: 6e-3 apart)."""
+    from seglab.engine.train import train
+
+    cfg = write_config(tmp_path / "cfg.yaml", shapes_dir, epochs=2, loss={"ce": 1.0, "dice": 1.0})
+    train(Config.load(cfg).override([f"train.out_dir={tmp_path / 'one'}"]))
+    r = run([sys.executable, "-m", "seglab", "train", cfg, "--out", tmp_path / "two", "--nproc", "2"], env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert weights_diff(tmp_path / "one", tmp_path / "two") < 1e-5
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+
+
 def test_two_nodes_on_localhost(reference, shapes_dir, tmp_path):
     """Two "machines" (one process each) meeting at a c10d rendezvous on 127.0.0.1, as on a real cluster."""
     cfg = write_config(tmp_path / "cfg.yaml", shapes_dir)

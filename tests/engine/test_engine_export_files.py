@@ -114,3 +114,20 @@ def test_pickled_files_are_refused_in_one_line_without_unpickling(tmp_path, run_
     junk.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match=r"junk\.pt is not a TorchScript model: [^\n]*$"):
         load_exported(junk)
+
+
+def test_the_sidecar_records_the_smallest_side_plain_onnxruntime_takes(onnx_export):
+    """Issue 26: the graph pads by reflection and plain ONNX Runtime refuses a pad as large as the side (PyTorch,
+    and seglab's OnnxModel, replicate-pad then): the sidecar says from which side on plain ONNX Runtime runs it."""
+    import yaml
+
+    ort = pytest.importorskip("onnxruntime")
+    _, onnx_file = onnx_export
+    side = yaml.safe_load(onnx_file.with_name("m.onnx.yaml").read_text())["onnx_min_size"]
+    assert side == 2  # a 2-level U-Net: stride 2
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    for h, w in ((side, side), (side, 7), (5, side + 1)):  # runs from there on ...
+        session.run(None, {"input": np.zeros((1, 3, h, w), np.float32)})
+    for h, w in ((1, 1), (side - 1, 9)):  # ... and not below (OnnxModel pads those first)
+        with pytest.raises(Exception, match="(?i)pad"):
+            session.run(None, {"input": np.zeros((1, 3, h, w), np.float32)})
