@@ -152,7 +152,9 @@ def idle_clients(port: int, phase: Phase, count: int) -> None:
 
 def big_png(side: int) -> bytes:
     """A ``side`` x ``side`` PNG of a few KB (flat colour bands: tiny to send, huge to decode)."""
-    bands = np.repeat(np.arange(side, dtype=np.uint16)[:, None] * 7 // side * 36, side, axis=1).astype(np.uint8)
+    bands = np.repeat(np.arange(side, dtype=np.uint16)[:, None] * 7 // side * 36, side, axis=1).astype(
+        np.uint8
+    )
     return png(np.stack([bands, bands.T, np.full_like(bands, 90)], axis=-1))
 
 
@@ -162,9 +164,11 @@ def large_uploads(port: int, phase: Phase, admitted: bool) -> None:
     headers = {"Content-Type": "image/png", **AUTH}
     jobs = [("4000x4000", 4000, ""), ("4000x4000 ?uncertainty=tta", 4000, "?uncertainty=tta")]
     if admitted:
-        jobs += [("2048x2048 (max work)", 2048, ""),
-                 ("1024x1024 ?uncertainty=tta (max work)", 1024, "?uncertainty=tta"),
-                 ("724x724 ?uncertainty=mc-dropout (max work)", 724, "?uncertainty=mc-dropout")]
+        jobs += [
+            ("2048x2048 (max work)", 2048, ""),
+            ("1024x1024 ?uncertainty=tta (max work)", 1024, "?uncertainty=tta"),
+            ("724x724 ?uncertainty=mc-dropout (max work)", 724, "?uncertainty=mc-dropout"),
+        ]
     images = {side: big_png(side) for side in {s for _, s, _ in jobs}}
     first = True
     while first or (not admitted and phase.running()):
@@ -226,7 +230,9 @@ def run_phase(name: str, port: int, pid: int, seconds: float, clients: int, imag
             peak[0] = max(peak[0], memory_kb(pid, "VmRSS"))
             time.sleep(0.1)
 
-    threads = [threading.Thread(target=valid_client, args=(port, phase, image, expected)) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=valid_client, args=(port, phase, image, expected)) for _ in range(clients)
+    ]
     threads += [threading.Thread(target=a, args=(phase,)) for a in abusers]
     threads.append(threading.Thread(target=watch))
     started = time.perf_counter()
@@ -237,18 +243,28 @@ def run_phase(name: str, port: int, pid: int, seconds: float, clients: int, imag
     elapsed = time.perf_counter() - started
     ok = [s for st, s, _ in phase.valid if st == 200]
     print(f"  {name}: {len(ok) / elapsed:.1f} valid/s over {elapsed:.0f} s", file=sys.stderr)
-    return {"name": name, "elapsed": elapsed, "valid": phase.valid, "abuse": phase.abuse, "peak_mb": peak[0] / 1024}
+    return {
+        "name": name,
+        "elapsed": elapsed,
+        "valid": phase.valid,
+        "abuse": phase.abuse,
+        "peak_mb": peak[0] / 1024,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a run folder or .safetensors (default: the demo's U-Net, random weights)")
+    p.add_argument(
+        "--checkpoint", help="a run folder or .safetensors (default: the demo's U-Net, random weights)"
+    )
     p.add_argument("--seconds", type=float, default=15.0, help="length of each phase (default: 15)")
     p.add_argument("--clients", type=int, default=4, help="valid client threads (default: 4)")
     p.add_argument("--slow", type=int, default=16, help="slow-body clients (default: 16)")
     p.add_argument("--idle", type=int, default=200, help="idle connections (default: 200)")
     p.add_argument("--skip-admitted", action="store_true", help="leave out the largest admitted uploads")
-    p.add_argument("--phases", help="run only these phases, e.g. 1,2,5 (1: unloaded, always run; default: all)")
+    p.add_argument(
+        "--phases", help="run only these phases, e.g. 1,2,5 (1: unloaded, always run; default: all)"
+    )
     args = p.parse_args()
 
     import torch

@@ -269,9 +269,10 @@ def main() -> None:
     seglab = [sys.executable, "-m", "seglab", "serve", checkpoint, "--port", str(port), "--max-upload-mb",
               str(LIMIT_MB), "--max-pixels", str(LIMIT_PIXELS), "--concurrency", str(args.concurrency),
               "--queue", str(args.queue)]  # fmt: skip
+    bare = free_port()  # a port of its own (port + 1 may be some client's ephemeral port)
     for name, command, at in (("seglab serve", seglab, port),
                               ("bare FastAPI endpoint", [sys.executable, __file__, "--bare-server", checkpoint,
-                                                         str(port + 1)], port + 1)):  # fmt: skip
+                                                         str(bare)], bare)):  # fmt: skip
         proc = start(command, at, tmp / f"server-{at}.log")
         try:
             results[name] = load(at, proc, args.clients, args.duration, expected, mix)

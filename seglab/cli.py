@@ -6,6 +6,7 @@ Only argparse is imported at start-up; torch, torchvision and timm load inside t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -551,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a bad flag (its one-line error is printed): the code
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
+    _one_line_warnings()
     try:
         return args.func(args) or 0
     except SeglabError as e:
@@ -577,6 +579,21 @@ def _out_of_memory(e: BaseException) -> bool:
         or type(e).__name__ == "OutOfMemoryError"
         or "can't allocate memory" in str(e)
     )
+
+
+def _one_line_warnings() -> None:
+    """seglab's own warnings print as one ``seglab: warning: ...`` line, like its errors (not Python's
+    ``file:line: UserWarning`` plus a source line); other libraries' keep their usual form."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if f"{os.sep}seglab{os.sep}" in str(filename) and issubclass(category, UserWarning):
+            return f"seglab: warning: {_rank_prefix()}{message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
 
 
 def _rank_prefix() -> str:

@@ -120,6 +120,7 @@ def check_out_dir(path: str | Path, what: str = "output folder") -> None:
 #   - a checkpoint, a checkpoint's sidecar, a training state or a run's own log/config is never replaced.
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_SOFTWARE = "seglab"  # the Software text chunk of every PNG seglab.data.io writes
 RUN_MARKERS = ("metrics.jsonl", "last.state.pt", "best.safetensors", "last.safetensors")
 RUN_OWN_FILES = ("config.yaml", "metrics.jsonl", ".lock")
 CHECKPOINT_FORMAT = "seglab-checkpoint/1"  # seglab.checkpoint.FORMAT (not imported: it pulls in the configs)
@@ -168,6 +169,13 @@ def read_yaml_file(path: Path, limit: int = 16 << 20) -> Any:
 
 def is_png(path: Path) -> bool:
     return file_head(path, 8) == PNG_MAGIC
+
+
+def is_seglab_png(path: Path) -> bool:
+    """A PNG that seglab wrote (masks, overlays, maps): it carries the ``Software: seglab`` text chunk, which
+    Pillow puts before the pixel data (after the header and a palette of at most 768 bytes)."""
+    head = file_head(path, 4096)
+    return head[:8] == PNG_MAGIC and b"tEXtSoftware\x00" + PNG_SOFTWARE.encode() in head
 
 
 def json_with(*keys: str, without: tuple[str, ...] = ()) -> Callable[[Path], bool]:

@@ -140,3 +140,19 @@ def test_set_values_are_validated_with_exit_2_and_amp_off_is_accepted(tmp_path, 
     ]:  # fmt: skip
         code, out, err = run(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", "--set", value)
         assert code == 2 and err == f"seglab: error: {message}\n" and not (tmp_path / "run").exists()
+
+
+def test_seglab_warnings_print_as_one_line():
+    import warnings
+
+    from seglab import cli
+
+    old = warnings.formatwarning
+    try:
+        cli._one_line_warnings()
+        ours = warnings.formatwarning("crop too large", UserWarning, "/x/seglab/engine/data.py", 3)
+        assert ours == "seglab: warning: crop too large\n"
+        theirs = warnings.formatwarning("deprecated", UserWarning, "/x/torch/nn/functional.py", 3)
+        assert "functional.py:3: UserWarning: deprecated" in theirs
+    finally:
+        warnings.formatwarning = old

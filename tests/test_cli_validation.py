@@ -19,43 +19,103 @@ SERVE = ["serve", CK]
 HUGE = "99999999999"
 
 FLAG_CASES = [
-    ["demo", "--num", "0"], ["demo", "--num", "-1"], ["demo", "--epochs", "0"],
-    ["train", "--epochs", "0"], ["train", "--epochs", "-1"], ["train", "--epochs", "1.5"],
-    ["train", "--batch-size", "0"], ["train", "--lr", "0"], ["train", "--lr", "-1"], ["train", "--lr", "nan"],
-    ["train", "--lr", "inf"], ["train", "--nproc", "0"], ["train", "--nproc", HUGE],
-    [*EVAL, "--batch-size", "0"], [*EVAL, "--batch-size", "-1"], [*EVAL, "--tile", "0"], [*EVAL, "--tile", "-1"],
-    [*EVAL, "--tile", HUGE], [*EVAL, "--tile", "16", "--overlap", "-1"], [*EVAL, "--samples", "0"],
-    [*EVAL, "--samples", HUGE], [*EVAL, "--bins", "0"], [*EVAL, "--bins", HUGE], [*EVAL, "--tta-scales", "0"],
-    [*EVAL, "--tta-scales", "1", "-1"], [*EVAL, "--tta-scales", "100"], [*EVAL, "--add-dropout", "1"],
-    [*EVAL, "--add-dropout", "1.5"], [*EVAL, "--add-dropout", "-0.1"], [*EVAL, "--nproc", "0"],
+    ["demo", "--num", "0"],
+    ["demo", "--num", "-1"],
+    ["demo", "--epochs", "0"],
+    ["train", "--epochs", "0"],
+    ["train", "--epochs", "-1"],
+    ["train", "--epochs", "1.5"],
+    ["train", "--batch-size", "0"],
+    ["train", "--lr", "0"],
+    ["train", "--lr", "-1"],
+    ["train", "--lr", "nan"],
+    ["train", "--lr", "inf"],
+    ["train", "--nproc", "0"],
+    ["train", "--nproc", HUGE],
+    [*EVAL, "--batch-size", "0"],
+    [*EVAL, "--batch-size", "-1"],
+    [*EVAL, "--tile", "0"],
+    [*EVAL, "--tile", "-1"],
+    [*EVAL, "--tile", HUGE],
+    [*EVAL, "--tile", "16", "--overlap", "-1"],
+    [*EVAL, "--samples", "0"],
+    [*EVAL, "--samples", HUGE],
+    [*EVAL, "--bins", "0"],
+    [*EVAL, "--bins", HUGE],
+    [*EVAL, "--tta-scales", "0"],
+    [*EVAL, "--tta-scales", "1", "-1"],
+    [*EVAL, "--tta-scales", "100"],
+    [*EVAL, "--add-dropout", "1"],
+    [*EVAL, "--add-dropout", "1.5"],
+    [*EVAL, "--add-dropout", "-0.1"],
+    [*EVAL, "--nproc", "0"],
     [*EVAL, "--seed", "-1"],
-    [*PRED, "--tile", "0"], [*PRED, "--overlap", "-1"], [*PRED, "--threshold", "0"], [*PRED, "--threshold", "1"],
-    [*PRED, "--threshold", "nan"], [*PRED, "--samples", "-1"], [*PRED, "--tta-scales", "0"],
+    [*PRED, "--tile", "0"],
+    [*PRED, "--overlap", "-1"],
+    [*PRED, "--threshold", "0"],
+    [*PRED, "--threshold", "1"],
+    [*PRED, "--threshold", "nan"],
+    [*PRED, "--samples", "-1"],
+    [*PRED, "--tta-scales", "0"],
     ["calibrate", CK, "--data", "d", "--batch-size", "0"],
-    [*BENCH, "--size", "0"], [*BENCH, "--size", "-1"], [*BENCH, "--size", HUGE], [*BENCH, "--batch", "0"],
-    [*BENCH, "--batch", "-1"], [*BENCH, "--iters", "0"], [*BENCH, "--iters", "-1"], [*BENCH, "--warmup", "-1"],
-    [*BENCH, "--threads", "0"], [*BENCH, "--threads", HUGE], [*BENCH, "--num-classes", "0"],
+    [*BENCH, "--size", "0"],
+    [*BENCH, "--size", "-1"],
+    [*BENCH, "--size", HUGE],
+    [*BENCH, "--batch", "0"],
+    [*BENCH, "--batch", "-1"],
+    [*BENCH, "--iters", "0"],
+    [*BENCH, "--iters", "-1"],
+    [*BENCH, "--warmup", "-1"],
+    [*BENCH, "--threads", "0"],
+    [*BENCH, "--threads", HUGE],
+    [*BENCH, "--num-classes", "0"],
     ["benchmark", "--cost", "unet", "--size", "0"],
-    [*SERVE, "--port", "-1"], [*SERVE, "--port", "70000"], [*SERVE, "--max-upload-mb", "0"],
-    [*SERVE, "--max-upload-mb", "-1"], [*SERVE, "--max-upload-mb", "nan"], [*SERVE, "--max-pixels", "0"],
-    [*SERVE, "--concurrency", "0"], [*SERVE, "--queue", "-1"], [*SERVE, "--samples", "0"],
-    [*SERVE, "--add-dropout", "1.5"], [*SERVE, "--add-dropout", "-0.1"],
+    [*SERVE, "--port", "-1"],
+    [*SERVE, "--port", "70000"],
+    [*SERVE, "--max-upload-mb", "0"],
+    [*SERVE, "--max-upload-mb", "-1"],
+    [*SERVE, "--max-upload-mb", "nan"],
+    [*SERVE, "--max-pixels", "0"],
+    [*SERVE, "--concurrency", "0"],
+    [*SERVE, "--queue", "-1"],
+    [*SERVE, "--samples", "0"],
+    [*SERVE, "--add-dropout", "1.5"],
+    [*SERVE, "--add-dropout", "-0.1"],
     ["export", CK, "--out", "m.onnx", "--example-size", "0", "0"],
     ["export", CK, "--out", "m.onnx", "--example-size", "-1", "-1"],
     ["export", CK, "--out", "m.onnx", "--example-size", HUGE, "8"],
-    ["data", "synth", "--out", "s", "--num", "0"], ["data", "synth", "--out", "s", "--size", "0"],
-    ["data", "synth", "--out", "s", "--size", "100000"], ["data", "synth", "--out", "s", "--seed", "-1"],
-    ["data", "check", "d", "--ignore-index", "-1"], ["data", "check", "d", "--ignore-index", "70000"],
-]  # fmt: skip
+    ["data", "synth", "--out", "s", "--num", "0"],
+    ["data", "synth", "--out", "s", "--size", "0"],
+    ["data", "synth", "--out", "s", "--size", "100000"],
+    ["data", "synth", "--out", "s", "--seed", "-1"],
+    ["data", "check", "d", "--ignore-index", "-1"],
+    ["data", "check", "d", "--ignore-index", "70000"],
+]
 
 SET_CASES = [
-    "data.crop_size=100000", "data.crop_size=0", "data.repeat=100000000000", "data.resize={short: 100000}",
-    "data.std=[.inf, 1, 1]", "data.mean=[.nan, 0, 0]", "data.color_jitter=.inf", "train.threads=100000",
-    "train.seed=-1", "train.lr=.inf", "train.weight_decay=.inf", "train.loss={ce: -1}", "train.loss={ce: .nan}",
-    "train.loss={ce: 1, dice: .inf}", "train.loss={ce: 0}", "train.loss={dice_ce: {ce_weight: -1}}",
-    "train.class_weights=[1, .inf, 1, 1]", "train.time_limit=1h30", "train.time_limit=1m30",
-    "train.accumulate=100000000000000000000", "data.num_workers=100000", "data.elastic_grid=100000",
-]  # fmt: skip
+    "data.crop_size=100000",
+    "data.crop_size=0",
+    "data.repeat=100000000000",
+    "data.resize={short: 100000}",
+    "data.std=[.inf, 1, 1]",
+    "data.mean=[.nan, 0, 0]",
+    "data.color_jitter=.inf",
+    "train.threads=100000",
+    "train.seed=-1",
+    "train.lr=.inf",
+    "train.weight_decay=.inf",
+    "train.loss={ce: -1}",
+    "train.loss={ce: .nan}",
+    "train.loss={ce: 1, dice: .inf}",
+    "train.loss={ce: 0}",
+    "train.loss={dice_ce: {ce_weight: -1}}",
+    "train.class_weights=[1, .inf, 1, 1]",
+    "train.time_limit=1h30",
+    "train.time_limit=1m30",
+    "train.accumulate=100000000000000000000",
+    "data.num_workers=100000",
+    "data.elastic_grid=100000",
+]
 
 
 def _one_line_error(code: int, err: str) -> None:
@@ -84,7 +144,9 @@ def test_bad_config_values_give_one_line_and_exit_2(value, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("value", ["data.mean=[0.5]", "data.std=[0.5, 0.5]", "data.mean=[0.5, 0.5, 0.5, 0.5]"])
+@pytest.mark.parametrize(
+    "value", ["data.mean=[0.5]", "data.std=[0.5, 0.5]", "data.mean=[0.5, 0.5, 0.5, 0.5]"]
+)
 def test_means_and_stds_need_one_value_per_image_channel(value, shapes_dir, tmp_path, capsys):
     """RGB images: one mean would broadcast silently, two or four stds crashed in Normalize."""
     code = main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "run"), "--set", value,
@@ -97,13 +159,21 @@ def test_means_and_stds_need_one_value_per_image_channel(value, shapes_dir, tmp_
 
 @pytest.mark.parametrize(
     ("loss", "message"),
-    [("{focal: {gamma: -1}}", "FocalLoss option gamma must be a number >= 0, got -1"),
-     ("{ce: {label_smoothing: 2}}", "CrossEntropyLoss option label_smoothing must be within [0, 1], got 2"),
-     ("{ce: 1, dice: {smooth: -1}}", "DiceLoss option smooth must be a number >= 0, got -1"),
-     ("{tversky: {alpha: -1}}", "TverskyLoss option alpha must be a number >= 0, got -1"),
-     ("{focal: {alpha: [1, -1, 1, 1]}}", "FocalLoss option alpha must be finite and >= 0, got [1, -1, 1, 1]"),
-     ("{lovasz: {classes: some}}", "LovaszSoftmaxLoss option classes must be present or all, got 'some'")],
-)  # fmt: skip
+    [
+        ("{focal: {gamma: -1}}", "FocalLoss option gamma must be a number >= 0, got -1"),
+        (
+            "{ce: {label_smoothing: 2}}",
+            "CrossEntropyLoss option label_smoothing must be within [0, 1], got 2",
+        ),
+        ("{ce: 1, dice: {smooth: -1}}", "DiceLoss option smooth must be a number >= 0, got -1"),
+        ("{tversky: {alpha: -1}}", "TverskyLoss option alpha must be a number >= 0, got -1"),
+        (
+            "{focal: {alpha: [1, -1, 1, 1]}}",
+            "FocalLoss option alpha must be finite and >= 0, got [1, -1, 1, 1]",
+        ),
+        ("{lovasz: {classes: some}}", "LovaszSoftmaxLoss option classes must be present or all, got 'some'"),
+    ],
+)
 def test_bad_loss_options_give_one_line(loss, message, shapes_dir, tmp_path, capsys):
     """They trained silently on a wrong loss (a negative focal gamma, Dice smoothing) or crashed in torch."""
     code = main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "run"), "--set", f"train.loss={loss}",
@@ -135,9 +205,13 @@ def test_flag_errors_name_the_flag_and_its_range(capsys):
 
 def test_boundary_values_are_accepted():
     p = build_parser()
-    a = p.parse_args([*EVAL, "--tile", "1", "--overlap", "0", "--add-dropout", "0", "--tta-scales", "0.5", "8"])
+    a = p.parse_args(
+        [*EVAL, "--tile", "1", "--overlap", "0", "--add-dropout", "0", "--tta-scales", "0.5", "8"]
+    )
     assert (a.tile, a.overlap, a.add_dropout, a.tta_scales) == (1, 0, 0.0, [0.5, 8.0])
-    a = p.parse_args([*SERVE, "--port", "0", "--queue", "0", "--max-upload-mb", "0.5", "--add-dropout", "0.99"])
+    a = p.parse_args(
+        [*SERVE, "--port", "0", "--queue", "0", "--max-upload-mb", "0.5", "--add-dropout", "0.99"]
+    )
     assert (a.port, a.queue, a.max_upload_mb, a.add_dropout) == (0, 0, 0.5, 0.99)
     a = p.parse_args([*BENCH, "--warmup", "0", "--size", "16384"])
     assert (a.warmup, a.size) == (0, [16384])
@@ -164,21 +238,38 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("10m", 600), ("10min", 600), ("1h30m", 5400), ("1.5h", 5400), ("2h", 7200), ("45", 45),
-     (45, 45), ("1h 30m 15s", 5415), ("2.5", 2.5)],
-)  # fmt: skip
+    [
+        ("90s", 90),
+        ("10m", 600),
+        ("10min", 600),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("2h", 7200),
+        ("45", 45),
+        (45, 45),
+        ("1h 30m 15s", 5415),
+        ("2.5", 2.5),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text, "train.time_limit") == seconds
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("1h30", "'1h30' is ambiguous: 30 after 1h has no unit; write 1h30m"),
-     ("1m30", "'1m30' is ambiguous: 30 after 1m has no unit; write 1m30s"),
-     ("1h30m20", "'1h30m20' is ambiguous"), ("30x", "must be a duration such as 90s"),
-     ("", "must be a duration such as 90s"), ("-5", "must be a duration"), (-5, "positive, finite duration"),
-     (0, "positive, finite duration"), ("0s", "positive, finite duration"), (math.inf, "positive, finite")],
-)  # fmt: skip
+    [
+        ("1h30", "'1h30' is ambiguous: 30 after 1h has no unit; write 1h30m"),
+        ("1m30", "'1m30' is ambiguous: 30 after 1m has no unit; write 1m30s"),
+        ("1h30m20", "'1h30m20' is ambiguous"),
+        ("30x", "must be a duration such as 90s"),
+        ("", "must be a duration such as 90s"),
+        ("-5", "must be a duration"),
+        (-5, "positive, finite duration"),
+        (0, "positive, finite duration"),
+        ("0s", "positive, finite duration"),
+        (math.inf, "positive, finite"),
+    ],
+)
 def test_ambiguous_or_empty_durations_are_refused(text, message):
     with pytest.raises(ConfigError, match="^train.time_limit") as e:
         parse_duration(text, "train.time_limit")
@@ -196,7 +287,15 @@ def test_time_limit_flag_refuses_1h30(capsys, tmp_path):
 
 @pytest.mark.parametrize(
     "loss",
-    ["{ce: -1}", "{ce: 1, dice: -0.5}", "{ce: .nan}", "{ce: .inf}", "{ce: {weight: -1}}", "{ce: 0, dice: 0}", "{}"],
+    [
+        "{ce: -1}",
+        "{ce: 1, dice: -0.5}",
+        "{ce: .nan}",
+        "{ce: .inf}",
+        "{ce: {weight: -1}}",
+        "{ce: 0, dice: 0}",
+        "{}",
+    ],
 )
 def test_negative_or_non_finite_loss_weights_are_refused(loss):
     with pytest.raises(ConfigError, match="^train.loss"):

@@ -42,7 +42,15 @@ def world(tmp_path_factory, shapes_dir):
     (run / "config.yaml").write_text(Config().override([f"data.root={data}"]).dump())
     other = root / "other"
     other.mkdir()
-    for name in ("notes.txt", "x_mask.png", "report.html", "benchmark.md", "config.yaml", "notes.onnx", "notes.pt"):
+    for name in (
+        "notes.txt",
+        "x_mask.png",
+        "report.html",
+        "benchmark.md",
+        "config.yaml",
+        "notes.onnx",
+        "notes.pt",
+    ):
         (other / name).write_text("my notes\n")
     for name in ("notes.json", "eval-test.json"):
         (other / name).write_text(json.dumps({"mine": [1, 2, 3]}))
@@ -68,7 +76,9 @@ def target_path(w: dict[str, Path], target: str, folder: bool, command: str) -> 
              "image": w["data"] / "images" / "00.png", "mask": w["data"] / "masks" / "00.png"}  # fmt: skip
     if not folder:
         if target == "other":
-            return w["other"] / {"export-onnx": "notes.onnx", "export-ts": "notes.pt"}.get(command, "notes.json")
+            return w["other"] / {"export-onnx": "notes.onnx", "export-ts": "notes.pt"}.get(
+                command, "notes.json"
+            )
         return files[target]
     if target == "other":
         return w["other"]
@@ -78,18 +88,74 @@ def target_path(w: dict[str, Path], target: str, folder: bool, command: str) -> 
 
 
 COMMANDS = {  # name: (is the option a folder, argv builder, has --overwrite)
-    "evaluate": (False, lambda w, t: ["evaluate", w["run"], "--data", w["data"], "--split", "all", "--out", t], True),
-    "evaluate-report": (True, lambda w, t: ["evaluate", w["run"], "--data", w["data"], "--split", "all",
-                                            "--out", w["root"] / "e.json", "--report", t], True),  # fmt: skip
-    "report": (True, lambda w, t: ["report", w["run"], "--data", w["data"], "--split", "all", "--out", t], True),
+    "evaluate": (
+        False,
+        lambda w, t: ["evaluate", w["run"], "--data", w["data"], "--split", "all", "--out", t],
+        True,
+    ),
+    "evaluate-report": (
+        True,
+        lambda w, t: [
+            "evaluate",
+            w["run"],
+            "--data",
+            w["data"],
+            "--split",
+            "all",
+            "--out",
+            w["root"] / "e.json",
+            "--report",
+            t,
+        ],
+        True,
+    ),
+    "report": (
+        True,
+        lambda w, t: ["report", w["run"], "--data", w["data"], "--split", "all", "--out", t],
+        True,
+    ),
     "predict": (True, lambda w, t: ["predict", w["run"], w["in"] / "x.png", "--out", t], True),
     "export-onnx": (False, lambda w, t: ["export", w["run"], "--out", t], True),
     "export-ts": (False, lambda w, t: ["export", w["run"], "--format", "torchscript", "--out", t], True),
-    "benchmark": (True, lambda w, t: ["benchmark", "unet", "--params", TINY, "--size", 16, "--iters", 1,
-                                      "--warmup", 0, "--out", t], True),  # fmt: skip
-    "train": (True, lambda w, t: ["train", "--data", w["data"], "--out", t, "--epochs", 1, "--batch-size", 2,
-                                  "--set", f"model.params={TINY}", "--set", "data.val_ratio=0.25",
-                                  "--set", "data.test_ratio=0"], False),  # fmt: skip
+    "benchmark": (
+        True,
+        lambda w, t: [
+            "benchmark",
+            "unet",
+            "--params",
+            TINY,
+            "--size",
+            16,
+            "--iters",
+            1,
+            "--warmup",
+            0,
+            "--out",
+            t,
+        ],
+        True,
+    ),
+    "train": (
+        True,
+        lambda w, t: [
+            "train",
+            "--data",
+            w["data"],
+            "--out",
+            t,
+            "--epochs",
+            1,
+            "--batch-size",
+            2,
+            "--set",
+            f"model.params={TINY}",
+            "--set",
+            "data.val_ratio=0.25",
+            "--set",
+            "data.test_ratio=0",
+        ],
+        False,
+    ),
     "data-synth": (True, lambda w, t: ["data", "synth", "--out", t, "--num", 2, "--size", 16], True),
     "demo": (True, lambda w, t: ["demo", "--out", t, "--num", 8, "--epochs", 1], False),
 }
@@ -138,7 +204,9 @@ def test_predict_into_a_data_set_is_refused_but_next_to_it_is_fine(world, run_cl
     data = world["data"]
     before = snapshot(data)
     for out in (data, data / "masks", data / "predictions"):
-        code, _, err = run_cli("predict", world["run"], data / "images" / "01.png", "--out", out, "--no-progress")
+        code, _, err = run_cli(
+            "predict", world["run"], data / "images" / "01.png", "--out", out, "--no-progress"
+        )
         assert code == 2 and "seglab never writes into a data set" in err, err
     assert snapshot(data) == before
     code, _, err = run_cli("predict", world["run"], data / "images" / "01.png", "--out", tmp_path / "p",
@@ -154,4 +222,23 @@ def test_data_synth_overwrite_replaces_only_its_own_data_set(run_cli, tmp_path):
     assert code == 2 and "pass --overwrite" in err
     assert run_cli("data", "synth", "--out", out, "--num", 4, "--size", 16, "--overwrite")[0] == 0
     assert len(list((out / "images").iterdir())) == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # the old folder is gone, nothing half-made
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "synth"
+    ]  # the old folder is gone, nothing half-made
+
+
+def test_predict_replaces_its_own_masks_but_not_a_users_png_of_the_same_name(world, run_cli, tmp_path):
+    """predict recognises its earlier PNGs by the ``Software: seglab`` chunk, not by the PNG header alone."""
+    from PIL import Image
+
+    argv = ["predict", world["run"], world["in"] / "x.png", "--out", tmp_path, "--no-progress"]
+    assert run_cli(*argv)[0] == 0
+    assert b"tEXtSoftware\x00seglab" in (tmp_path / "x_mask.png").read_bytes()[:4096]
+    assert run_cli(*argv)[0] == 0  # its own masks and overlays: replaced
+    Image.new("RGB", (5, 5), (1, 2, 3)).save(tmp_path / "x_mask.png")  # a user's PNG at that name
+    mine = (tmp_path / "x_mask.png").read_bytes()
+    code, _, err = run_cli(*argv)
+    assert code == 2 and "x_mask.png already exists and is a PNG image" in err, err
+    assert (tmp_path / "x_mask.png").read_bytes() == mine
+    assert run_cli(*argv, "--overwrite")[0] == 0
+    assert (tmp_path / "x_mask.png").read_bytes() != mine

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from seglab.errors import ConfigError, DataError
-from seglab.files import atomic_write
+from seglab.files import PNG_SOFTWARE, atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_PIXELS = 2**28  # the default of ``max_pixels()``: 268 M pixels, e.g. 16384 x 16384
@@ -243,14 +243,24 @@ def save_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]] | N
     """Write uint8 (H, W) or (H, W, 3) as PNG; with ``palette`` an index mask becomes a P-mode image; uint16
     (H, W) (e.g. an instance label map) is written as a 16-bit grayscale PNG."""
     img = png_image(array, palette)
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=_png_info()))
 
 
 def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> bytes:
     """The bytes :func:`save_png` would write for ``array`` (the service answers with them)."""
     buf = io.BytesIO()
-    png_image(array, palette).save(buf, format="PNG")
+    png_image(array, palette).save(buf, format="PNG", pnginfo=_png_info())
     return buf.getvalue()
+
+
+def _png_info():
+    """The ``Software: seglab`` text chunk of every PNG seglab writes: how a command recognises its own earlier
+    outputs (``seglab.files.is_seglab_png``) and replaces them, but never a user's PNG of the same name."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    return info
 
 
 def png_image(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> Image.Image:

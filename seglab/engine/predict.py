@@ -25,7 +25,7 @@ import torch
 from seglab.data.io import IMAGE_SUFFIXES, class_index, default_palette, read_image, save_png
 from seglab.data.transforms import resize_image, resized_size, stretch_image
 from seglab.errors import ConfigError, DataError
-from seglab.files import OutputKind, guard_file, is_png
+from seglab.files import OutputKind, guard_file, is_seglab_png
 from seglab.models.tiling import iter_tiles
 
 if TYPE_CHECKING:
@@ -474,8 +474,14 @@ def _safe(name: str) -> str:
 
 
 def _is_prediction(path: Path) -> bool:
-    """An earlier output of predict: a PNG, or an NPZ (zip) of uncertainty maps."""
-    return is_png(path) or (path.suffix == ".npz" and zipfile.is_zipfile(path))
+    """An earlier output of predict: a PNG seglab wrote, or an NPZ of uncertainty maps (``--save-maps``)."""
+    if path.suffix == ".png":
+        return is_seglab_png(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"entropy.npy", "probs.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 PREDICTION = OutputKind("prediction", (".png", ".npz"), _is_prediction)

@@ -46,6 +46,9 @@ from seglab.errors import ConfigError, DataError, SeglabError
 UNCERTAINTY = ("tta", "mc-dropout")  # the ?uncertainty= methods: both need only the one checkpoint
 PARAMS = {"format": ("png", "json"), "overlay": ("0", "1"), "uncertainty": ("none", *UNCERTAINTY)}
 IMAGE_TYPES = ("image/", "application/octet-stream", "multipart/form-data")
+# an over-limit body of at most DRAIN x the byte limit is read to its end (and dropped) before the 413, so that a
+# client still sending reads the answer instead of a reset; a larger one is answered at once, the connection closed
+DRAIN = 4
 # the Pillow formats an upload may have (MPO: the multi-picture JPEG of many cameras); no other decoder runs
 FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -463,26 +466,36 @@ async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]
         raise HTTPError(400, f"content type {kind[:100] or 'none'!r} is not an image; send the image's bytes with "
                              "Content-Type image/png (or image/jpeg ...) or as a multipart form field 'file'")  # fmt: skip
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    too_large = declared.isdigit() and int(declared) > limit
+    if too_large and int(declared) > DRAIN * limit:
         raise HTTPError(
             413, f"the upload is {int(declared):,} bytes, above this service's limit of {limit:,}"
         )
-    body = bytearray()
+    body, seen = bytearray(), 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise HTTPError(413, f"the upload is over this service's limit of {limit:,} bytes")
+                seen += len(chunk)
+                if seen > DRAIN * limit:
+                    break
+                if seen <= limit:
+                    body += chunk
     except TimeoutError:
-        raise HTTPError(408, f"the upload did not arrive within {timeout:g} s ({len(body):,} of "
-                             f"{int(declared) if declared.isdigit() else 'unknown'} bytes came); send the "
-                             f"whole body at once (this service's --body-timeout)") from None  # fmt: skip
+        if seen > limit:  # 413 even though the rest never came
+            too_large = True
+        else:
+            raise HTTPError(408, f"the upload did not arrive within {timeout:g} s ({len(body):,} of "
+                                 f"{int(declared) if declared.isdigit() else 'unknown'} bytes came); send the "
+                                 f"whole body at once (this service's --body-timeout)") from None  # fmt: skip
     except ClientDisconnect:
         client = request.client
         who = f"{client.host}:{client.port}" if client else "a client"
         raise ClientGone(f"{who} disconnected during its upload after {len(body):,} of "
                          f"{declared if declared.isdigit() else 'unknown'} bytes; nothing predicted") from None  # fmt: skip
+    if too_large or seen > limit:  # read to its end (up to DRAIN x limit), so a client still sending reads this
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"the upload is {int(declared):,} bytes, above this service's limit of {limit:,}")
+        raise HTTPError(413, f"the upload is over this service's limit of {limit:,} bytes")
     if kind != "multipart/form-data":
         return bytes(body), "the upload"
     from starlette.datastructures import UploadFile

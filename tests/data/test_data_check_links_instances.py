@@ -85,9 +85,13 @@ def test_half_on_background_passes_and_a_changed_mask_is_compared_again(tmp_path
     assert check(root).problems == []
     decoded = []
     load = ImageFile.ImageFile.load
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (decoded.append(self.filename), load(self))[1])
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda self: (decoded.append(self.filename), load(self))[1]
+    )
     assert check(root).problems == [] and not any("instances" in str(f) for f in decoded if f)  # cached
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / "01.png")  # the object is erased
     os.utime(root / "masks" / "01.png", ns=(1, 1))  # a new mtime, whatever the clock's resolution
     problems = check(root).problems
-    assert len(problems) == 1 and "instances/01.png: 100 % of its object pixels lie on background" in problems[0]
+    assert (
+        len(problems) == 1 and "instances/01.png: 100 % of its object pixels lie on background" in problems[0]
+    )

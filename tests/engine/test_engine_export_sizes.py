@@ -38,16 +38,22 @@ def test_a_static_segnet_export_says_its_size(tmp_path, run_cli):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     ckpt = checkpoint(tmp_path, "segnet", depth=2, base_channels=4)
-    code, out, err = run_cli("export", ckpt, "--out", tmp_path / "s.onnx", "--static", "--example-size", 24, 40)
+    code, out, err = run_cli(
+        "export", ckpt, "--out", tmp_path / "s.onnx", "--static", "--example-size", 24, 40
+    )
     assert code == 0 and "static input (1, 3, 24, 40)" in out, err
     assert yaml.safe_load((tmp_path / "s.onnx.yaml").read_text())["onnx_input_size"] == [24, 40]
 
 
-@pytest.mark.parametrize("multiple, margin, expected", [(1, 0, 1), (2, 0, 2), (4, 0, 3), (8, 0, 5), (32, 0, 17)])
+@pytest.mark.parametrize(
+    "multiple, margin, expected", [(1, 0, 1), (2, 0, 2), (4, 0, 3), (8, 0, 5), (32, 0, 17)]
+)
 def test_plain_min_size_is_where_reflect_padding_starts_to_fit(multiple, margin, expected):
     g = InputGeometry(multiple=multiple, margin=margin)
     assert plain_min_size(g, "reflect") == expected and plain_min_size(g, "replicate") == 1
-    for n in range(expected, expected + 3 * multiple):  # every size from there on: each pad smaller than the side
+    for n in range(
+        expected, expected + 3 * multiple
+    ):  # every size from there on: each pad smaller than the side
         assert g.output_size(n) - n < n
 
 

@@ -37,7 +37,9 @@ def test_epoch_lines_arrive_while_the_run_goes_on(shapes_dir, tmp_path, flags):
         proc.kill()
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [e.split()[1] for e in epochs] == ["1/4", "2/4", "3/4", "4/4"], lines
-    assert all(" loss " in e and " lr " in e and " val mIoU " in e and e.rstrip().endswith(" s") for e in epochs)
+    assert all(
+        " loss " in e and " lr " in e and " val mIoU " in e and e.rstrip().endswith(" s") for e in epochs
+    )
     assert running_at_first_epoch is True  # flushed at once, not when the process ends
     assert "\r" not in "".join(lines)
     assert "best validation mIoU" in out
@@ -64,14 +66,18 @@ def test_long_epochs_log_at_the_interval_without_bars(shapes_dir, tmp_path):
     assert [line.split()[1] for line in steps] == ["1/2", "1/2", "1/2", "2/2", "2/2", "2/2"]
     assert [int(line.split()[3]) for line in steps] == [3, 6, 8, 11, 14, 16]
     assert all(" loss " in line and " lr " in line for line in steps)
-    assert chatty.index(steps[3]) > next(i for i, line in enumerate(chatty) if line.startswith("epoch 1/2  loss"))
+    assert chatty.index(steps[3]) > next(
+        i for i, line in enumerate(chatty) if line.startswith("epoch 1/2  loss")
+    )
 
 
 def test_the_precision_choice_is_logged_without_bars(shapes_dir, tmp_path, monkeypatch, capsys):
     import seglab.engine.train as engine_train
 
     monkeypatch.setattr(engine_train, "amp_candidates", lambda device: ["off", "bf16"])
-    monkeypatch.setattr(engine_train, "probe_amp", lambda step, candidates: ("off", {"off": 0.01, "bf16": 0.02}))
+    monkeypatch.setattr(
+        engine_train, "probe_amp", lambda step, candidates: ("off", {"off": 0.01, "bf16": 0.02})
+    )
     engine_train.train(_config(shapes_dir, tmp_path / "run", progress="false", epochs=1))
     err = capsys.readouterr().err
     assert "train.amp auto: fp32 0.010 s, bf16 0.020 s per step on cpu -> off\n" in err

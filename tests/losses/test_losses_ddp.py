@@ -56,7 +56,9 @@ def _worker(rank: int, world: int, port: int) -> None:
         got.backward()
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6, msg=f"{name}: loss")
         # DDP averages the ranks' parameter gradients: each rank's share is 1/world of what it holds
-        torch.testing.assert_close(local.grad / world, full.grad[part], atol=1e-7, rtol=1e-5, msg=f"{name}: grad")
+        torch.testing.assert_close(
+            local.grad / world, full.grad[part], atol=1e-7, rtol=1e-5, msg=f"{name}: grad"
+        )
         with torch.no_grad():  # outside the block a rank's loss is its own share's
             own = loss(x[part], y[part])
         if name in ("dice", "ce+dice", "lovasz", "ce_class_weights"):

@@ -142,6 +142,20 @@ def test_client_leaving_mid_upload_logs_one_line(server) -> None:
     assert "Traceback" not in log.read_text()
 
 
+def test_over_limit_bodies_get_413_not_a_reset(server) -> None:
+    """A body over --max-upload-mb (20 MiB) but within 4 times it is read to its end and dropped, so a client that
+    sends it whole before reading gets the 413 (closing at once would reset it mid-send); a far larger one
+    is answered 413 from its header alone."""
+    port, _ = server
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("POST", "/predict", body=b"\x00" * (25 << 20), headers={"Content-Type": "image/png"})
+    r = c.getresponse()
+    assert r.status == 413 and b"26,214,400 bytes, above this service's limit of 20,971,520" in r.read()
+    s = slow_upload(port, sent=b"", length=1 << 40)  # a terabyte announced, nothing sent
+    reply = answer(s, 10)
+    assert reply.startswith(b"HTTP/1.1 413") and b"above this service's limit" in reply, reply[:200]
+
+
 def test_bad_host_header_on_the_wire(server) -> None:
     port, _ = server
     for host, status in (("evil.example", 400), (f"evil.example:{port}", 400), (f"localhost:{port}", 200),
@@ -201,7 +215,9 @@ def test_decoders_outside_the_allowlist_are_refused(ckpt, fmt) -> None:
     img = Image.new("RGB", (20, 16), (10, 200, 30))
     buf = io.BytesIO()
     try:
-        (img.convert("F") if fmt == "SPIDER" else img.convert("1") if fmt == "XBM" else img).save(buf, format=fmt)
+        (img.convert("F") if fmt == "SPIDER" else img.convert("1") if fmt == "XBM" else img).save(
+            buf, format=fmt
+        )
     except (OSError, KeyError, ValueError) as e:
         pytest.skip(f"Pillow cannot write {fmt} here: {e}")
     r = post(client(ckpt), buf.getvalue())
@@ -219,9 +235,13 @@ def test_allowlisted_formats_are_served(ckpt, fmt) -> None:
 def test_forms_with_two_files_and_upload_names(ckpt) -> None:
     c = client(ckpt)
     data = encode((20, 20))
-    r = c.post("/predict", files=[("file", ("a.png", data, "image/png")), ("file", ("b.png", data, "image/png"))])
+    r = c.post(
+        "/predict", files=[("file", ("a.png", data, "image/png")), ("file", ("b.png", data, "image/png"))]
+    )
     assert r.status_code == 400 and "holds 2 files ('a.png', 'b.png')" in r.json()["detail"]
-    r = c.post("/predict", files=[("file", ("a.png", data, "image/png")), ("other", ("b.png", data, "image/png"))])
+    r = c.post(
+        "/predict", files=[("file", ("a.png", data, "image/png")), ("other", ("b.png", data, "image/png"))]
+    )
     assert r.status_code == 400
     r = c.post("/predict", files={"file": ("notes.png", b"not an image at all", "image/png")})
     detail = r.json()["detail"]
@@ -293,12 +313,29 @@ def test_bad_host_is_refused_before_anything_else(ckpt) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("add_dropout", 1.5), ("add_dropout", -0.1), ("add_dropout", math.nan), ("add_dropout", 1.0),
-     ("body_timeout", 0), ("body_timeout", math.nan), ("body_timeout", math.inf), ("concurrency", 0),
-     ("queue", -1), ("samples", 0), ("max_upload_bytes", 0), ("max_pixels", 0), ("max_work", 0), ("tile", -1),
-     ("tile_above", 0), ("overlap", -1), ("concurrency", 1.5), ("queue", True), ("allowed_hosts", ["a b"]),
-     ("allowed_hosts", "a,,b")],
-)  # fmt: skip
+    [
+        ("add_dropout", 1.5),
+        ("add_dropout", -0.1),
+        ("add_dropout", math.nan),
+        ("add_dropout", 1.0),
+        ("body_timeout", 0),
+        ("body_timeout", math.nan),
+        ("body_timeout", math.inf),
+        ("concurrency", 0),
+        ("queue", -1),
+        ("samples", 0),
+        ("max_upload_bytes", 0),
+        ("max_pixels", 0),
+        ("max_work", 0),
+        ("tile", -1),
+        ("tile_above", 0),
+        ("overlap", -1),
+        ("concurrency", 1.5),
+        ("queue", True),
+        ("allowed_hosts", ["a b"]),
+        ("allowed_hosts", "a,,b"),
+    ],
+)
 def test_serve_config_refuses_bad_values(field, value) -> None:
     with pytest.raises(ConfigError, match=field.replace("_", "-")):
         ServeConfig(**{field: value})
