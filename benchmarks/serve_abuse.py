@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, memory_kb, png, start  # noqa: E402
+from serve_load import free_port, memory_kb, png, run_threads, start  # noqa: E402
 
 TOKEN = "abuse-benchmark-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -235,12 +235,7 @@ def run_phase(name: str, port: int, pid: int, seconds: float, clients: int, imag
     ]
     threads += [threading.Thread(target=a, args=(phase,)) for a in abusers]
     threads.append(threading.Thread(target=watch))
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_threads(threads)
     ok = [s for st, s, _ in phase.valid if st == 200]
     print(f"  {name}: {len(ok) / elapsed:.1f} valid/s over {elapsed:.0f} s", file=sys.stderr)
     return {

@@ -86,6 +86,16 @@ def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
     sys.exit(f"server {' '.join(command)} did not start: {log.read_text()[-2000:]}")
 
 
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start every thread, wait for all of them, and return the seconds that took."""
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def memory_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -143,12 +153,7 @@ def load(port: int, proc: subprocess.Popen, clients: int, duration: float, expec
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     threads.append(threading.Thread(target=watcher))
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_threads(threads)
     alive = proc.poll() is None
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

@@ -35,6 +35,10 @@ def _train_config(args: argparse.Namespace):
     from seglab.config import Config
 
     cfg = Config.load(args.config) if args.config else Config()
+    if args.time_limit is not None:  # checked as typed: an empty flag ("$UNSET") would read as YAML null, no limit
+        from seglab.config import parse_duration
+
+        parse_duration(args.time_limit, "--time-limit")
     flags = {"data.root": args.data, "train.out_dir": args.out, "train.epochs": args.epochs,
              "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
              "train.time_limit": args.time_limit}  # fmt: skip
@@ -274,7 +278,10 @@ def _yaml_mapping(text: str | None) -> dict | None:
 
     from seglab.errors import ConfigError
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
     if not isinstance(value, dict):
         raise ConfigError(
             f"--params must be a YAML mapping such as '{{depth: 2, base_channels: 4}}', got {text!r}"

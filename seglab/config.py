@@ -171,10 +171,14 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; give a YAML file (or --data {path} for a data set)")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.load(path.read_text(), Loader=_Loader)
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; give a YAML file") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if data is not None and not isinstance(data, dict):
@@ -430,6 +434,22 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core-schema scalars (see _SCALARS); reads config files and overrides."""
 
     yaml_implicit_resolvers: dict = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A key given twice is an error (PyYAML keeps the last one without a word)."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys (<<: *base) may be given again: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Dumper(yaml.SafeDumper):

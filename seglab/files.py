@@ -36,9 +36,32 @@ def atomic_write(path: Path, write: Callable[[Path], Any], durable: bool = True)
         os.replace(tmp, path)
         if durable:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(path.parent, e)  # before the unlink frees the temporary's space
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise SeglabError(no_space_message(path)) from None
         raise
+
+
+def disk_full(folder: Path, e: BaseException) -> bool:
+    """Whether ``e``, raised while writing into ``folder``, means its file system is full: ENOSPC or EDQUOT, or
+    an error without an errno (torch.save's "iostream error") with under 1 MiB left there."""
+    import errno
+    import shutil
+
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(e, OSError | RuntimeError):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def no_space_message(path: Path) -> str:
+    return f"cannot write {path}: no space left on its file system; free some space or choose another output path"
 
 
 def fsync_path(path: Path) -> None:
@@ -90,10 +113,15 @@ def write_json(path: Path, obj: Any) -> None:
 
 def append_text(path: Path, text: str) -> None:
     """Append ``text`` to a log file and fsync it (a kill can cut the last line short; readers drop such a line)."""
-    with Path(path).open("a") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with Path(path).open("a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if disk_full(Path(path).parent, e):
+            raise SeglabError(no_space_message(Path(path))) from None
+        raise
 
 
 def check_out_dir(path: str | Path, what: str = "output folder") -> None:

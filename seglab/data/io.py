@@ -124,10 +124,23 @@ def open_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) ->
                             f"convert it to PNG")  # fmt: skip
         check_pixels(path, img.size)
         check_sample_bits(img, path)
+        check_tiff_tiles(img, path)
     except DataError:
         img.close()
         raise
     return img
+
+
+def check_tiff_tiles(img: Image.Image, path: Path | NamedBytes) -> None:
+    """DataError for a TIFF whose tiles hold more pixels than the image (and than 1024 x 1024): libtiff allocates
+    a whole tile before decoding it, so a 200-byte 64 x 64 file declaring 16384 x 16384 tiles costs 800 MB."""
+    if img.format != "TIFF":
+        return
+    tags = getattr(img, "tag_v2", {})
+    tw, th = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    if isinstance(tw, int) and isinstance(th, int) and tw * th > max(img.size[0] * img.size[1], 2**20):
+        raise DataError(f"{path} is a {img.size[0]}x{img.size[1]} TIFF with {tw}x{th} tiles, larger than the "
+                        f"image; rewrite it without tiles or with small ones (e.g. 256 x 256)")  # fmt: skip
 
 
 # modes in which Pillow hands out 8 bits per sample, even when the file stores more (it keeps the high byte)
@@ -221,6 +234,8 @@ def read_image(
     img = load_image(path, formats)
     own = image_channels(img, path)
     c = own if channels is None else channels
+    if img.mode == "P" and "transparency" in img.info:  # the same pixels, without Pillow's two-line warning
+        img = img.convert("RGBA")
     img = img.convert("L" if c == 1 else "RGB")
     arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     return arr[..., None] if arr.ndim == 2 else arr

@@ -103,7 +103,7 @@ def run_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
+        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
     for batch in loader:
         for images, masks, size in label_groups(batch):
             images, masks = images.to(device), masks.to(device)
@@ -136,7 +136,7 @@ def run_uncertainty_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True)
+        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
     for batch in loader:
         for images, masks, size in label_groups(batch):
             result = predictor(images.to(device), size)
@@ -405,7 +405,7 @@ def _image_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        indices = tqdm(indices, desc="evaluate", leave=False, dynamic_ncols=True)
+        indices = tqdm(indices, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
     for i in indices:
         image, mask = ds.load(i)
         target = torch.from_numpy(mask)[None]
@@ -470,7 +470,7 @@ def _calibrate(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="calibrate", leave=False, dynamic_ncols=True)
+        loader = tqdm(loader, desc="calibrate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
     # the logits at the labels' resolution (upsampled for a checkpoint with resize), then only the pixels
     logits, labels = collect_logits(torch.nn.Identity(), label_logits(model, loader, dev), dev, meta.ignore_index,
                                     max_pixels)  # fmt: skip

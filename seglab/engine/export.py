@@ -130,11 +130,18 @@ def export_model(
             f"{type(model).__name__} cannot be exported with a dynamic input size: {why}; export it with --static "
             "(and --example-size H W, the size it will run at)"
         )
+    why = _example_problem(model, example_size) if fmt == "onnx" and dynamic else None
+    if why:
+        raise ConfigError(
+            f"--example-size {example_size[0]} {example_size[1]} cannot trace a dynamic ONNX graph of "
+            f"{type(model).__name__}: {why}; give an odd size such as the default 67 93, or export with --static"
+        )
     ensure_dir(out.parent)
     model = model.eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, in_channels, *example_size, generator=gen)
-    xc = torch.randn(2, in_channels, example_size[0] - 4, example_size[1] + 6, generator=gen)
+    h2 = example_size[0] - 4 if example_size[0] > 4 else example_size[0] + 4  # a second size, never below 1
+    xc = torch.randn(2, in_channels, h2, example_size[1] + 6, generator=gen)
     is_dynamic = False
     try:
         if fmt == "onnx":
@@ -181,6 +188,11 @@ def export_checkpoint(
         guard_file(Path(out), ONNX_FILE, overwrite, "export --out")
         guard_file(Path(f"{out}.yaml"), ONNX_SIDECAR, overwrite, "export --out")
     model, meta = load_checkpoint(checkpoint)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(
+            f"{checkpoint} is already an exported ONNX model; export the run folder or .safetensors file it was "
+            "exported from"
+        )
     result = export_model(model, out, fmt, in_channels=meta.in_channels, **kwargs)
     if fmt == "onnx":
         write_sidecar(result.path, meta, extra=_size_note(model, result))
@@ -195,6 +207,26 @@ def needs_static(model: torch.nn.Module) -> str | None:
 
     if any(isinstance(m, MaxUnpoolUp) for m in model.modules()):
         return "its max unpooling (SegNet) keeps the example's sizes in the ONNX graph"
+    return None
+
+
+def _example_problem(model: torch.nn.Module, example_size: tuple[int, int]) -> str | None:
+    """Why a Segmentor traced at ``example_size`` gives a dynamic graph that is wrong at other sizes, or None.
+    The trace keeps the padding branch the example takes: none at all (a size the network takes as it is), so
+    the graph fails at every size that needs padding; or replication (reflect padding larger than the example),
+    so the graph pads every size by replication and its logits differ from PyTorch's."""
+    g, pad_mode = getattr(model, "geometry", None), getattr(model, "pad_mode", None)
+    if not dataclasses.is_dataclass(g) or not isinstance(pad_mode, str):
+        return None
+    h, w = example_size
+    m = g.margin
+    pads = (m, m + g.output_size(w) - w, m, m + g.output_size(h) - h)
+    if not any(pads):
+        if g.multiple > 1:
+            return f"it needs no padding (a multiple of {g.multiple}), so the graph would take no size that does"
+        return None
+    if pad_mode == "reflect" and not (max(pads[:2]) < w and max(pads[2:]) < h):
+        return "it is too small for reflect padding, so the graph would pad every size by replication"
     return None
 
 

@@ -427,7 +427,7 @@ def predict(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(files, desc="predict", leave=False, dynamic_ncols=True)
+        bar = tqdm(files, desc="predict", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
     for path in bar if bar is not None else files:
         try:
             image = read_image(path, meta.in_channels)

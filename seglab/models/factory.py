@@ -29,9 +29,38 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     try:
+        if not kwargs.get("weights"):  # weights fix the size; built from arguments, count before allocating
+            _check_size(arch, builder, num_classes, in_channels, kwargs)
         return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build model {arch!r}: {e}") from None
+
+
+MAX_PARAMETERS = 2 * 10**9  # 8 GB of float32 weights (and 3 times more to train): beyond any model here
+
+
+def _check_size(arch: str, builder: Any, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> None:
+    """ConfigError for a model of more than MAX_PARAMETERS parameters, counted on PyTorch's meta device (no
+    memory, no random numbers drawn), before the real build would fill the machine's memory (``depth: 99``).
+    A builder that cannot run on the meta device is not checked."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        count = sum(p.numel() for p in model.parameters())
+    except (ValueError, TypeError, ConfigError):
+        raise
+    except Exception as e:  # noqa: BLE001 - not buildable on the meta device: the real build decides
+        if not isinstance(e, OverflowError) and "overflow" not in str(e).lower():
+            return
+        count = None  # a tensor too large to even count
+    if count is None or count > MAX_PARAMETERS:
+        size = "a tensor beyond 2**63 elements" if count is None else f"{count:.3g} parameters"
+        raise ConfigError(
+            f"model {arch!r} with {kwargs or 'its defaults'} is too large ({size}; at most "
+            f"{MAX_PARAMETERS:.0e}, 8 GB of weights); lower depth, widths or channels"
+        )
 
 
 def list_models() -> list[str]:

@@ -50,6 +50,8 @@ class OnnxModel:
         self.training = False
         meta = self.session.get_modelmeta().custom_metadata_map.get(GEOMETRY_KEY)
         self.geometry: dict[str, Any] | None = json.loads(meta) if meta else None
+        # a static graph (fixed H and W) was traced at its size, fallback padding included: never pad for it
+        self.static = all(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:])
 
     @property
     def in_channels(self) -> int:
@@ -74,7 +76,7 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g = self.geometry
-        if not g or g.get("pad_mode") != "reflect":
+        if not g or g.get("pad_mode") != "reflect" or self.static:
             return self._run(x)
         # Segmentor.forward pads by reflection unless a pad exceeds the image, and then by replication; the
         # exported graph holds only the reflection, so the replication happens here (to the final size).

@@ -144,7 +144,7 @@ class Service:
         """What ``GET /model`` answers: everything a client needs to read the masks."""
         m, c = self.meta, self.config
         return {
-            "checkpoint": self.checkpoint.name, "arch": m.arch, "model_params": m.model_params,
+            "checkpoint": self.checkpoint.name, "arch": m.arch, "model_params": _without_paths(m.model_params),
             "classes": m.class_names, "palette": self.palette, "num_classes": m.num_classes,
             "in_channels": m.in_channels, "mean": m.mean, "std": m.std, "resize": m.resize, "stretch": m.stretch,
             "temperature": m.temperature, "metrics": m.metrics, "epoch": m.epoch, "uncertainty": list(UNCERTAINTY),
@@ -182,18 +182,24 @@ class Service:
         """The tile size an image of ``pixels`` is predicted with (None: whole, as ``seglab predict``)."""
         return self.config.tile if self.config.tile and pixels > self.config.tile_above else None
 
-    def check(self, body: bytes, name: str, method: str | None) -> int:
-        """The upload's pixel count, read from its header (nothing decoded): 400 if empty, not an image or not in
+    def check(self, body: bytes, name: str, method: str | None) -> tuple[int, bool]:
+        """The upload's pixel count, read from its header (nothing decoded), and whether it holds several frames
+        (an animation, a multi-page TIFF: the first is predicted): 400 if empty, not an image or not in
         ``FORMATS``; 413 above ``max_pixels`` or, times the passes of ``method``, above ``max_work``."""
-        from seglab.data.io import ImageTooLarge, NamedBytes, open_image, oriented_size
+        from seglab.data.io import ImageTooLarge, NamedBytes, max_pixels, open_image, oriented_size
 
         if not body:
             raise HTTPError(400, "the upload is empty; send an image file")
         try:
             with open_image(NamedBytes(body, name), FORMATS) as img:
                 w, h = oriented_size(img)
+                several = bool(getattr(img, "is_animated", False))
+        except ImageTooLarge:  # above seglab's limit (SEGLAB_MAX_PIXELS, on the server): say the service's
+            limit = min(self.config.max_pixels, max_pixels())
+            raise HTTPError(413, f"{name} is above this service's limit of {limit:,} pixels; send a smaller "
+                                 "image") from None  # fmt: skip
         except DataError as e:
-            raise HTTPError(413 if isinstance(e, ImageTooLarge) else 400, str(e)) from None
+            raise HTTPError(400, str(e)) from None
         c, passes = self.config, self.passes(method)
         if w * h > c.max_pixels:
             raise HTTPError(413, f"{name} is {w}x{h} = {w * h:,} pixels, above this service's limit of "
@@ -202,7 +208,7 @@ class Service:
             raise HTTPError(413, f"{name} is {w}x{h} = {w * h:,} pixels x {passes} passes (uncertainty={method}) = "
                                  f"{w * h * passes:,} pixel-passes, above this service's limit of {c.max_work:,} "
                                  f"(--max-work); send a smaller image or ask without uncertainty")  # fmt: skip
-        return w * h
+        return w * h, several
 
     def decode(self, body: bytes, name: str) -> np.ndarray:
         """The upload as uint8 (H, W, C), read as ``seglab predict`` reads files; HTTPError 400 / 413."""
@@ -214,7 +220,7 @@ class Service:
             raise HTTPError(413 if isinstance(e, ImageTooLarge) else 400, str(e)) from None
 
     def predict(
-        self, image: np.ndarray, *, uncertainty: str | None, overlay: bool, as_json: bool
+        self, image: np.ndarray, *, uncertainty: str | None, overlay: bool, as_json: bool, note: str | None = None
     ) -> tuple[bytes, str]:
         """(body, media type) of one prediction: the palette mask PNG (or the overlay, or the uncertainty map) or
         JSON with the class shares and those PNGs in base64. An image above ``tile_above`` pixels is predicted
@@ -252,6 +258,8 @@ class Service:
             "mask_png": png_bytes(p.labels, self.palette), "color_png": png_bytes(self.color_layer(p.labels)),
             **pictures,
         }  # fmt: skip
+        if note:
+            doc["note"] = note
         if p.result is not None:
             doc["uncertainty"] = {"method": uncertainty, "mean_entropy": float(p.result.entropy.mean()),
                                   "mean_mutual_information": float(p.result.mutual_information.mean())}  # fmt: skip
@@ -277,6 +285,18 @@ def _class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     for r in range(0, labels.shape[0], rows):
         counts += np.bincount(labels[r : r + rows].ravel(), minlength=num_classes)[:num_classes]
     return counts
+
+
+def _without_paths(value: Any) -> Any:
+    """Model parameters as ``GET /model`` shows them: a local file (e.g. the encoder ``weights`` the run started
+    from) by its name only, never the server's directories."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and not value.startswith("pkg:") and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return value
 
 
 def host_name(header: str) -> str:
@@ -362,6 +382,7 @@ def create_app(
     app.add_middleware(HostCheck, config=config)
     app.state.service = service
     viewer = resources.files("seglab.serve").joinpath("viewer.html").read_text(encoding="utf-8")
+    viewer_headers = security_headers(viewer)
 
     @app.exception_handler(HTTPError)
     async def _error(_request: Request, e: HTTPError) -> JSONResponse:
@@ -379,15 +400,18 @@ def create_app(
     def authorise(request: Request) -> None:
         if config.token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+        # the scheme is case-insensitive (RFC 9110), spaces around the token are not part of it; the header's
+        # bytes (decoded as latin-1 by Starlette) are compared with the token's UTF-8 bytes
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        right = hmac.compare_digest(given.strip().encode("latin-1"), config.token.strip().encode("utf-8"))
+        if scheme.lower() != "bearer" or not right:
             raise HTTPError(
                 401, "this service needs a token: send the header 'Authorization: Bearer <token>'"
             )
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        return HTMLResponse(viewer)
+        return HTMLResponse(viewer, headers=viewer_headers)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -414,7 +438,9 @@ def create_app(
         options = _options(request)
         body, name = await _upload(request, config.max_upload_bytes, config.body_timeout)
         # checked from the header before waiting for a slot: a bad upload is answered at once
-        pixels = await run_in_threadpool(service.check, body, name, options["uncertainty"])
+        pixels, several = await run_in_threadpool(service.check, body, name, options["uncertainty"])
+        note = f"{name} holds several frames (an animation or a multi-page file); the first was predicted"
+        headers, options["note"] = ({"X-Seglab-Note": note}, note) if several else ({}, None)
         if state["active"] >= config.concurrency + config.queue:
             raise HTTPError(503, f"busy: {state['active']} requests in progress or waiting; retry shortly")
         state["active"] += 1
@@ -431,11 +457,27 @@ def create_app(
             if not small or options["uncertainty"]:  # full-size buffers were freed: give their pages back
                 await run_in_threadpool(release_memory)
             state["served"] += 1
-            return Response(content, media_type=media)
+            return Response(content, media_type=media, headers=headers)
         finally:
             state["active"] -= 1
 
     return app
+
+
+def security_headers(page: str) -> dict[str, str]:
+    """The viewer's headers: a Content-Security-Policy that runs only the page's own inline scripts (by hash) and
+    talks only to this service, no framing (clickjacking: the page holds the token), no MIME sniffing."""
+    import hashlib
+    import re
+
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    digests = (base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts)
+    hashes = " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
+           "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+           "frame-ancestors 'none'")  # fmt: skip
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer"}  # fmt: skip
 
 
 def _options(request: Any) -> dict[str, Any]:
@@ -444,6 +486,8 @@ def _options(request: Any) -> dict[str, Any]:
     for key in q:
         if key not in PARAMS:
             raise HTTPError(400, f"unknown parameter {key[:100]!r}; /predict takes {', '.join(PARAMS)}")
+        if len(values := q.getlist(key)) > 1:  # which one would count is a guess: refused
+            raise HTTPError(400, f"parameter {key} is given {len(values)} times; give it once")
         if q[key] not in PARAMS[key]:
             raise HTTPError(400, f"{key}={q[key][:100]!r} is not one of {', '.join(PARAMS[key])}")
     method = q.get("uncertainty", "none")
@@ -511,6 +555,9 @@ async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]
         raise HTTPError(400, f"cannot read the multipart form: {e}") from None
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files and "file" in form:  # a part without a filename is a text field: its bytes are gone
+            raise HTTPError(400, "the form's field 'file' has no filename, so it was read as text, not as a file; "
+                                 "send it as a file (curl -F file=@image.png)")  # fmt: skip
         if len(files) != 1:
             names = ", ".join(repr((f.filename or "")[:60]) for f in files[:4])
             raise HTTPError(400, f"the multipart form holds {len(files)} files{f' ({names})' if files else ''}; "

@@ -44,6 +44,13 @@ def load_members(
     """Load every checkpoint; CheckpointError unless all agree with the first on classes, resize and input
     channels."""
     members = [load_checkpoint(c, device=device) for c in checkpoints]
+    for path, (model, _) in zip(checkpoints, members):
+        if not isinstance(model, nn.Module):  # an exported ONNX graph: no modes, dropout or device to move to
+            raise CheckpointError(
+                f"{checkpoint_paths(path)[0]} is an exported ONNX model; uncertainty (--uncertainty, --ensemble, "
+                "a report's calibration) needs PyTorch checkpoints: pass the run folder or .safetensors file it "
+                "was exported from"
+            )
     _, first = members[0]
     for path, (_, meta) in zip(checkpoints[1:], members[1:]):
         name = checkpoint_paths(path)[0]

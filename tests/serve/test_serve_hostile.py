@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -27,19 +26,6 @@ from seglab.serve.app import FORMATS, ServeConfig, create_app, host_check, serve
 
 TINY = {"depth": 2, "base_channels": 4}
 
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-class RGB U-Net with dropout (so MC dropout applies), random weights."""
-    from seglab.checkpoint import CheckpointMeta, save_checkpoint
-    from seglab.models.factory import create_model
-
-    torch.manual_seed(0)
-    params = {**TINY, "dropout": 0.3}
-    model = create_model("unet", num_classes=3, in_channels=3, **params).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=3, in_channels=3, model_params=params,
-                          class_names=["bg", "cat", "dog"], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
-    return save_checkpoint(tmp_path_factory.mktemp("hostile") / "best", model, meta)
 
 
 def encode(shape: tuple[int, int], fmt: str = "PNG", seed: int = 0) -> bytes:
