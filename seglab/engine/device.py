@@ -16,7 +16,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
+        raise ConfigError(
+            f"device {name!r} requested but CUDA is not available on this machine; use --device cpu "
+            "(train.device: cpu) or auto"
+        )
     try:
         return torch.device(name)
     except RuntimeError:

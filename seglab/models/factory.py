@@ -29,11 +29,18 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     try:
-        if not kwargs.get("weights"):  # weights fix the size; built from arguments, count before allocating
+        if not _names_weights(kwargs):  # weights fix the size (and may download); else count before allocating
             _check_size(arch, builder, num_classes, in_channels, kwargs)
         return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build model {arch!r}: {e}") from None
+
+
+def _names_weights(arguments: Any) -> bool:
+    """Whether model arguments name weights anywhere (``weights``, or an encoder mapping's ``weights``)."""
+    if isinstance(arguments, dict):
+        return any((k == "weights" and v) or _names_weights(v) for k, v in arguments.items())
+    return False
 
 
 MAX_PARAMETERS = 2 * 10**9  # 8 GB of float32 weights (and 3 times more to train): beyond any model here
