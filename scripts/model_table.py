@@ -1,9 +1,9 @@
-"""Print (or write into README.md) the Markdown table of every architecture x a few encoders -> parameters.
+"""Print (or write into docs/models.md) the Markdown table of every architecture x a few encoders -> parameters.
 
 Models are built on the meta device (no memory, no weights, no download), so the table takes seconds. Run:
 
     .venv/bin/python scripts/model_table.py            # print the table
-    .venv/bin/python scripts/model_table.py --update   # replace the table in README.md between its markers
+    .venv/bin/python scripts/model_table.py --update   # replace the table in docs/models.md between its markers
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from seglab.models.factory import create_model, list_models
 ENCODERS = ("resnet18", "resnet50", "mobilenetv3_large_100", "efficientnet_b0")
 NUM_CLASSES = 21
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 
 
 def count_params(arch: str, **kwargs: object) -> int | None:
@@ -53,7 +53,7 @@ def model_table() -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path = README) -> None:
+def update_page(path: Path = PAGE) -> None:
     """Replace the text between the table markers of ``path`` with a fresh table."""
     text = path.read_text()
     if START not in text or END not in text:
@@ -65,10 +65,10 @@ def update_readme(path: Path = README) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--update", action="store_true", help="write the table into README.md")
+    parser.add_argument("--update", action="store_true", help="write the table into docs/models.md")
     args = parser.parse_args()
     if args.update:
-        update_readme()
+        update_page()
     else:
         print(model_table())
 

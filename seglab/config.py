@@ -360,15 +360,38 @@ def _check_train(t: TrainConfig) -> None:
              "within 1..1024 (or null for torch's default)", t.threads)  # fmt: skip
     _require(0 <= t.seed < 2**32, "train.seed", "within 0..4294967295", t.seed)
     check_loss_weights(t.loss, "train.loss")
-    w = t.class_weights
-    _require(
-        w is None
-        or w in CLASS_WEIGHTS
-        or (isinstance(w, list) and bool(w) and all(0 <= v < math.inf for v in w) and any(v > 0 for v in w)),
-        "train.class_weights",
-        "null, median_frequency, balanced or a list of one finite weight >= 0 per class (not all 0)",
-        w,
-    )
+    check_class_weights(t.class_weights, "train.class_weights", named=True)
+
+
+def check_class_weights(
+    value: Any,
+    key: str = "class_weights",
+    *,
+    named: bool = False,
+    classes: Any = None,
+    source: str = "the data",
+) -> list[float] | str | None:
+    """Class weights of the cross-entropy, the one check for the config key and for ``make_loss``: None, one
+    of CLASS_WEIGHTS (only if ``named``: resolved from the data later), or one finite weight >= 0 per class, not
+    all 0 (a negative weight would maximise a class's loss, all 0 would learn nothing). With ``classes`` (the
+    class names of ``source``) the list must have one weight per class. Returns the weights as a list of
+    floats (a name or None as given); ConfigError naming ``key`` otherwise."""
+    if value is None or (named and isinstance(value, str) and value in CLASS_WEIGHTS):
+        return value
+    shown = value.tolist() if hasattr(value, "tolist") else value  # numpy array or tensor
+    ok = isinstance(shown, list | tuple) and bool(shown)
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in shown)
+    allowed = "a list of one finite weight >= 0 per class (not all 0)"
+    if named:
+        allowed = f"null, {', '.join(CLASS_WEIGHTS)} or {allowed}"
+    _require(ok and any(v > 0 for v in shown), key, allowed, shown)
+    weights = [float(v) for v in shown]
+    if classes is not None and len(weights) != len(classes):
+        raise ConfigError(
+            f"{key} has {len(weights)} weights but {source} has {len(classes)} classes "
+            f"({', '.join(map(str, classes))}); give one per class"
+        )
+    return weights
 
 
 def check_loss_weights(spec: Any, key: str = "train.loss") -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from seglab.config import Config
+from seglab.config import Config, check_class_weights
 from seglab.data.folder import ClassSpec, FolderDataset, scan_folder
 from seglab.data.transforms import build_transform, crop_padding_note, pad_collate
 from seglab.engine.distributed import Dist, ShardSampler
@@ -98,15 +98,11 @@ def class_weights(spec: str | list[float] | None, data: TrainData) -> np.ndarray
     """``train.class_weights`` as one weight per class: "median_frequency" or "balanced" from the pixel counts of
     the training split's masks (recorded by the deep scan; no mask is read again), a list as given (ConfigError
     unless it has one weight per class), None for None."""
+    root = str(data.train.scan.root)
+    spec = check_class_weights(spec, "train.class_weights", named=True, classes=data.class_names, source=root)
     if spec is None:
         return None
-    num_classes = data.spec.num_classes
     if not isinstance(spec, str):
-        if len(spec) != num_classes:
-            raise ConfigError(
-                f"train.class_weights has {len(spec)} weights but {data.train.scan.root} has {num_classes} classes "
-                f"({', '.join(data.class_names)}); give one per class"
-            )
         return np.asarray(spec, dtype=np.float64)
     if data.train.target != "mask":
         raise ConfigError(

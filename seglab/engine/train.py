@@ -70,7 +70,7 @@ from seglab.files import (
     to_json,
 )  # fmt: skip
 from seglab.layers.norm import SyncBatchNorm
-from seglab.losses import CrossEntropyLoss, make_loss
+from seglab.losses import make_loss
 from seglab.models.factory import create_model
 
 __all__ = ["TrainResult", "build_model", "lr_factor", "train"]
@@ -275,28 +275,16 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
 
 
 def _build_criterion(cfg: Config, data: TrainData, weights: Any = None) -> torch.nn.Module:
-    """``train.loss``; class ``weights`` (one per class, see ``seglab.engine.data.class_weights``) go to its
-    cross-entropy terms (ce, and dice_ce's): ConfigError if it has none, or if one has class weights already."""
-    criterion = make_loss(cfg.train.loss, ignore_index=data.spec.ignore_index)
+    """``train.loss``, built with the class ``weights`` (one per class, see ``seglab.engine.data.class_weights``)
+    of its cross-entropy terms; ``make_loss`` refuses a loss with none, or with class weights of its own."""
+    criterion = make_loss(
+        cfg.train.loss, ignore_index=data.spec.ignore_index, class_weights=weights, prefix="train."
+    )
     terms = getattr(criterion, "losses", {"loss": criterion}).values()
     if cfg.data.border_weights and not any(getattr(t, "supports_pixel_weight", False) for t in terms):
         raise ConfigError(
             f"data.border_weights needs a loss with per-pixel weights (ce, focal); got {cfg.train.loss}"
         )
-    if weights is not None:
-        ce = [m for m in criterion.modules() if isinstance(m, CrossEntropyLoss)]
-        if not ce:
-            raise ConfigError(
-                f"train.class_weights weights the cross-entropy term, but train.loss {cfg.train.loss} has none; "
-                f"add one (e.g. train.loss={{ce: 1.0, dice: 1.0}}) or set train.class_weights=null"
-            )
-        if any(m.weight is not None for m in ce):
-            raise ConfigError(
-                "train.class_weights and the class weights given in train.loss both weight the cross-entropy; "
-                "keep one"
-            )
-        for m in ce:
-            m.weight = torch.as_tensor(weights, dtype=torch.float32)
     return criterion
 
 

@@ -1,7 +1,8 @@
 """Segmentation losses: pure functions, thin module wrappers, a registry and the U-Net weight map.
 
 One ``ignore_index`` policy everywhere: ignored pixels add nothing to any numerator or denominator and
-get zero gradient. ``make_loss(name_or_mapping, **options)`` builds a loss from a config value.
+get zero gradient. ``make_loss(name_or_mapping, class_weights=None, **options)`` builds a loss from a config
+value, its cross-entropy terms with the class weights.
 """
 
 from seglab.losses.functional import (

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seglab.config import check_loss_weights
+from seglab.config import check_class_weights, check_loss_weights
 from seglab.errors import ConfigError
 from seglab.losses import functional as LF
 from seglab.losses.functional import Mode, WeightArg
@@ -26,6 +26,8 @@ LOSSES: Registry = Registry("loss")
 
 class _Loss(nn.Module):
     supports_pixel_weight = False
+    # the option that takes the cross-entropy's class weights (make_loss's class_weights go there), if any
+    ce_class_weights_option: str | None = None
 
     def _weights(self, name: str, value: WeightArg) -> None:
         tensor = None if value is None else torch.as_tensor(value, dtype=torch.float32)
@@ -56,6 +58,7 @@ class CrossEntropyLoss(_Loss):
     """
 
     supports_pixel_weight = True
+    ce_class_weights_option = "weight"
 
     def __init__(
         self, weight: WeightArg = None, ignore_index: int | None = 255, label_smoothing: float = 0.0
@@ -253,6 +256,7 @@ class DiceCELoss(WeightedSumLoss):
     """
 
     supports_pixel_weight = True
+    ce_class_weights_option = "class_weights"
 
     def __init__(
         self,
@@ -295,19 +299,29 @@ def _build(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-def make_loss(spec: str | Mapping[str, Any], **common: Any) -> nn.Module:
+def make_loss(
+    spec: str | Mapping[str, Any], *, class_weights: Any = None, prefix: str = "", **common: Any
+) -> nn.Module:
     """Build a loss from a config value.
 
     ``spec`` is a registered name (``make_loss("dice_ce", ignore_index=255)``; see ``LOSSES.list()``) or a
     weighted sum ``{name: weight}`` / ``{name: {"weight": w, **options}}``, e.g.
     ``make_loss({"ce": 1.0, "dice": {"weight": 0.5, "smooth": 0.0}}, ignore_index=255)``.
     ``common`` options go to every term (options a term does not take are an error for a single loss only).
+    ``class_weights`` (one per class; ``train.class_weights``) weight every cross-entropy term (ce, and
+    dice_ce's) when it is built, as MMSegmentation's ``class_weight``; not the region losses' class means
+    (give those as a term option: ``{"dice": {"class_weights": [...]}}``). ConfigError if no term is a
+    cross-entropy, or one has class weights of its own. ``prefix`` (e.g. "train.") makes the messages name
+    the config keys.
     """
+    weights = check_class_weights(class_weights, f"{prefix}class_weights")
     if isinstance(spec, str):
-        return _build(spec, common)
+        _require_cross_entropy(spec, [spec], weights, prefix)
+        return _build(spec, _with_class_weights(spec, common, weights, prefix))
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"a loss spec is a name or a mapping name -> weight, got {spec!r}")
-    check_loss_weights(dict(spec), "loss")
+    check_loss_weights(dict(spec), f"{prefix}loss")
+    _require_cross_entropy(spec, list(spec), weights, prefix)
     terms: dict[str, tuple[float, nn.Module]] = {}
     for name, value in spec.items():
         if isinstance(value, int | float):
@@ -324,8 +338,37 @@ def make_loss(spec: str | Mapping[str, Any], **common: Any) -> nn.Module:
             inspect.signature(_RegionLoss.__init__).parameters if issubclass(cls, _RegionLoss) else ()
         )
         shared = {k: v for k, v in common.items() if k in accepted}
-        terms[name] = (weight, _build(name, {**shared, **options}))
+        options = _with_class_weights(name, {**shared, **options}, weights, prefix)
+        terms[name] = (weight, _build(name, options))
     return WeightedSumLoss(terms)
+
+
+def _require_cross_entropy(spec: Any, names: list[str], weights: Any, prefix: str) -> None:
+    """ConfigError if there are class ``weights`` but none of the terms ``names`` is a cross-entropy."""
+    if weights is not None and not any(_ce_option(n) for n in names):
+        raise ConfigError(
+            f"{prefix}class_weights weights the cross-entropy term, but {prefix}loss {spec} has none; add one "
+            f"(e.g. {prefix}loss={{ce: 1.0, dice: 1.0}}) or set {prefix}class_weights=null"
+        )
+
+
+def _ce_option(name: str) -> str | None:
+    """The option of loss ``name`` that takes the cross-entropy's class weights (None: it has no cross-entropy)."""
+    return getattr(LOSSES.get(name), "ce_class_weights_option", None)
+
+
+def _with_class_weights(name: str, options: dict[str, Any], weights: Any, prefix: str) -> dict[str, Any]:
+    """``options`` of loss ``name`` with the cross-entropy class ``weights`` under the option that takes them
+    (as given if there are none, or the loss has no cross-entropy): ConfigError if the options hold some too."""
+    option = _ce_option(name)
+    if weights is None or option is None:
+        return options
+    if options.get(option) is not None:
+        raise ConfigError(
+            f"{prefix}class_weights and the class weights given in {prefix}loss both weight the cross-entropy; "
+            "keep one"
+        )
+    return {**options, option: weights}
 
 
 def list_losses() -> list[str]:

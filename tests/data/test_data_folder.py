@@ -167,7 +167,7 @@ def test_isbi_membrane_through_the_folder_loader(isbi_dir):
         assert np.array_equal(mask, (raw == 255).astype(np.int64))
         counts += np.bincount(mask.ravel(), minlength=2)
     membrane = counts[0] / counts.sum()
-    assert 0.20 < membrane < 0.24  # the README: ~22 % membrane, ~78 % cell interior
+    assert 0.20 < membrane < 0.24  # docs/recipes/isbi2012.md: ~22 % membrane, ~78 % cell interior
     scan = check(isbi_dir)
     assert scan.problems == [] and np.array_equal(scan.class_pixels, counts)
 

@@ -1,7 +1,11 @@
 """Module wrappers and make_loss: names and weighted sums from config values."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seglab.errors import ConfigError
 from seglab.losses import (
@@ -97,8 +101,54 @@ def test_class_weights_are_buffers_that_follow_the_module():
     ref = LF.cross_entropy(logits.double(), target, [1.0, 2.0, 3.0])
     assert torch.allclose(loss(logits.double(), target), ref)
     assert isinstance(make_loss("tversky", alpha=0.1, beta=0.9, smooth=0.5), TverskyLoss)
-    dice = make_loss("dice", class_weights=[0.0, 1.0, 1.0], per_image=True)
-    assert isinstance(dice, DiceLoss)
+    # a region loss's class weights are its own option (make_loss's class_weights weight the cross-entropy)
+    dice = make_loss({"dice": {"class_weights": [0.0, 1.0, 1.0], "per_image": True}})
+    assert isinstance(dice.losses["dice"], DiceLoss)
     assert torch.allclose(
         dice(logits, target), LF.dice_loss(logits, target, class_weights=[0.0, 1.0, 1.0], per_image=True)
     )
+
+
+def test_make_loss_builds_the_cross_entropy_with_the_class_weights():
+    # worked example: pixel 1 logits (0, 0), class 0: -log 1/2; pixel 2 logits (0, ln 3), class 1: -log 3/4
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(3.0)]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    w = [1.0, 3.0]
+    by_hand = (1 * math.log(2) + 3 * math.log(4 / 3)) / (1 + 3)  # mean weighted by the pixels' class weights
+    ce = make_loss("ce", class_weights=w, ignore_index=255)
+    assert isinstance(ce, CrossEntropyLoss) and ce.weight.tolist() == w  # built with them, a buffer
+    value = ce(logits, target)
+    assert value.item() == pytest.approx(by_hand, rel=1e-6)
+    assert torch.allclose(value, F.cross_entropy(logits, target, weight=torch.tensor(w)))
+    assert not torch.allclose(value, F.cross_entropy(logits, target))  # the weights do change it
+    # every cross-entropy term gets them (dice_ce's too); the region terms keep their own (none)
+    summed = make_loss({"ce": 1.0, "dice_ce": 0.5, "dice": 0.5}, class_weights=np.array(w), ignore_index=255)
+    assert summed.losses["ce"].weight.tolist() == w
+    assert summed.losses["dice_ce"].losses["ce"].weight.tolist() == w
+    assert summed.losses["dice"].class_weights is None
+    assert summed.losses["dice_ce"].losses["dice"].class_weights is None
+    assert make_loss("dice_ce", class_weights=w).losses["ce"].weight.tolist() == w
+
+
+def test_make_loss_refuses_bad_class_weights_in_one_line():
+    cases = [
+        ([-1.0, 2.0], "class_weights must be a list of one finite weight >= 0 per class"),
+        ([0.0, 0.0], "not all 0"),
+        ([1.0, math.inf], "finite"),
+        (np.array([1.0, np.nan]), "finite"),
+        ([], "class_weights must be"),
+        ("balanced", "class_weights must be a list"),  # names are resolved from the data by train
+        ([[1.0, 2.0]], "class_weights must be"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(ConfigError, match=match) as e:
+            make_loss("ce", class_weights=bad)
+        assert "\n" not in str(e.value), bad
+    with pytest.raises(ConfigError, match="train.class_weights weights the .*train.loss dice has none"):
+        make_loss("dice", class_weights=[1.0, 2.0], prefix="train.")
+    with pytest.raises(ConfigError, match="class_weights weights the cross-entropy term, but loss .*"):
+        make_loss({"dice": 1.0, "lovasz": 1.0}, class_weights=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="both weight the cross-entropy"):
+        make_loss({"dice_ce": {"class_weights": [1.0, 1.0]}}, class_weights=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="both weight the cross-entropy"):
+        make_loss("ce", weight=[1.0, 1.0], class_weights=[1.0, 2.0])

@@ -7,7 +7,8 @@ skipped on a developer machine, saying how to install them, and fails in CI (``C
 
 Screenshots: ``$SEGLAB_SCREENSHOT_DIR`` (if set) receives ``viewer.png`` (and ``report.png`` when
 ``$SEGLAB_REPORT_HTML`` names a report to show); ``$SEGLAB_VIEWER_CHECKPOINT`` and ``$SEGLAB_VIEWER_IMAGE`` put a
-trained model and a real image on the page instead of the random model (the README's pictures are made so).
+trained model and a real image on the page instead of the random model (the pictures in docs/serve.md and
+docs/report.md are made so).
 """
 
 from __future__ import annotations
