@@ -22,7 +22,7 @@ ISBI 2012 (test slices 25-29; truth: connected components of the cells between m
    for ``--isbi-budget``, cell probability -> connected components (and, as an extra row, the recipe's
    post-processing applied to smp's probabilities).
 
-Every method goes through the library's code: ``seglab.engine.predict.image_probs`` (ours: as ``seglab predict``),
+Every method goes through the library's code: ``seglab.inference.image_probs`` (ours: as ``seglab predict``),
 ``seglab.instances.infer.instances_from_probs`` with default ``InstanceParams`` (chosen before any test image was
 scored) and ``seglab.instances.metrics.InstanceMeter``. Prints one Markdown table (DSB score; F1, precision and recall
 at IoU 0.5 pooled over the objects; AP@0.5 = TP / (TP + FP + FN) at 0.5 per image, averaged; AJI; PQ; adapted Rand
@@ -231,9 +231,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     from seglab.checkpoint import load_checkpoint
-    from seglab.engine.predict import image_probs
+    from seglab.inference import build_predictor, image_probs
     from seglab.metrics.rand import label_components
-    from seglab.uncertainty.build import build_predictor
     from seglab.uncertainty.config import UncertaintyConfig
 
     dev = torch.device("cpu")

@@ -424,7 +424,7 @@ def split_items(data: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def batch(items: list[tuple[np.ndarray, np.ndarray]], meta: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    from seglab.engine.predict import image_tensor
+    from seglab.inference import image_tensor
 
     images = torch.cat([image_tensor(im, meta.mean, meta.std, torch.device("cpu")) for im, _ in items])
     return images, torch.from_numpy(np.stack([m for _, m in items]).astype(np.int64))

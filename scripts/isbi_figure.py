@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from seglab.data.io import class_index, read_image, read_mask_raw  # noqa: E402
-from seglab.engine.predict import image_tensor  # noqa: E402
 from seglab.files import atomic_write  # noqa: E402
+from seglab.inference import image_tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012-membrane"
@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "isbi2012.png")
     args = ap.parse_args()
 
-    from seglab.uncertainty import UncertaintyConfig, build_predictor
+    from seglab.inference import build_predictor
+    from seglab.uncertainty import UncertaintyConfig
 
     first, *rest = args.checkpoints
     method = (

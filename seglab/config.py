@@ -532,21 +532,33 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked against type hint ``hint`` (recursively for lists, tuples and dicts), normalised."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        arms = [a for a in args if a is not type(None)]
-        errors = []
-        for arm in arms:
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError as e:
-                errors.append((arm, e))
-        # the arm of the value's own kind (a mapping for str | dict) says best what is wrong inside it
-        for arm, error in errors:
-            kind = typing.get_origin(arm) or arm
-            if len(arms) == 1 or (isinstance(kind, type) and kind is not str and isinstance(value, kind)):
-                raise error
-        raise ConfigError(f"config key {key} must be {' or '.join(map(_type_name, args))}, got {value!r}")
+        return _coerce_union(value, args, key)
+    if origin in (tuple, list, dict):
+        return _coerce_container(value, origin, args, key)
+    return _coerce_scalar(value, hint, key)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """``value`` as the first arm of a union (``X | None``, ``str | dict``) that accepts it."""
+    if value is None and type(None) in args:
+        return None
+    arms = [a for a in args if a is not type(None)]
+    errors = []
+    for arm in arms:
+        try:
+            return _coerce(value, arm, key)
+        except ConfigError as e:
+            errors.append((arm, e))
+    # the arm of the value's own kind (a mapping for str | dict) says best what is wrong inside it
+    for arm, error in errors:
+        kind = typing.get_origin(arm) or arm
+        if len(arms) == 1 or (isinstance(kind, type) and kind is not str and isinstance(value, kind)):
+            raise error
+    raise ConfigError(f"config key {key} must be {' or '.join(map(_type_name, args))}, got {value!r}")
+
+
+def _coerce_container(value: Any, origin: type, args: tuple[Any, ...], key: str) -> Any:
+    """A tuple, list or dict ``value``, each item coerced to its hint."""
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"config key {key} needs {len(args)} values, got {value!r}")
@@ -556,14 +568,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             what = 'a list of file stems (e.g. ["00", "01"])' if args[0] is Stem else "a list"
             raise ConfigError(f"config key {key} needs {what}, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key} needs a mapping, got {value!r}")
-        key_hint, value_hint = args or (Any, Any)
-        for k in value:
-            if key_hint is str and not isinstance(k, str):
-                raise ConfigError(f"config key {key} needs names (strings) as keys, got {k!r}")
-        return {k: _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key} needs a mapping, got {value!r}")
+    key_hint, value_hint = args or (Any, Any)
+    for k in value:
+        if key_hint is str and not isinstance(k, str):
+            raise ConfigError(f"config key {key} needs names (strings) as keys, got {k!r}")
+    return {k: _coerce(v, value_hint, f"{key}.{k}") for k, v in value.items()}
+
+
+def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against a plain type (bool, int, float, str, ...) or seglab's ResizeSpec and Stem."""
     if hint is ResizeSpec:
         return check_resize(value, key)
     if hint is Stem:

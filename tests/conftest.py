@@ -17,7 +17,7 @@ ISBI = SHARED_DATA / "isbi2012-membrane"
 
 @pytest.fixture(autouse=True, scope="session")
 def _seglab_scan_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep the data-scan cache (seglab.data.folder) out of the home folder."""
+    """Keep the data-scan cache (seglab.data.scan) out of the home folder."""
     os.environ["SEGLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("seglab-cache"))
 
 

@@ -146,3 +146,40 @@ def test_no_import_cycle_between_parts():
         parts.setdefault(part(name), set()).update(part(t) for t in targets if part(t) != part(name))
     cycle = find_cycle(parts)
     assert cycle is None, "import cycle between parts of seglab:\n" + explain(cycle, graph)
+
+
+def importers(graph: dict[str, set[str]], module: str) -> set[str]:
+    """The modules whose imports reach ``module``."""
+    return {name for name, targets in graph.items() if module in targets}
+
+
+def test_only_the_inference_package_imports_the_tiling_code():
+    """One home for inference: tiled or whole, every consumer turns an image into probabilities through
+    ``seglab.inference``; overlap-tile inference is its detail, not a second entry point."""
+    graph = import_graph()
+    assert "seglab.inference.tiling" in graph and "seglab.models.tiling" not in graph
+    assert "seglab.inference.image" in importers(graph, "seglab.inference.tiling")
+    outside = sorted(m for m in importers(graph, "seglab.inference.tiling") if part(m) != "seglab.inference")
+    assert not outside, f"{outside} import seglab.inference.tiling: import seglab.inference instead"
+
+
+def test_only_the_cli_demo_and_public_api_import_the_predict_command():
+    """``seglab.engine.predict`` is the command (files in, files out); evaluate, serve, the report and the
+    callbacks use ``seglab.inference``. The public API (``seglab.predict``) loads it by name, lazily."""
+    graph = import_graph()
+    users = importers(graph, "seglab.engine.predict")
+    assert {"seglab.cli", "seglab.demo"} <= users
+    others = sorted(users - {"seglab.cli", "seglab.demo", "seglab"})
+    assert not others, f"{others} import the predict command: import seglab.inference instead"
+
+
+def test_inference_sits_between_the_models_and_the_engine():
+    """The inference layer uses models, data and uncertainty, and is used by the engine, serve and the reports:
+    never the other way round."""
+    graph = import_graph()
+    parts = {part(t) for m, ts in graph.items() if part(m) == "seglab.inference" for t in ts}
+    assert {"seglab.uncertainty", "seglab.data"} <= parts
+    above = {"seglab.engine", "seglab.serve", "seglab.reports", "seglab.bench", "seglab.demo", "seglab.cli"}
+    assert not parts & above, f"seglab.inference imports {sorted(parts & above)}, a layer above it"
+    for user in ("seglab.engine", "seglab.serve", "seglab.reports"):
+        assert any(part(m) == user for m in importers(graph, "seglab.inference")), user

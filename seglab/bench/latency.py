@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seglab.engine.device import resolve_device
 from seglab.errors import ConfigError
 
 PATHS = ("eager", "channels_last", "fold_bn", "fold_bn_cl", "compile", "compile_cl", "onnxruntime", "fp16", "bf16")  # fmt: skip
@@ -285,9 +286,7 @@ def benchmark_models(
             raise ConfigError(f"unknown path {p!r}; choose from: {', '.join(PATHS)}")
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
-    )
+    dev = resolve_device(device)
     paths = list(dict.fromkeys(["eager", *paths]))
     rows: list[dict[str, Any]] = []
     tmp_ctx = tempfile.TemporaryDirectory(prefix="seglab-bench-") if workdir is None else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.folder import FolderScan, scan_folder
+from seglab.data.scan import FolderScan, scan_folder
 
 MAX_CLASS_LINES = 32  # beyond this, list only the classes that hold pixels (at most this many)
 

@@ -127,11 +127,37 @@ def write_folder(
     not lie in a data set or a run folder; with ``overwrite`` it may be an earlier SyntheticShapes folder (see
     :func:`is_synthetic_folder`), which is then replaced, but nothing else: never a run or another data set.
     """
-    from seglab.data.io import save_png
-    from seglab.errors import DataError
-    from seglab.files import data_set_root, ensure_dir, run_root
+    from seglab.files import ensure_dir
 
     out = Path(out)
+    _check_out(out, overwrite)
+    ds = SyntheticShapes(num_images=num_images, size=size, seed=seed)
+    ensure_dir(out.parent, "parent folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_items(tmp, ds, num_images, val_ratio, test_ratio)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder's usual permissions, not the 0700 of a temporary one
+        if out.exists():  # the old folder goes aside first: a failure in between leaves one of them in place
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """DataError unless ``out`` may take the folder: not a file, not in a run or data set, and empty or (with
+    ``overwrite``) an earlier SyntheticShapes folder."""
+    from seglab.errors import DataError
+    from seglab.files import data_set_root, run_root
+
     if out.exists() and not out.is_dir():
         raise DataError(f"data folder {out} is blocked by a file of that name; choose another --out")
     for what, root in (("run folder", run_root(out)), ("data set", data_set_root(out.parent))):
@@ -148,40 +174,30 @@ def write_folder(
             )
         if not overwrite:
             raise DataError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    ds = SyntheticShapes(num_images=num_images, size=size, seed=seed)
-    ensure_dir(out.parent, "parent folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        width = len(str(num_images - 1))
-        stems = [f"{i:0{width}d}" for i in range(num_images)]
-        for stem, (image, mask) in zip(stems, ds):
-            save_png(tmp / "images" / f"{stem}.png", image)
-            save_png(tmp / "masks" / f"{stem}.png", mask, PALETTE)
-        classes = {"names": list(CLASSES), "colors": [list(c) for c in PALETTE], "mask_format": "index"}
-        (tmp / "classes.yaml").write_text(yaml.safe_dump(classes, sort_keys=False))
-        n_test, n_val = round(test_ratio * num_images), round(val_ratio * num_images)
-        parts = {
-            "test": stems[:n_test],
-            "val": stems[n_test : n_test + n_val],
-            "train": stems[n_test + n_val :],
-        }
-        (tmp / "splits").mkdir()
-        for name, part in parts.items():
-            (tmp / "splits" / f"{name}.txt").write_text("".join(s + "\n" for s in part))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a folder's usual permissions, not the 0700 of a temporary one
-        if out.exists():  # the old folder goes aside first: a failure in between leaves one of them in place
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+
+def _write_items(
+    tmp: Path, ds: SyntheticShapes, num_images: int, val_ratio: float, test_ratio: float
+) -> None:
+    """The images, masks, classes.yaml and splits/ of ``ds`` into the folder ``tmp``."""
+    from seglab.data.io import save_png
+
+    width = len(str(num_images - 1))
+    stems = [f"{i:0{width}d}" for i in range(num_images)]
+    for stem, (image, mask) in zip(stems, ds):
+        save_png(tmp / "images" / f"{stem}.png", image)
+        save_png(tmp / "masks" / f"{stem}.png", mask, PALETTE)
+    classes = {"names": list(CLASSES), "colors": [list(c) for c in PALETTE], "mask_format": "index"}
+    (tmp / "classes.yaml").write_text(yaml.safe_dump(classes, sort_keys=False))
+    n_test, n_val = round(test_ratio * num_images), round(val_ratio * num_images)
+    parts = {
+        "test": stems[:n_test],
+        "val": stems[n_test : n_test + n_val],
+        "train": stems[n_test + n_val :],
+    }
+    (tmp / "splits").mkdir()
+    for name, part in parts.items():
+        (tmp / "splits" / f"{name}.txt").write_text("".join(s + "\n" for s in part))
 
 
 def is_synthetic_folder(path: str | Path) -> bool:

@@ -191,7 +191,7 @@ class TensorBoardLogger(Callback):
         import numpy as np
 
         from seglab.engine.evaluate import upsample_logits
-        from seglab.engine.predict import overlay
+        from seglab.inference import overlay
 
         model = run.evaluated
         was_training = model.training

@@ -90,11 +90,11 @@ def run_evaluation(
     meters: Sequence[Any] = (),
 ) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``model`` over ``loader`` of (images, masks) batches (and update any
-    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.models.tiling``).
+    further ``meters``, e.g. a RandMeter). With ``tile``, overlap-tile inference (see ``seglab.inference.tiling``).
 
     Batches (images, masks, sizes) of resized images (``data.resize``) are scored at the masks' resolution: each
     image's logits, cropped to its own size, are upsampled bilinearly to its mask's size before the argmax."""
-    from seglab.models.tiling import TiledModel
+    from seglab.inference import TiledModel
 
     net = model if tile is None else TiledModel(model, tile, overlap)
     was_training = model.training
@@ -259,7 +259,7 @@ def evaluate(
                          uncertainty, tile, overlap, rand_class, dist, inst, per_image)  # fmt: skip
 
 
-def _evaluate(
+def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter (uncertainty, instances)
     checkpoint: str | Path, data: str | Path, split: str, batch_size: int, out_path: Path, dev: torch.device,
     progress: bool, uncertainty: UncertaintyConfig | str | None, tile: int | None, overlap: int,
     rand_class: str | int | None, dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
@@ -287,7 +287,7 @@ def _evaluate(
         cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress, tile=tile,
                             overlap=overlap, meters=[rand_meter] if rand_meter else [])  # fmt: skip
     else:
-        from seglab.uncertainty.build import build_predictor
+        from seglab.inference import build_predictor
 
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
@@ -372,20 +372,20 @@ def _image_evaluation(
     from dataclasses import asdict
 
     from seglab.checkpoint import load_checkpoint
-    from seglab.engine.predict import image_probs
+    from seglab.inference import image_probs
 
     net: Any  # the checkpoint's model, or the uncertainty predictor (image_probs takes either)
     unc: UncertaintyMeter | None = None
     if uncertainty is None:
         net, meta = load_checkpoint(checkpoint, device=str(dev))
     else:
-        from seglab.uncertainty.build import build_predictor
+        from seglab.inference import build_predictor
         from seglab.uncertainty.calibration import UncertaintyMeter
 
         net, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
         unc = UncertaintyMeter(meta.num_classes, meta.ignore_index, n_bins=uncertainty.bins)
     if inst is not None:
-        from seglab.engine.predict import instance_object_class
+        from seglab.inference import instance_object_class
         from seglab.instances.infer import InstanceParams, instances_from_probs
         from seglab.instances.metrics import InstanceMeter
         from seglab.metrics.rand import label_components

@@ -185,8 +185,21 @@ def _train_run(
         ddp=ddp, dist=dist, freeze_bn=cfg.train.freeze_bn,
     )  # fmt: skip
     history = dist.on_main(lambda: read_history(run_dir / "metrics.jsonl", state.epoch) if resume else [])
-    run = Run(cfg, stage or run_dir, data, model, ema, optimizer, scaler, state, meta, signature, device, dist,
-              None if weights is None else [float(w) for w in weights])  # fmt: skip
+    run = Run(
+        cfg=cfg,
+        run_dir=stage or run_dir,
+        data=data,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scaler=scaler,
+        state=state,
+        meta=meta,
+        signature=signature,
+        device=device,
+        dist=dist,
+        class_weights=None if weights is None else [float(w) for w in weights],
+    )
     # rank 0 writes the run folder and runs the callbacks; the others train and validate
     cbs = _default_callbacks(cfg, on_epoch_end, stage, run_dir) + list(callbacks) if dist.is_main else []
     with _no_half_made_run(run_dir, stage) if dist.is_main else contextlib.nullcontext():

@@ -135,8 +135,8 @@ def _render_report(
     evaluation: dict[str, Any], out: Path, uncertainty: UncertaintyConfig | str | None, device: str
 ) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, read_meta
-    from seglab.engine.predict import palette_of
     from seglab.files import atomic_write, ensure_dir, write_json
+    from seglab.inference import palette_of
     from seglab.reports import figures as F
     from seglab.reports.html import render_html
     from seglab.uncertainty.calibration import reliability_figure
@@ -256,9 +256,9 @@ def _examples(
     predictor): rows of panels image / truth / prediction / errors / entropy; and the split's first image size."""
     from seglab.engine.device import resolve_device
     from seglab.engine.evaluate import split_dataset
-    from seglab.engine.predict import image_probs, palette_of
+    from seglab.inference import build_predictor, image_probs, palette_of
     from seglab.reports import figures as F
-    from seglab.uncertainty.build import build_predictor, heatmap
+    from seglab.uncertainty.build import heatmap
 
     dev = resolve_device(device)
     tile, overlap = evaluation.get("tile"), evaluation.get("overlap", 32)

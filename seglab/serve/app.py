@@ -1,7 +1,7 @@
 """The REST service: a checkpoint behind FastAPI, served by uvicorn (``seglab serve``).
 
 Routes: ``GET /`` (the web viewer), ``GET /health``, ``GET /model``, ``GET /openapi.json``, ``POST /predict``. A
-request runs ``seglab.engine.predict.predict_image``, the per-image path of ``seglab predict``, so a mask from the
+request runs ``seglab.inference.predict_image``, the per-image path of ``seglab predict``, so a mask from the
 service is byte for byte the ``<stem>_mask.png`` that ``seglab predict`` writes for the same image (for an image
 above ``tile_above`` pixels, the one ``seglab predict --tile TILE --overlap OVERLAP`` writes).
 
@@ -127,7 +127,7 @@ class Service:
     def __init__(self, checkpoint: str | Path, config: ServeConfig) -> None:
         from seglab.checkpoint import checkpoint_paths, load_checkpoint
         from seglab.engine.device import resolve_device
-        from seglab.engine.predict import palette_of
+        from seglab.inference import palette_of
 
         self.config = config
         self.checkpoint = checkpoint_paths(checkpoint)[0]
@@ -171,7 +171,7 @@ class Service:
         """The uncertainty predictor of ``method`` (tiled with ``tile``), built once (its own copy of the model)."""
         with self._build:
             if (method, tile) not in self._predictors:
-                from seglab.uncertainty.build import build_predictor
+                from seglab.inference import build_predictor
 
                 self._predictors[method, tile] = build_predictor(
                     self.checkpoint, self.uncertainty_config(method), str(self.device), tile, self.config.overlap
@@ -226,8 +226,8 @@ class Service:
         JSON with the class shares and those PNGs in base64. An image above ``tile_above`` pixels is predicted
         tile by tile (as ``seglab predict --tile``)."""
         from seglab.data.io import png_bytes
-        from seglab.engine.predict import overlay as blend
-        from seglab.engine.predict import predict_image
+        from seglab.inference import overlay as blend
+        from seglab.inference import predict_image
 
         tile, overlap = self.tile_for(image.shape[0] * image.shape[1]), self.config.overlap
         if uncertainty is None:
@@ -542,6 +542,11 @@ async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]
         raise HTTPError(413, f"the upload is over this service's limit of {limit:,} bytes")
     if kind != "multipart/form-data":
         return bytes(body), "the upload"
+    return await _form_file(request, body)
+
+
+async def _form_file(request: Any, body: bytearray) -> tuple[bytes, str]:
+    """The one file of a multipart form already read into ``body``, and a name for messages; 400 otherwise."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 

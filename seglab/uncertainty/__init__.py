@@ -6,7 +6,8 @@
   :class:`Ensemble`; each maps images to an :class:`UncertaintyResult`.
 * ``calibration``: ECE (equal-width and equal-mass bins), reliability data, NLL, Brier, error-detection AUROC
   and AURC, the streaming :class:`UncertaintyMeter`, and temperature scaling (:func:`fit_temperature`).
-* ``build``: checkpoints -> predictor (:func:`build_predictor`), heatmaps and ``.npz`` outputs.
+* ``build``: loading and checking the checkpoints of a predictor, heatmaps and ``.npz`` outputs. The predictor
+  of a checkpoint is built by ``seglab.inference.build_predictor`` (with overlap-tile inference).
 
 Names are imported lazily, so ``seglab.uncertainty.config`` stays free of torch for the CLI.
 """
@@ -44,7 +45,6 @@ _API = {
     "UncertaintyMeter": "calibration",
     "fit_temperature": "calibration",
     "collect_logits": "calibration",
-    "build_predictor": "build",
     "heatmap": "build",
 }
 

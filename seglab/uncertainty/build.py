@@ -1,4 +1,6 @@
-"""From checkpoints to a predictor, and the per-image outputs of ``seglab predict --uncertainty``."""
+"""The checkpoints an uncertainty predictor combines (loaded, checked to agree, renormalised to one input),
+and the per-image outputs of ``seglab predict --uncertainty``. The entry that builds a predictor is
+``seglab.inference.build_predictor``."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from seglab.errors import CheckpointError
 from seglab.files import atomic_write
 from seglab.uncertainty.config import UncertaintyConfig
 from seglab.uncertainty.functional import UncertaintyResult
-from seglab.uncertainty.predictors import TTA, Deterministic, Ensemble, MCDropout, Predictor, add_dropout
 
 COLORMAP = "viridis"  # perceptually uniform
 
@@ -71,44 +72,6 @@ def load_members(
                 f"{first.in_channels}; ensemble checkpoints trained on the same images"
             )
     return members
-
-
-def build_predictor(
-    checkpoint: str | Path,
-    config: UncertaintyConfig,
-    device: str = "cpu",
-    tile: int | None = None,
-    overlap: int = 32,
-) -> tuple[Predictor, CheckpointMeta]:
-    """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
-    meta. Inputs are normalised with the main checkpoint's mean/std; each model divides its logits by its own
-    fitted temperature. With ``tile`` every model runs overlap-tile inference."""
-    from seglab.models.tiling import TiledModel
-
-    def tiled(m: nn.Module) -> nn.Module:
-        return TiledModel(m, tile, overlap) if tile is not None else m
-
-    members = load_members([checkpoint, *config.ensemble], device)
-    model, meta = members[0]
-    if meta.num_classes < 2:
-        raise CheckpointError(
-            f"uncertainty needs a model of at least 2 classes; {checkpoint} has {meta.num_classes}"
-        )
-    if config.method == "ensemble":
-        models = [
-            m
-            if (mt.mean, mt.std) == (meta.mean, meta.std)
-            else Renormalize(m, meta.mean, meta.std, mt.mean, mt.std)
-            for m, mt in members
-        ]
-        return Ensemble([tiled(m.to(device)) for m in models], [mt.temperature for _, mt in members]), meta
-    if config.method == "mc-dropout":
-        if config.add_dropout > 0:
-            add_dropout(model, config.add_dropout, "head")
-        return MCDropout(tiled(model), config.samples, meta.temperature, config.seed), meta
-    if config.method == "tta":
-        return TTA(tiled(model), config.flips, config.scales, meta.temperature), meta
-    return Deterministic(tiled(model), meta.temperature), meta
 
 
 def heatmap(values: np.ndarray | Tensor, num_classes: int, colormap: str = COLORMAP) -> np.ndarray:

@@ -142,6 +142,9 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "unknown model 'nosuchnet'" in err
     code, _, err = run(capsys, "benchmark", "unet", "--paths", "warp", "--out", tmp_path)
     assert code == 2 and "unknown path 'warp'" in err
+    # the device is resolved like everywhere else (seglab.engine.device.resolve_device)
+    code, _, err = run(capsys, "benchmark", "unet", "--device", "bogus", "--out", tmp_path)
+    assert code == 2 and "unknown device 'bogus'" in err
     code, _, err = run(capsys, "export", tmp_path / "missing", "--out", tmp_path / "m.onnx")
     assert code == 2 and "does not exist" in err
 

@@ -1,4 +1,4 @@
-"""Data tests keep the scan cache (see ``seglab.data.folder.scan_cache_dir``) in their own temporary folder."""
+"""Data tests keep the scan cache (see ``seglab.data.scan.scan_cache_dir``) in their own temporary folder."""
 
 import pytest
 

@@ -14,9 +14,9 @@ from seglab.checkpoint import load_checkpoint
 from seglab.cli import main
 from seglab.config import Config
 from seglab.data.io import class_index, read_image
-from seglab.engine.predict import predict_probs, threshold_labels
 from seglab.engine.train import train
 from seglab.errors import ConfigError
+from seglab.inference import predict_probs, threshold_labels
 from seglab.metrics import RandMeter, label_components
 
 skimage_metrics = pytest.importorskip("skimage.metrics")

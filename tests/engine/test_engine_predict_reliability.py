@@ -11,11 +11,18 @@ from PIL import Image
 from torch import nn
 
 from seglab.checkpoint import load_checkpoint
-from seglab.engine.predict import PredictError, overlay, predict, predict_labels, predict_probs
+from seglab.engine.predict import PredictError, predict
 from seglab.errors import CheckpointError
-from seglab.models import tiling
+from seglab.inference import (
+    overlay,
+    predict_labels,
+    predict_probs,
+    predict_tiled,
+    tile_starts,
+    tile_window,
+    tiling,
+)
 from seglab.models.factory import create_model
-from seglab.models.tiling import predict_tiled, tile_starts, tile_window
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from seglab.data.folder import FolderDataset
 from seglab.data.io import read_image
 from seglab.data.transforms import build_transform, pad_collate, resized_size
 from seglab.engine.evaluate import calibrate, evaluate, label_groups, run_evaluation
-from seglab.engine.predict import predict, predict_probs, upsample_rows
+from seglab.engine.predict import predict
 from seglab.errors import CheckpointError
-from seglab.models.tiling import predict_tiled
+from seglab.inference import predict_probs, predict_tiled, upsample_rows
 from seglab.uncertainty.predictors import TTA
 
 # (h, w) per stem: train 0-7, val 8-10, test 11-14; val and test hold two images of one size each

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import seglab
-from seglab.models.tiling import predict_tiled, tile_starts
+from seglab.inference import predict_tiled, tile_starts
 
 
 def test_tile_starts_cover_the_image():

@@ -74,7 +74,7 @@ def test_numbers_are_those_of_evaluate(report, run, shapes_dir, tmp_path):
 
 def hand_miou(model, meta, image, mask):
     """mIoU over the classes present in the truth or the prediction of one image, in NumPy."""
-    from seglab.engine.predict import image_tensor
+    from seglab.inference import image_tensor
 
     with torch.no_grad():
         pred = model(image_tensor(image, meta.mean, meta.std, torch.device("cpu")))[0].argmax(0).numpy()

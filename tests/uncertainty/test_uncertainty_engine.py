@@ -15,8 +15,9 @@ from seglab.data.folder import FolderDataset
 from seglab.data.io import read_image
 from seglab.data.transforms import build_transform
 from seglab.engine.evaluate import evaluate
-from seglab.engine.predict import image_tensor, predict
+from seglab.engine.predict import predict
 from seglab.engine.train import train
+from seglab.inference import image_tensor
 from seglab.uncertainty.calibration import expected_calibration_error, negative_log_likelihood
 from seglab.uncertainty.config import UncertaintyConfig
 
