@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .  # the formatter is authoritative (Markdown code blocks included): a drift fails
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)

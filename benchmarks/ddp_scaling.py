@@ -44,8 +44,19 @@ def machine() -> str:
 
 
 def train_run(cfg: Path, out: Path, nproc: int, overrides: list[str]) -> list[dict]:
-    cmd = [sys.executable, "-m", "seglab", "train", str(cfg), "--out", str(out), "--overwrite", "--no-progress",
-           "--nproc", str(nproc)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "seglab",
+        "train",
+        str(cfg),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        "--nproc",
+        str(nproc),
+    ]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -86,14 +97,18 @@ def main() -> None:
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        rows = [("1 GPU (1 process)", 1, ["train.device=cuda", "train.amp=auto"]),
-                (f"{gpus} GPUs ({gpus} processes)", gpus, ["train.device=cuda", "train.amp=auto"])]  # fmt: skip
+        rows = [
+            ("1 GPU (1 process)", 1, ["train.device=cuda", "train.amp=auto"]),
+            (f"{gpus} GPUs ({gpus} processes)", gpus, ["train.device=cuda", "train.amp=auto"]),
+        ]
         where = f"{torch.cuda.get_device_name(0)} x {gpus}; {machine()}"
     else:
-        rows = [("1 process x 1 thread", 1, ["train.threads=1"]),
-                (f"1 process x {cores} threads", 1, [f"train.threads={cores}"]),
-                (f"{cores} processes x 1 thread", cores, ["train.threads=1"]),
-                (f"{cores} processes x 1 thread, sync_bn", cores, ["train.threads=1", "train.sync_bn=true"])]  # fmt: skip
+        rows = [
+            ("1 process x 1 thread", 1, ["train.threads=1"]),
+            (f"1 process x {cores} threads", 1, [f"train.threads={cores}"]),
+            (f"{cores} processes x 1 thread", cores, ["train.threads=1"]),
+            (f"{cores} processes x 1 thread, sync_bn", cores, ["train.threads=1", "train.sync_bn=true"]),
+        ]
         where = machine()
     speeds: dict[str, list[float]] = {name: [] for name, _, _ in rows}
     losses: dict[str, float] = {}
@@ -107,8 +122,10 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in speeds.items()}
     base = med[rows[0][0]]
     print(f"\nDDP scaling on {where}; torch {torch.__version__}")
-    print(f"U-Net depth 4 width 16, {args.size}x{args.size}, global batch {args.batch}, {args.epochs} epochs of "
-          f"{int(args.images * 0.8)} images, amp off (CPU), median of {args.repeats} round(s)\n")  # fmt: skip
+    print(
+        f"U-Net depth 4 width 16, {args.size}x{args.size}, global batch {args.batch}, {args.epochs} epochs of "
+        f"{int(args.images * 0.8)} images, amp off (CPU), median of {args.repeats} round(s)\n"
+    )
     print("| set-up | processes | images/s | speed-up vs first row | efficiency | last epoch's loss |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, nproc, _ in rows:

@@ -116,8 +116,9 @@ def train_seglab(config: Path, out: Path, budget: float) -> tuple[Path, int]:
     from seglab.config import Config
     from seglab.engine.train import train
 
-    cfg = Config.load(config).override([f"train.out_dir={out}", f"train.time_limit={budget}",
-                                        "train.progress=false"])  # fmt: skip
+    cfg = Config.load(config).override(
+        [f"train.out_dir={out}", f"train.time_limit={budget}", "train.progress=false"]
+    )
     result = train(cfg, overwrite=True)
     return result.best_checkpoint, result.history[-1]["steps"]
 
@@ -189,8 +190,12 @@ def main() -> None:
     p.add_argument("--budget", default="10m", help="training wall time per model (default: 10m)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "facade")
     p.add_argument("--test-limit", type=int, help="score only the first N test photos (quick look)")
-    p.add_argument("--only", nargs="+", choices=["smp", "scratch", "pretrained"],
-                   default=["smp", "scratch", "pretrained"])  # fmt: skip
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["smp", "scratch", "pretrained"],
+        default=["smp", "scratch", "pretrained"],
+    )
     p.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "facade.png")
     args = p.parse_args()
     if not DATA.is_dir():
@@ -204,8 +209,11 @@ def main() -> None:
     if "smp" in args.only:
         t = time.perf_counter()
         model, steps = train_smp(budget)
-        rows["smp Unet(resnet18), scratch"] = {**evaluate_smp(model, args.test_limit), "steps": steps,
-                                               "train_s": time.perf_counter() - t}  # fmt: skip
+        rows["smp Unet(resnet18), scratch"] = {
+            **evaluate_smp(model, args.test_limit),
+            "steps": steps,
+            "train_s": time.perf_counter() - t,
+        }
         models["smp"] = model
     for name in ("scratch", "pretrained"):
         if name not in args.only:
@@ -219,8 +227,10 @@ def main() -> None:
         print(f"{name}: mIoU {report['miou']:.4f}", file=sys.stderr)
 
     names = list(dataset("train").classes.names)
-    print(f"\nLabelMeFacade, {args.budget} of training per model on {machine()}, torch {torch.__version__}; "
-          f"{next(iter(rows.values()))['num_images']} test photos scored at full resolution\n")  # fmt: skip
+    print(
+        f"\nLabelMeFacade, {args.budget} of training per model on {machine()}, torch {torch.__version__}; "
+        f"{next(iter(rows.values()))['num_images']} test photos scored at full resolution\n"
+    )
     print("| model | steps | mIoU | pixel acc | " + " | ".join(names) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(names))
     for label, r in rows.items():

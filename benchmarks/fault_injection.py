@@ -94,11 +94,19 @@ def fingerprint(run_dir: Path) -> tuple:
 def write_config(path: Path, data: Path, out: Path, threads: int) -> Path:
     from seglab.config import Config
 
-    cfg = Config().override([
-        f"data.root={data}", f"train.out_dir={out}", f"train.epochs={EPOCHS}", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 8}", "train.progress=false", "data.val_ratio=0", "train.amp=off",
-        f"train.threads={threads}",
-    ])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={out}",
+            f"train.epochs={EPOCHS}",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 8}",
+            "train.progress=false",
+            "data.val_ratio=0",
+            "train.amp=off",
+            f"train.threads={threads}",
+        ]
+    )
     path.write_text(cfg.dump())
     return path
 
@@ -126,8 +134,16 @@ def main() -> None:
         shutil.rmtree(data / "splits", ignore_errors=True)  # val_ratio=0: every epoch writes best and last
         ref_dir = work / "ref"
         t0 = time.perf_counter()
-        r = run([sys.executable, "-m", "seglab", "train", str(write_config(work / "ref.yaml", data, ref_dir, 1)),
-                 "--no-progress"])  # fmt: skip
+        r = run(
+            [
+                sys.executable,
+                "-m",
+                "seglab",
+                "train",
+                str(write_config(work / "ref.yaml", data, ref_dir, 1)),
+                "--no-progress",
+            ]
+        )
         if r.returncode:
             sys.exit(f"reference run failed: {r.stderr.strip()}")
         ref_seconds = time.perf_counter() - t0
@@ -152,8 +168,11 @@ def main() -> None:
             out = work / f"random-{i}"
             cfg = write_config(work / f"random-{i}.yaml", data, out, 1)
             delay = rng.uniform(0.3, 1.0) * ref_seconds
-            p = subprocess.Popen([sys.executable, "-m", "seglab", "train", str(cfg), "--no-progress"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            p = subprocess.Popen(
+                [sys.executable, "-m", "seglab", "train", str(cfg), "--no-progress"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(delay)
             p.send_signal(signal.SIGKILL)
             p.wait()
@@ -173,15 +192,19 @@ def main() -> None:
     from seglab.bench.latency import device_name
 
     cpu = device_name(torch.device("cpu"))
-    print(f"fault injection: {EPOCHS}-epoch run killed at each write point of epochs 1..{args.n}, then resumed "
-          f"({cpu}, {os.cpu_count()} cores)\n")  # fmt: skip
+    print(
+        f"fault injection: {EPOCHS}-epoch run killed at each write point of epochs 1..{args.n}, then resumed "
+        f"({cpu}, {os.cpu_count()} cores)\n"
+    )
     print(
         "| write point | kills | resumes identical | resumes refused with a message | silently wrong | crashed |"
     )
     print("|---|---|---|---|---|---|")
     for name, c in rows:
-        print(f"| {name} | {sum(c.values())} | {c['identical']} | {c['refused']} | {c['silently wrong']} | "
-              f"{c['crashed']} |")  # fmt: skip
+        print(
+            f"| {name} | {sum(c.values())} | {c['identical']} | {c['refused']} | {c['silently wrong']} | "
+            f"{c['crashed']} |"
+        )
     wrong = sum(c["silently wrong"] + c["crashed"] for _, c in rows)
     print(f"\nsilently wrong or crashed: {wrong}")
     sys.exit(1 if wrong else 0)

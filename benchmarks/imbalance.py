@@ -38,16 +38,24 @@ def main() -> None:
         data = write_folder(Path(tmp) / "data", num_images=args.num, size=args.size)
         scan = scan_folder(data, deep=True)
         freq = scan.class_pixels / scan.class_pixels.sum()
-        print(f"data: {args.num} SyntheticShapes images {args.size}x{args.size}; rare class '{CLASSES[RARE]}' "
-              f"= {100 * freq[RARE]:.2f} % of pixels")  # fmt: skip
+        print(
+            f"data: {args.num} SyntheticShapes images {args.size}x{args.size}; rare class '{CLASSES[RARE]}' "
+            f"= {100 * freq[RARE]:.2f} % of pixels"
+        )
         rows = {}
         for name, loss in LOSSES.items():
             rare, miou = [], []
             for seed in args.seeds:
-                cfg = Config().override([
-                    f"data.root={data}", f"train.out_dir={tmp}/{name}-{seed}", f"train.epochs={args.epochs}",
-                    f"train.loss={loss}", f"train.seed={seed}", "train.progress=false",
-                ])  # fmt: skip
+                cfg = Config().override(
+                    [
+                        f"data.root={data}",
+                        f"train.out_dir={tmp}/{name}-{seed}",
+                        f"train.epochs={args.epochs}",
+                        f"train.loss={loss}",
+                        f"train.seed={seed}",
+                        "train.progress=false",
+                    ]
+                )
                 result = train(cfg)
                 report = evaluate(
                     result.best_checkpoint, data, "test", progress=False, out=f"{tmp}/{name}.json"
@@ -59,8 +67,10 @@ def main() -> None:
     print(f"\n| loss | rare-class IoU (mean over {len(args.seeds)} seeds) | mIoU | per-seed rare IoU |")
     print("|---|---|---|---|")
     for name, (rare, miou) in rows.items():
-        print(f"| {name} | {statistics.mean(rare):.4f} | {statistics.mean(miou):.4f} | "
-              f"{', '.join(f'{v:.4f}' for v in rare)} |")  # fmt: skip
+        print(
+            f"| {name} | {statistics.mean(rare):.4f} | {statistics.mean(miou):.4f} | "
+            f"{', '.join(f'{v:.4f}' for v in rare)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -177,8 +177,13 @@ def figure(keep: dict, path: Path) -> None:
 
     from seglab.instances.postprocess import instance_overlay
 
-    cols = [("image", "image"), ("truth", "truth"), ("ours, learned", "seglab learned"),
-            ("ours, components", "seglab components"), ("smp, components", "smp components")]  # fmt: skip
+    cols = [
+        ("image", "image"),
+        ("truth", "truth"),
+        ("ours, learned", "seglab learned"),
+        ("ours, components", "seglab components"),
+        ("smp, components", "smp components"),
+    ]
     fig, axes = plt.subplots(len(keep), len(cols), figsize=(3 * len(cols), 3 * len(keep)), squeeze=False)
     for r, (stem, d) in enumerate(keep.items()):
         truth = d["truth"]
@@ -215,8 +220,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", default="20m", help="training budget of each DSB model (default: 20m)")
     p.add_argument("--isbi-budget", default="10m", help="training budget of smp on ISBI (default: 10m)")
-    p.add_argument("--isbi-run", default=str(ROOT / "runs" / "isbi2012-unet"),
-                   help="the ISBI recipe's run (make isbi); its ensemble partner is <run>-plain")  # fmt: skip
+    p.add_argument(
+        "--isbi-run",
+        default=str(ROOT / "runs" / "isbi2012-unet"),
+        help="the ISBI recipe's run (make isbi); its ensemble partner is <run>-plain",
+    )
     p.add_argument("--dsb-run", help="reuse this DSB run instead of training ours (a quick look only)")
     p.add_argument("--no-isbi", action="store_true", help="DSB 2018 only (skip the ISBI rows)")
     p.add_argument("--test-limit", type=int, help="score only the first N test images (a quick look)")
@@ -254,18 +262,39 @@ def main() -> None:
     test = dataset(DSB, "test", instances=True)
     model, meta = load_checkpoint(ckpt)
     # test images with many touching nuclei (their true instances' connected components merge 50 and 35 nuclei)
-    keep_stems = ["0402a81e75262469925ea893b6706183832e85324f7b1e08e634129f5d522cdd",
-                  "6c67b78e8164801059375ed9a607f61e67a7ae347e92e36a7f20514224541d56"]  # fmt: skip
+    keep_stems = [
+        "0402a81e75262469925ea893b6706183832e85324f7b1e08e634129f5d522cdd",
+        "6c67b78e8164801059375ed9a607f61e67a7ae347e92e36a7f20514224541d56",
+    ]
     keep = {s: {} for s in keep_stems if s in test.stems}
 
     def truth_dsb(i: int, mask: np.ndarray) -> np.ndarray:
         return test.load_instances(i)
 
-    score(rows, "DSB 2018", [("seglab components", "components", {}), ("seglab watershed", "watershed", {}),
-                             ("seglab learned", "learned", {})],
-          lambda im: (image_probs(model, meta, im, dev)[0], meta.target), test, truth_dsb, args.test_limit, keep)  # fmt: skip
-    score(rows, "DSB 2018", [("smp components", "components", {}), ("smp watershed", "watershed", {})],
-          lambda im: (smp_probs(smp_model, im), "mask"), test, truth_dsb, args.test_limit, keep)  # fmt: skip
+    score(
+        rows,
+        "DSB 2018",
+        [
+            ("seglab components", "components", {}),
+            ("seglab watershed", "watershed", {}),
+            ("seglab learned", "learned", {}),
+        ],
+        lambda im: (image_probs(model, meta, im, dev)[0], meta.target),
+        test,
+        truth_dsb,
+        args.test_limit,
+        keep,
+    )
+    score(
+        rows,
+        "DSB 2018",
+        [("smp components", "components", {}), ("smp watershed", "watershed", {})],
+        lambda im: (smp_probs(smp_model, im), "mask"),
+        test,
+        truth_dsb,
+        args.test_limit,
+        keep,
+    )
     keep = {s: d for s, d in keep.items() if "truth" in d}  # --test-limit may stop before them
     if keep:
         figure(keep, Path(args.figure))
@@ -281,36 +310,61 @@ def main() -> None:
     run = Path(args.isbi_run)
     if not args.no_isbi and (run / "best.safetensors").is_file():
         partner = run.with_name(run.name + "-plain")
-        cfg = (UncertaintyConfig(method="ensemble", ensemble=[str(partner)]) if partner.is_dir()
-               else UncertaintyConfig(method="deterministic"))  # fmt: skip
+        cfg = (
+            UncertaintyConfig(method="ensemble", ensemble=[str(partner)])
+            if partner.is_dir()
+            else UncertaintyConfig(method="deterministic")
+        )
         predictor, imeta = build_predictor(run, cfg, "cpu")
-        score(rows, "ISBI 2012", [("seglab components", "components", {}),
-                                  ("seglab watershed", "watershed", {}),
-                                  ("seglab learned (fill)", "learned", recipe)],
-              lambda im: (image_probs(predictor, imeta, im, dev)[0], imeta.target), isbi_test, truth_isbi, None, {})  # fmt: skip
+        score(
+            rows,
+            "ISBI 2012",
+            [
+                ("seglab components", "components", {}),
+                ("seglab watershed", "watershed", {}),
+                ("seglab learned (fill)", "learned", recipe),
+            ],
+            lambda im: (image_probs(predictor, imeta, im, dev)[0], imeta.target),
+            isbi_test,
+            truth_isbi,
+            None,
+            {},
+        )
     elif not args.no_isbi:
         print(f"no ISBI recipe run in {run} (make isbi trains it): its rows are left out", file=sys.stderr)
     if not args.no_isbi:
         t = time.perf_counter()
         smp_isbi, steps["smp ISBI"] = train_smp(dataset(ISBI, "train", lists), isbi_budget)
         print(f"smp ISBI: {steps['smp ISBI']} steps in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        score(rows, "ISBI 2012", [("smp components", "components", {}),
-                                  ("smp learned (fill)", "learned", recipe)],
-              lambda im: (smp_probs(smp_isbi, im), "mask"), isbi_test, truth_isbi, None, {})  # fmt: skip
+        score(
+            rows,
+            "ISBI 2012",
+            [("smp components", "components", {}), ("smp learned (fill)", "learned", recipe)],
+            lambda im: (smp_probs(smp_isbi, im), "mask"),
+            isbi_test,
+            truth_isbi,
+            None,
+            {},
+        )
 
     isbi = "no ISBI" if args.no_isbi else f"smp ISBI {args.isbi_budget} ({steps['smp ISBI']} steps)"
-    print(f"\nmachine: {machine()}, torch {torch.__version__}, {args.threads} threads; budget {args.budget} per DSB "
-          f"model (steps: seglab {steps['seglab']}, smp {steps['smp']}), {isbi}; total {(time.perf_counter() - started) / 60:.0f} min\n")  # fmt: skip
+    print(
+        f"\nmachine: {machine()}, torch {torch.__version__}, {args.threads} threads; budget {args.budget} per DSB "
+        f"model (steps: seglab {steps['seglab']}, smp {steps['smp']}), {isbi}; total {(time.perf_counter() - started) / 60:.0f} min\n"
+    )
     print(
         "| data | model, instances | DSB score | F1@0.5 | P@0.5 | R@0.5 | AP@0.5 | AJI | PQ | Rand error | fg Dice |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (data, label), r in rows.items():
-        print(f"| {data} | {label} | {r['dsb_score']:.3f} | {r['f1']:.3f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['ap50']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | {r['rand_error']:.3f} | "
-              f"{r['fg_dice']:.3f} |")  # fmt: skip
-    (out / "results.json").write_text(json.dumps({f"{d} | {k}": v for (d, k), v in rows.items()} | {"steps": steps},
-                                                 indent=1))  # fmt: skip
+        print(
+            f"| {data} | {label} | {r['dsb_score']:.3f} | {r['f1']:.3f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['ap50']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | {r['rand_error']:.3f} | "
+            f"{r['fg_dice']:.3f} |"
+        )
+    (out / "results.json").write_text(
+        json.dumps({f"{d} | {k}": v for (d, k), v in rows.items()} | {"steps": steps}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -57,33 +57,71 @@ def main() -> None:
 
     def scores(name: str, ckpt: str, uncertainty: UncertaintyConfig | None, seconds: float, tmp: str) -> None:
         val, whole, tiled = (
-            evaluate(ckpt, base.data.root, split, progress=False, out=f"{tmp}/e.json", rand_class="cell", tile=tile,
-                     overlap=args.overlap, uncertainty=uncertainty)
+            evaluate(
+                ckpt,
+                base.data.root,
+                split,
+                progress=False,
+                out=f"{tmp}/e.json",
+                rand_class="cell",
+                tile=tile,
+                overlap=args.overlap,
+                uncertainty=uncertainty,
+            )
             for split, tile in (("val", None), ("test", None), ("test", args.tile))
-        )  # fmt: skip
+        )
         m = whole["classes"].index("membrane")
-        rows.append((name, 1 - val["pixel_accuracy"], val["miou"], 1 - whole["pixel_accuracy"], 1 - tiled["pixel_accuracy"],
-                     whole["iou"][m], whole["dice"][m], whole["miou"], whole["rand_error"], tiled["rand_error"], seconds))  # fmt: skip
-        print(f"{name}: validation pixel error {rows[-1][1]:.4f}, test pixel error {rows[-1][3]:.4f}, "
-              f"membrane Dice {rows[-1][6]:.4f}", flush=True)  # fmt: skip
+        rows.append(
+            (
+                name,
+                1 - val["pixel_accuracy"],
+                val["miou"],
+                1 - whole["pixel_accuracy"],
+                1 - tiled["pixel_accuracy"],
+                whole["iou"][m],
+                whole["dice"][m],
+                whole["miou"],
+                whole["rand_error"],
+                tiled["rand_error"],
+                seconds,
+            )
+        )
+        print(
+            f"{name}: validation pixel error {rows[-1][1]:.4f}, test pixel error {rows[-1][3]:.4f}, "
+            f"membrane Dice {rows[-1][6]:.4f}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():
-            cfg = base.override([f"data.splits={DEV_SPLIT}", *overrides, f"train.epochs={args.epochs}",
-                                 f"train.out_dir={tmp}/{len(rows)}", "train.progress=false"])  # fmt: skip
+            cfg = base.override(
+                [
+                    f"data.splits={DEV_SPLIT}",
+                    *overrides,
+                    f"train.epochs={args.epochs}",
+                    f"train.out_dir={tmp}/{len(rows)}",
+                    "train.progress=false",
+                ]
+            )
             result = train(cfg)
             ckpts.append(str(result.best_checkpoint))
             scores(name, ckpts[-1], None, result.seconds, tmp)
         ensemble = UncertaintyConfig(method="ensemble", ensemble=[ckpts[1]])
         scores("(a)+(b) ensemble (the recipe's form)", ckpts[0], ensemble, rows[0][-1] + rows[1][-1], tmp)
-    print(f"\n{args.epochs} epochs x 184 crops of 256x256 per run, best epoch on validation slices 23-24; "
-          f"test slices 25-29; overlap-tile {args.tile} + {args.overlap} px mirrored context\n")  # fmt: skip
-    print("| variant | val pixel error | val mIoU | test pixel error | pixel error, overlap-tile | membrane IoU | "
-          "membrane Dice | mIoU | Rand error | Rand error, overlap-tile | train s |")  # fmt: skip
+    print(
+        f"\n{args.epochs} epochs x 184 crops of 256x256 per run, best epoch on validation slices 23-24; "
+        f"test slices 25-29; overlap-tile {args.tile} + {args.overlap} px mirrored context\n"
+    )
+    print(
+        "| variant | val pixel error | val mIoU | test pixel error | pixel error, overlap-tile | membrane IoU | "
+        "membrane Dice | mIoU | Rand error | Rand error, overlap-tile | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, vpe, vmiou, pe, pe_t, iou, dice, miou, rand, rand_t, sec in rows:
-        print(f"| {name} | {vpe:.4f} | {vmiou:.4f} | {pe:.4f} | {pe_t:.4f} | {iou:.4f} | {dice:.4f} | {miou:.4f} | "
-              f"{rand:.4f} | {rand_t:.4f} | {sec:.0f} |")  # fmt: skip
+        print(
+            f"| {name} | {vpe:.4f} | {vmiou:.4f} | {pe:.4f} | {pe_t:.4f} | {iou:.4f} | {dice:.4f} | {miou:.4f} | "
+            f"{rand:.4f} | {rand_t:.4f} | {sec:.0f} |"
+        )
 
 
 if __name__ == "__main__":

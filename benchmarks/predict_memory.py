@@ -38,8 +38,12 @@ def cpu_name() -> str:
 
 
 def peak_mib(argv: list[str], threads: int) -> float:
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(threads), json.dumps(argv)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(threads), json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     if result["code"] != 0:
         raise SystemExit(f"seglab {' '.join(argv)} exited {result['code']}")
@@ -67,8 +71,15 @@ def main() -> None:
         params = {"depth": 2, "base_channels": args.base_channels}
         model = create_model("unet", num_classes=args.classes, in_channels=3, **params).eval()
         n_params = sum(t.numel() for t in model.parameters())
-        meta = CheckpointMeta(arch="unet", num_classes=args.classes, in_channels=3, model_params=params,
-                              class_names=[f"c{i}" for i in range(args.classes)], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+        meta = CheckpointMeta(
+            arch="unet",
+            num_classes=args.classes,
+            in_channels=3,
+            model_params=params,
+            class_names=[f"c{i}" for i in range(args.classes)],
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+        )
         ckpt = save_checkpoint(root / "run" / "best", model, meta)
         rng = np.random.default_rng(0)
         image, small = root / "big.png", root / "small.png"
@@ -88,9 +99,11 @@ def main() -> None:
             return argv + (["--tile", str(tile)] if tile else [])
 
         base = peak_mib(command(small, 0), args.threads)
-        print(f"`seglab predict` on one {args.width}x{args.height} RGB image ({pixels / 1e6:.1f} MPixel), "
-              f"unet depth 2 base {args.base_channels} ({n_params:,} parameters, {args.classes} classes), {args.threads} threads, "
-              f"{cpu_name()}; baseline (the same command on a 16x16 image) {base:.0f} MiB\n")  # fmt: skip
+        print(
+            f"`seglab predict` on one {args.width}x{args.height} RGB image ({pixels / 1e6:.1f} MPixel), "
+            f"unet depth 2 base {args.base_channels} ({n_params:,} parameters, {args.classes} classes), {args.threads} threads, "
+            f"{cpu_name()}; baseline (the same command on a 16x16 image) {base:.0f} MiB\n"
+        )
         print("| mode | peak RSS (MiB) | above baseline (MiB) | bytes per pixel |")
         print("|---|---:|---:|---:|")
         for tile in args.tiles:

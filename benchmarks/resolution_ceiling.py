@@ -53,8 +53,10 @@ def main() -> None:
     ds = FolderDataset(args.data, args.split, None, ignore_index=255, cache=False)
     masks = [torch.from_numpy(ds.load(i)[1]) for i in range(len(ds))]
     names = list(ds.classes.names)
-    print(f"{args.data.name}, {args.split} split ({len(masks)} label maps): the best mIoU of a model at scale s, "
-          f"scored at full resolution\n")  # fmt: skip
+    print(
+        f"{args.data.name}, {args.split} split ({len(masks)} label maps): the best mIoU of a model at scale s, "
+        f"scored at full resolution\n"
+    )
     print("| scale | pixels per image | mIoU ceiling | " + " | ".join(names) + " |")
     print("|---:|---:|---:|" + "---:|" * len(names))
     for s in args.scales:

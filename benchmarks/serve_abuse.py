@@ -71,8 +71,14 @@ class Phase:
             self.abuse.setdefault(kind, Counter())[outcome] += 1
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 300) -> tuple[int, bytes]:  # fmt: skip
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 300,
+) -> tuple[int, bytes]:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request(method, path, body=body, headers=headers or {})
@@ -106,8 +112,11 @@ def slow_client(port: int, phase: Phase) -> None:
     """Announce 100,000 bytes, send 100, wait for the answer; again until the phase ends."""
     while phase.running():
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
-                  f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100000\r\n\r\n".encode() + b"\x89PNG" * 25)  # fmt: skip
+        s.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100000\r\n\r\n".encode()
+            + b"\x89PNG" * 25
+        )
         s.settimeout(0.2)
         reply = b""
         while phase.running():
@@ -177,8 +186,10 @@ def large_uploads(port: int, phase: Phase, admitted: bool) -> None:
             t = time.perf_counter()
             status, _ = request(port, "POST", f"/predict{query}", images[side], headers, timeout=600)
             seconds = time.perf_counter() - t
-            phase.record(f"{name} ({len(images[side]) // 1024} KB)", f"{status} in {seconds:.1f} s" if
-                         seconds >= 1 else status)  # fmt: skip
+            phase.record(
+                f"{name} ({len(images[side]) // 1024} KB)",
+                f"{status} in {seconds:.1f} s" if seconds >= 1 else status,
+            )
     if admitted:
         phase.done.set()
 
@@ -220,8 +231,17 @@ def hosts_and_tokens(port: int, phase: Phase, image: bytes) -> None:
             phase.record(name, status)
 
 
-def run_phase(name: str, port: int, pid: int, seconds: float, clients: int, image: bytes, expected: bytes,
-              abusers: list[Callable[[Phase], None]], open_ended: bool = False) -> dict:  # fmt: skip
+def run_phase(
+    name: str,
+    port: int,
+    pid: int,
+    seconds: float,
+    clients: int,
+    image: bytes,
+    expected: bytes,
+    abusers: list[Callable[[Phase], None]],
+    open_ended: bool = False,
+) -> dict:
     phase = Phase(seconds, open_ended)
     peak = [0]
 
@@ -277,9 +297,16 @@ def main() -> None:
         params = {"depth": 4, "base_channels": 16}  # the demo's U-Net
         torch.manual_seed(0)
         model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
-        meta = CheckpointMeta(arch="unet", num_classes=len(CLASSES), in_channels=3, model_params=params,
-                              class_names=list(CLASSES), palette=[list(c) for c in PALETTE], mean=[0.5] * 3,
-                              std=[0.25] * 3)  # fmt: skip
+        meta = CheckpointMeta(
+            arch="unet",
+            num_classes=len(CLASSES),
+            in_channels=3,
+            model_params=params,
+            class_names=list(CLASSES),
+            palette=[list(c) for c in PALETTE],
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+        )
         checkpoint = str(save_checkpoint(tmp / "model" / "best", model, meta))
     from seglab.data.synthetic import write_folder
 
@@ -288,8 +315,19 @@ def main() -> None:
     expected, image = Path(record["mask"]).read_bytes(), image_path.read_bytes()
 
     port = free_port()
-    command = [sys.executable, "-m", "seglab", "serve", checkpoint, "--port", str(port), "--token", TOKEN,
-               "--add-dropout", "0.1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seglab",
+        "serve",
+        checkpoint,
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+        "--add-dropout",
+        "0.1",
+    ]
     log = tmp / "server.log"
     proc = start(command, port, log)
     idle_mb = memory_kb(proc.pid, "VmRSS") / 1024
@@ -313,8 +351,11 @@ def main() -> None:
     try:
         for name, abusers in phases:
             open_ended = name == "large uploads" and not args.skip_admitted
-            results.append(run_phase(name, port, proc.pid, args.seconds, args.clients, image, expected, abusers,
-                                     open_ended))  # fmt: skip
+            results.append(
+                run_phase(
+                    name, port, proc.pid, args.seconds, args.clients, image, expected, abusers, open_ended
+                )
+            )
         alive = proc.poll() is None and request(port, "GET", "/health", timeout=10)[0] == 200
         hwm = memory_kb(proc.pid, "VmHWM") / 1024 if proc.poll() is None else 0
     finally:
@@ -327,11 +368,15 @@ def main() -> None:
     text = log.read_text()
 
     base = len([1 for st, _, _ in results[0]["valid"] if st == 200]) / results[0]["elapsed"]
-    print(f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "
-          f"`seglab serve CKPT --token T --add-dropout 0.1` (default limits) on the demo's U-Net (depth 4, "
-          f"width 16); {args.clients} valid clients (256x256 PNG) for {args.seconds:g} s per phase\n")  # fmt: skip
-    print("| phase | valid 200/s | % of unloaded | valid p95 ms | valid all correct | peak RSS MB | "
-          "what the abuse got |")  # fmt: skip
+    print(
+        f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"`seglab serve CKPT --token T --add-dropout 0.1` (default limits) on the demo's U-Net (depth 4, "
+        f"width 16); {args.clients} valid clients (256x256 PNG) for {args.seconds:g} s per phase\n"
+    )
+    print(
+        "| phase | valid 200/s | % of unloaded | valid p95 ms | valid all correct | peak RSS MB | "
+        "what the abuse got |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         ok = [s for st, s, _ in r["valid"] if st == 200]
@@ -339,13 +384,22 @@ def main() -> None:
         others = Counter(st for st, _, _ in r["valid"] if st != 200)
         correct = all(c for st, _, c in r["valid"] if st == 200) and not others
         p95 = f"{1000 * np.percentile(ok, 95):.0f}" if ok else "-"
-        abuse = "; ".join(f"{kind}: " + ", ".join(f"{o}: {n}" for o, n in sorted(c.items(), key=str))
-                          for kind, c in r["abuse"].items()) or "-"  # fmt: skip
+        abuse = (
+            "; ".join(
+                f"{kind}: " + ", ".join(f"{o}: {n}" for o, n in sorted(c.items(), key=str))
+                for kind, c in r["abuse"].items()
+            )
+            or "-"
+        )
         extra = f" (non-200: {dict(others)})" if others else ""
-        print(f"| {r['name']} | {rate:.2f} | {100 * rate / base if base else 0:.0f} % | {p95} | "
-              f"{'yes' if correct else 'NO'}{extra} | {r['peak_mb']:.0f} | {abuse} |")  # fmt: skip
-    print(f"\nserver: idle {idle_mb:.0f} MB, peak (VmHWM) {hwm:.0f} MB; up at the end: {'yes' if alive else 'NO'}; "
-          f"tracebacks in its log: {text.count('Traceback')}")  # fmt: skip
+        print(
+            f"| {r['name']} | {rate:.2f} | {100 * rate / base if base else 0:.0f} % | {p95} | "
+            f"{'yes' if correct else 'NO'}{extra} | {r['peak_mb']:.0f} | {abuse} |"
+        )
+    print(
+        f"\nserver: idle {idle_mb:.0f} MB, peak (VmHWM) {hwm:.0f} MB; up at the end: {'yes' if alive else 'NO'}; "
+        f"tracebacks in its log: {text.count('Traceback')}"
+    )
 
 
 if __name__ == "__main__":

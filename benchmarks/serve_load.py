@@ -103,8 +103,9 @@ def memory_kb(pid: int, key: str) -> int:
     return 0
 
 
-def load(port: int, proc: subprocess.Popen, clients: int, duration: float, expected: bytes,
-         mix: list) -> dict:  # fmt: skip
+def load(
+    port: int, proc: subprocess.Popen, clients: int, duration: float, expected: bytes, mix: list
+) -> dict:
     """Run the clients and the watcher; returns the records and the server's numbers."""
     records: list[tuple[str, int, float, bool]] = []  # (kind, status, seconds, correct)
     lock = threading.Lock()
@@ -162,8 +163,13 @@ def load(port: int, proc: subprocess.Popen, clients: int, duration: float, expec
     except OSError:
         alive = False
     peak = memory_kb(proc.pid, "VmHWM") if proc.poll() is None else 0
-    return {"records": records, "elapsed": elapsed, "health_failures": health_failures, "alive": alive,
-            "peak_mb": peak / 1024}  # fmt: skip
+    return {
+        "records": records,
+        "elapsed": elapsed,
+        "health_failures": health_failures,
+        "alive": alive,
+        "peak_mb": peak / 1024,
+    }
 
 
 def summary(name: str, r: dict) -> list[str]:
@@ -179,10 +185,12 @@ def summary(name: str, r: dict) -> list[str]:
         return f"{1000 * np.percentile(xs, q):.0f}" if xs else "-"
 
     code_text = ", ".join(f"{c if c else 'conn. error'}: {n}" for c, n in sorted(codes.items()))
-    return [f"| {name} | {len(recs) / r['elapsed']:.1f} | {len(ok) / r['elapsed']:.1f} | {pct(ok, 50)} | "
-            f"{pct(ok, 95)} | {pct(bad, 50)} | {pct(bad, 95)} | {code_text} | {'yes' if malformed_4xx else 'NO'} | "
-            f"{'yes' if correct else 'NO'} | {r['health_failures']} | {'yes' if r['alive'] else 'NO'} | "
-            f"{r['peak_mb']:.0f} |"]  # fmt: skip
+    return [
+        f"| {name} | {len(recs) / r['elapsed']:.1f} | {len(ok) / r['elapsed']:.1f} | {pct(ok, 50)} | "
+        f"{pct(ok, 95)} | {pct(bad, 50)} | {pct(bad, 95)} | {code_text} | {'yes' if malformed_4xx else 'NO'} | "
+        f"{'yes' if correct else 'NO'} | {r['health_failures']} | {'yes' if r['alive'] else 'NO'} | "
+        f"{r['peak_mb']:.0f} |"
+    ]
 
 
 def per_kind(r: dict) -> dict[str, Counter]:
@@ -256,8 +264,16 @@ def main() -> None:
         params = {"depth": 4, "base_channels": 16}
         torch.manual_seed(0)
         model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
-        meta = CheckpointMeta(arch="unet", num_classes=len(CLASSES), in_channels=3, model_params=params,
-                              class_names=list(CLASSES), palette=[list(c) for c in PALETTE], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+        meta = CheckpointMeta(
+            arch="unet",
+            num_classes=len(CLASSES),
+            in_channels=3,
+            model_params=params,
+            class_names=list(CLASSES),
+            palette=[list(c) for c in PALETTE],
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+        )
         checkpoint = str(save_checkpoint(tmp / "model" / "best", model, meta))  # not beside the data
     image_path = Path(args.image) if args.image else None
     if image_path is None:
@@ -271,13 +287,28 @@ def main() -> None:
 
     results = {}
     port = free_port()
-    seglab = [sys.executable, "-m", "seglab", "serve", checkpoint, "--port", str(port), "--max-upload-mb",
-              str(LIMIT_MB), "--max-pixels", str(LIMIT_PIXELS), "--concurrency", str(args.concurrency),
-              "--queue", str(args.queue)]  # fmt: skip
+    seglab = [
+        sys.executable,
+        "-m",
+        "seglab",
+        "serve",
+        checkpoint,
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        str(LIMIT_MB),
+        "--max-pixels",
+        str(LIMIT_PIXELS),
+        "--concurrency",
+        str(args.concurrency),
+        "--queue",
+        str(args.queue),
+    ]
     bare = free_port()  # a port of its own (port + 1 may be some client's ephemeral port)
-    for name, command, at in (("seglab serve", seglab, port),
-                              ("bare FastAPI endpoint", [sys.executable, __file__, "--bare-server", checkpoint,
-                                                         str(bare)], bare)):  # fmt: skip
+    for name, command, at in (
+        ("seglab serve", seglab, port),
+        ("bare FastAPI endpoint", [sys.executable, __file__, "--bare-server", checkpoint, str(bare)], bare),
+    ):
         proc = start(command, at, tmp / f"server-{at}.log")
         try:
             results[name] = load(at, proc, args.clients, args.duration, expected, mix)
@@ -290,13 +321,17 @@ def main() -> None:
                 proc.wait()
 
     w, h = Image.open(image_path).size
-    print(f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "
-          f"{args.clients} clients for {args.duration:.0f} s per server; valid upload {w}x{h} "
-          f"({len(mix[0][3]):,} bytes); seglab serve --concurrency {args.concurrency} --queue {args.queue} "
-          f"--max-upload-mb {LIMIT_MB:g} --max-pixels {LIMIT_PIXELS:,}; 2 of every {len(mix)} requests valid\n")  # fmt: skip
-    print("| server | requests/s | valid 200/s | valid p50 ms | valid p95 ms | malformed p50 ms | malformed p95 ms "
-          "| answers by code | malformed all 4xx | valid all correct | /health failures | up at the end "
-          "| peak memory MB |")  # fmt: skip
+    print(
+        f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"{args.clients} clients for {args.duration:.0f} s per server; valid upload {w}x{h} "
+        f"({len(mix[0][3]):,} bytes); seglab serve --concurrency {args.concurrency} --queue {args.queue} "
+        f"--max-upload-mb {LIMIT_MB:g} --max-pixels {LIMIT_PIXELS:,}; 2 of every {len(mix)} requests valid\n"
+    )
+    print(
+        "| server | requests/s | valid 200/s | valid p50 ms | valid p95 ms | malformed p50 ms | malformed p95 ms "
+        "| answers by code | malformed all 4xx | valid all correct | /health failures | up at the end "
+        "| peak memory MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print("\n".join(summary(name, r)))
@@ -305,8 +340,10 @@ def main() -> None:
     print("| request | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for kind in kinds:
-        cells = [", ".join(f"{s or 'conn. error'}: {n}" for s, n in sorted(per_kind(r)[kind].items()))
-                 for r in results.values()]  # fmt: skip
+        cells = [
+            ", ".join(f"{s or 'conn. error'}: {n}" for s, n in sorted(per_kind(r)[kind].items()))
+            for r in results.values()
+        ]
         print(f"| {kind} | " + " | ".join(cells) + " |")
 
 

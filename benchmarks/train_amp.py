@@ -50,8 +50,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"U-Net depth 5, 1 -> 2 classes, batch {args.batch} at {args.size}x{args.size}, {args.threads} threads, "
-          f"torch {torch.__version__}; median of {args.steps} steps after 1\n")  # fmt: skip
+    print(
+        f"U-Net depth 5, 1 -> 2 classes, batch {args.batch} at {args.size}x{args.size}, {args.threads} threads, "
+        f"torch {torch.__version__}; median of {args.steps} steps after 1\n"
+    )
     print("| base width | fp32 img/s | bf16 img/s | speed-up | max loss difference over the steps |")
     print("|---|---|---|---|---|")
     for width in args.widths:

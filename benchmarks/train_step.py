@@ -214,8 +214,9 @@ class SyncCounter:
     def _site(self, what: str) -> str:
         frame = sys._getframe(2)
         torch_dir = str(Path(torch.__file__).parent)
-        while frame is not None and (frame.f_code.co_filename == __file__
-                                     or frame.f_code.co_filename.startswith(torch_dir)):  # fmt: skip
+        while frame is not None and (
+            frame.f_code.co_filename == __file__ or frame.f_code.co_filename.startswith(torch_dir)
+        ):
             frame = frame.f_back
         if frame is None:
             return what
@@ -336,12 +337,20 @@ def count_syncs(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_folder(Path(tmp) / "data", num_images=24, size=32)
         shutil.rmtree(data / "splits", ignore_errors=True)
-        cfg = Config().override([
-            f"data.root={data}", f"train.out_dir={Path(tmp) / 'run'}", "train.epochs=1",
-            f"train.batch_size={args.sync_batch}", "model.params={depth: 2, base_channels: 4}",
-            "train.progress=false", "data.val_ratio=0", "data.test_ratio=0", "train.amp='off'",
-            f"train.device={args.device}",
-        ])  # fmt: skip
+        cfg = Config().override(
+            [
+                f"data.root={data}",
+                f"train.out_dir={Path(tmp) / 'run'}",
+                "train.epochs=1",
+                f"train.batch_size={args.sync_batch}",
+                "model.params={depth: 2, base_channels: 4}",
+                "train.progress=false",
+                "data.val_ratio=0",
+                "data.test_ratio=0",
+                "train.amp='off'",
+                f"train.device={args.device}",
+            ]
+        )
         with SyncCounter(device, code_root) as counter:
             seglab.train(cfg)
     per_step = [sum(c.values()) for c in counter.steps]
@@ -369,8 +378,17 @@ def extract(rev: str, into: Path) -> Path:
 
 def run_child(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--sync-child", "--device", args.device,
-           "--threads", str(args.threads), "--sync-batch", str(args.sync_batch)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--sync-child",
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--sync-batch",
+        str(args.sync_batch),
+    ]
     out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"the sync count of {root} failed:\n{out.stderr[-3000:]}")

@@ -56,15 +56,23 @@ def main() -> None:
         shifted = shifted_copy(clean, Path(tmp) / "shifted", args.noise)
         ckpts = []
         for seed in range(args.members):
-            cfg = Config().override([
-                f"data.root={clean}", f"train.out_dir={tmp}/run{seed}", f"train.epochs={args.epochs}",
-                f"train.seed={seed}", "train.batch_size=16", "train.progress=false",
-                "model.params={depth: 3, base_channels: 16, dropout: 0.2}",
-            ])  # fmt: skip
+            cfg = Config().override(
+                [
+                    f"data.root={clean}",
+                    f"train.out_dir={tmp}/run{seed}",
+                    f"train.epochs={args.epochs}",
+                    f"train.seed={seed}",
+                    "train.batch_size=16",
+                    "train.progress=false",
+                    "model.params={depth: 3, base_channels: 16, dropout: 0.2}",
+                ]
+            )
             result = train(cfg)
             ckpts.append(result.best_checkpoint)
-            print(f"  trained seed {seed}: val mIoU {result.best_metrics['miou']:.4f} ({result.seconds:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"  trained seed {seed}: val mIoU {result.best_metrics['miou']:.4f} ({result.seconds:.0f} s)",
+                flush=True,
+            )
         scaled = Path(tmp) / "scaled.safetensors"
         shutil.copy(ckpts[0], scaled)
         shutil.copy(ckpts[0].with_suffix(".yaml"), scaled.with_suffix(".yaml"))
@@ -75,12 +83,16 @@ def main() -> None:
         methods = {
             "deterministic": (ckpts[0], UncertaintyConfig("deterministic")),
             "deterministic + temperature": (scaled, UncertaintyConfig("deterministic")),
-            f"MC dropout (T={args.samples})": (ckpts[0], UncertaintyConfig("mc-dropout", samples=args.samples)),
+            f"MC dropout (T={args.samples})": (
+                ckpts[0],
+                UncertaintyConfig("mc-dropout", samples=args.samples),
+            ),
             "TTA (4 flips)": (ckpts[0], UncertaintyConfig("tta")),
             f"ensemble (M={args.members})": (
-                ckpts[0], UncertaintyConfig("ensemble", ensemble=[str(c) for c in ckpts[1:]]),
+                ckpts[0],
+                UncertaintyConfig("ensemble", ensemble=[str(c) for c in ckpts[1:]]),
             ),
-        }  # fmt: skip
+        }
         rows = {}
         for name, (ckpt, ucfg) in methods.items():
             row, t_eval = [], time.perf_counter()
@@ -91,9 +103,11 @@ def main() -> None:
             rows[name] = row
             print(f"  evaluated {name} ({time.perf_counter() - t_eval:.1f} s)", flush=True)
     n_test = round(0.1 * args.num)
-    print(f"\nSyntheticShapes {args.num} images {args.size}x{args.size}, U-Net depth 3 / base 16 / dropout 0.2, "
-          f"{args.epochs} epochs; test split {n_test} images, shifted = + Gaussian noise std {args.noise:g}; "
-          f"total {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
+    print(
+        f"\nSyntheticShapes {args.num} images {args.size}x{args.size}, U-Net depth 3 / base 16 / dropout 0.2, "
+        f"{args.epochs} epochs; test split {n_test} images, shifted = + Gaussian noise std {args.noise:g}; "
+        f"total {time.perf_counter() - t0:.0f} s\n"
+    )
     head = ["mIoU", "ECE", "NLL", "AUROC"]
     print(
         "| method | "

@@ -53,8 +53,9 @@ def pairs() -> dict[str, tuple]:
     c = NUM_CLASSES
     return {
         "unet_resnet34": (
-            lambda: create_model("unet", c, encoder="resnet34", decoder_channels=[256, 128, 64, 32],
-                                 upsample="nearest"),
+            lambda: create_model(
+                "unet", c, encoder="resnet34", decoder_channels=[256, 128, 64, 32], upsample="nearest"
+            ),
             lambda: smp.Unet("resnet34", encoder_weights=None, classes=c),
         ),
         "deeplabv3plus_resnet34": (
@@ -62,20 +63,26 @@ def pairs() -> dict[str, tuple]:
             lambda: smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=c),
         ),
         "fcn_resnet50": (
-            lambda: create_model("fcn", c, encoder="resnet50", variant="32s", output_stride=8,
-                                 upsample="bilinear"),
-            lambda: OutOnly(tvs.fcn_resnet50(weights=None, weights_backbone=None, num_classes=c, aux_loss=False)),
+            lambda: create_model(
+                "fcn", c, encoder="resnet50", variant="32s", output_stride=8, upsample="bilinear"
+            ),
+            lambda: OutOnly(
+                tvs.fcn_resnet50(weights=None, weights_backbone=None, num_classes=c, aux_loss=False)
+            ),
         ),
         "deeplabv3_resnet50": (
             lambda: create_model("deeplabv3", c, encoder="resnet50", output_stride=8, pool_norm="bn"),
-            lambda: OutOnly(tvs.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=c,
-                                                   aux_loss=False)),
+            lambda: OutOnly(
+                tvs.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=c, aux_loss=False)
+            ),
         ),
         "lraspp_mobilenet_v3_large": (
             lambda: create_model("lraspp", c),
-            lambda: OutOnly(tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=c)),
+            lambda: OutOnly(
+                tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=c)
+            ),
         ),
-    }  # fmt: skip
+    }
 
 
 def latency(model: nn.Module, x: torch.Tensor, warmup: int, iters: int) -> float:
@@ -165,17 +172,25 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"# seglab vs references: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, fp32, inference {args.size}x{args.size} batch 1 (median of {args.iters} "
-          f"after {args.warmup} warm-up), " + ("training skipped" if args.no_train else
-          f"training batch {args.train_batch} at {args.train_size}x{args.train_size} "
-          f"(AdamW, CE, median of {args.train_steps} steps after 1, ours and ref taking turns)"))  # fmt: skip
+    print(
+        f"# seglab vs references: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, fp32, inference {args.size}x{args.size} batch 1 (median of {args.iters} "
+        f"after {args.warmup} warm-up), "
+        + (
+            "training skipped"
+            if args.no_train
+            else f"training batch {args.train_batch} at {args.train_size}x{args.train_size} "
+            f"(AdamW, CE, median of {args.train_steps} steps after 1, ours and ref taking turns)"
+        )
+    )
     peaks = practical_peak()
     peak = max(peaks.values())
     print(f"practical fp32 peak (measured again at the end): {format_peak(peaks)}\n")
-    header = ("| pair | params ours / ref (M) | GMACs ours / ref | latency ours / ref (ms) | ratio | "
-              "train ours / ref (img/s) | ratio (time) | fastest faithful path | its latency (ms) | "
-              "speed-up vs ref eager | GFLOP/s ours fastest / ref eager (% of peak) |")  # fmt: skip
+    header = (
+        "| pair | params ours / ref (M) | GMACs ours / ref | latency ours / ref (ms) | ratio | "
+        "train ours / ref (img/s) | ratio (time) | fastest faithful path | its latency (ms) | "
+        "speed-up vs ref eager | GFLOP/s ours fastest / ref eager (% of peak) |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
@@ -211,11 +226,14 @@ def main() -> None:
             if faithful and t < best_lat:
                 best, best_lat = path, t
         gflops, gflops_r = 2 * cost_o.macs / best_lat / 1e9, 2 * cost_r.macs / lat_r / 1e9
-        print(f"| {name} | {cost_o.params / 1e6:.2f} / {cost_r.params / 1e6:.2f} | {cost_o.gmacs:.1f} / "
-              f"{cost_r.gmacs:.1f} | {1000 * lat_o:.0f} / {1000 * lat_r:.0f} | {lat_o / lat_r:.2f} | "
-              f"{tr_o:.2f} / {tr_r:.2f} | {tr_r / tr_o:.2f} | {best} | {1000 * best_lat:.0f} | "
-              f"{lat_r / best_lat:.2f}x | {gflops:.0f} ({100 * gflops / peak:.0f} %) / {gflops_r:.0f} "
-              f"({100 * gflops_r / peak:.0f} %) |", flush=True)  # fmt: skip
+        print(
+            f"| {name} | {cost_o.params / 1e6:.2f} / {cost_r.params / 1e6:.2f} | {cost_o.gmacs:.1f} / "
+            f"{cost_r.gmacs:.1f} | {1000 * lat_o:.0f} / {1000 * lat_r:.0f} | {lat_o / lat_r:.2f} | "
+            f"{tr_o:.2f} / {tr_r:.2f} | {tr_r / tr_o:.2f} | {best} | {1000 * best_lat:.0f} | "
+            f"{lat_r / best_lat:.2f}x | {gflops:.0f} ({100 * gflops / peak:.0f} %) / {gflops_r:.0f} "
+            f"({100 * gflops_r / peak:.0f} %) |",
+            flush=True,
+        )
         print(f"<!-- {name} paths: {'; '.join(notes)} -->", flush=True)
     print(f"\npractical fp32 peak at the end: {format_peak(practical_peak())}")
 

@@ -155,8 +155,16 @@ def tasks(out: Path, data: Path, numbers: dict[str, Any]) -> None:
         ax.axis("off")
     for sl in boxes:
         y, x = sl
-        axes[0].add_patch(Rectangle((x.start - 0.5, y.start - 0.5), x.stop - x.start, y.stop - y.start,
-                                    fill=False, edgecolor="yellow", linewidth=1))  # fmt: skip
+        axes[0].add_patch(
+            Rectangle(
+                (x.start - 0.5, y.start - 0.5),
+                x.stop - x.start,
+                y.stop - y.start,
+                fill=False,
+                edgecolor="yellow",
+                linewidth=1,
+            )
+        )
     fig.suptitle(
         "DSB 2018 test image 88d5a03f: the same nuclei as boxes, as a class, as objects", fontsize=11
     )
@@ -238,8 +246,12 @@ def cost(out: Path, numbers: dict[str, Any]) -> None:
     sides = [512, 256, 128, 64]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     width = 0.38
-    for i, (key, label, colour) in enumerate((("plain_fcn", "plain_fcn (full resolution)", "tab:red"),
-                                              ("unet", "U-Net (depth 4, base 16)", "tab:blue"))):  # fmt: skip
+    for i, (key, label, colour) in enumerate(
+        (
+            ("plain_fcn", "plain_fcn (full resolution)", "tab:red"),
+            ("unet", "U-Net (depth 4, base 16)", "tab:blue"),
+        )
+    ):
         res = ex[f"cost.{key}.by_resolution"]
         macs = [res.get(str(s), [0, 0])[0] / 1e9 for s in sides]
         mem = [res.get(str(s), [0, 0])[1] / 2**20 for s in sides]
@@ -298,9 +310,14 @@ def atrous(out: Path, numbers: dict[str, Any]) -> None:
     def stack(*rates: int) -> nn.Module:
         return nn.Sequential(*(AtrousConv2d(1, 1, 3, dilation=d, norm="none", act="none") for d in rates))
 
-    cases = [("3x3, rate 1", stack(1)), ("3x3, rate 2", stack(2)), ("3x3, rate 3", stack(3)),
-             ("three 3x3, rates 1, 1, 1", stack(1, 1, 1)), ("three 3x3, rates 1, 2, 4", stack(1, 2, 4)),
-             ("three 3x3, rates 2, 2, 2", stack(2, 2, 2))]  # fmt: skip
+    cases = [
+        ("3x3, rate 1", stack(1)),
+        ("3x3, rate 2", stack(2)),
+        ("3x3, rate 3", stack(3)),
+        ("three 3x3, rates 1, 1, 1", stack(1, 1, 1)),
+        ("three 3x3, rates 1, 2, 4", stack(1, 2, 4)),
+        ("three 3x3, rates 2, 2, 2", stack(2, 2, 2)),
+    ]
     keys = ("d1", "d2", "d3", "stack_111", "stack_124", "stack_222")
     side = 19
     fig, axes = plt.subplots(1, len(cases), figsize=(16, 3.3), layout="constrained")
@@ -317,11 +334,14 @@ def atrous(out: Path, numbers: dict[str, Any]) -> None:
         ax.grid(which="minor", color="white", linewidth=0.5)
         ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
         weights = 9 * len(module)
-        ax.set_title(f"{title}\nfield {extent}x{extent}, sees {int(field.sum())} px, {weights} weights",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{title}\nfield {extent}x{extent}, sees {int(field.sum())} px, {weights} weights", fontsize=9
+        )
     ex["atrous.formula"] = [receptive_field(3, d) for d in (1, 2, 3)]
-    fig.suptitle("Input pixels that reach the centre output pixel (back-propagated from it), on 19x19 inputs",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        "Input pixels that reach the centre output pixel (back-propagated from it), on 19x19 inputs",
+        fontsize=11,
+    )
     save(fig, out / "atrous.png")
 
 
@@ -372,8 +392,11 @@ def metrics(out: Path, numbers: dict[str, Any]) -> None:
         ex[f"metrics.{name}.pixels"] = int(truth.sum())
         ax.imshow(overlap_rgb(truth, pred)[crops[name]], interpolation="nearest")
         zoom = " (zoomed)" if name == "small" else ""
-        ax.set_title(f"{name} disc{zoom}, {int(truth.sum())} px; prediction 3 px off on each axis\n"
-                     f"IoU {i:.3f}   Dice {d:.3f}", fontsize=10)  # fmt: skip
+        ax.set_title(
+            f"{name} disc{zoom}, {int(truth.sum())} px; prediction 3 px off on each axis\n"
+            f"IoU {i:.3f}   Dice {d:.3f}",
+            fontsize=10,
+        )
         ax.axis("off")
     axes[0].text(1, 62, "green: hit   red: missed   blue: false alarm", fontsize=8)
     u = np.linspace(0, 1, 101)
@@ -400,16 +423,28 @@ def train_runs(data: Path, work: Path, budget: Budget, threads: int) -> dict[str
 
     results = {}
     for name, (arch, params, loss) in RUNS.items():
-        cfg = Config().override([
-            f"data.root={data}", f"train.out_dir={work / name}", f"train.epochs={budget.epochs}",
-            f"train.batch_size={budget.batch_size}", f"model.arch={arch}", f"model.params={params}",
-            f"train.loss={loss}", "train.seed=0", "train.amp=off", "train.progress=false",
-            "train.tensorboard=false", f"train.threads={threads}",
-        ])  # fmt: skip
+        cfg = Config().override(
+            [
+                f"data.root={data}",
+                f"train.out_dir={work / name}",
+                f"train.epochs={budget.epochs}",
+                f"train.batch_size={budget.batch_size}",
+                f"model.arch={arch}",
+                f"model.params={params}",
+                f"train.loss={loss}",
+                "train.seed=0",
+                "train.amp=off",
+                "train.progress=false",
+                "train.tensorboard=false",
+                f"train.threads={threads}",
+            ]
+        )
         t0 = time.perf_counter()
         results[name] = train(cfg)
-        log(f"trained {name}: val mIoU {results[name].best_metrics.get('miou', float('nan')):.4f} "
-            f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        log(
+            f"trained {name}: val mIoU {results[name].best_metrics.get('miou', float('nan')):.4f} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     return results
 
 
@@ -466,8 +501,13 @@ def losses_figure(
     for i, (label, colour_) in enumerate(zip(LOSS_RUNS, ("tab:gray", "tab:orange", "tab:blue"))):
         key = label.lower().replace("+", "_")
         values = [me[f"loss.{key}.iou.{n}"] for n in CLASS_NAMES]
-        ax.bar(np.arange(4) + (i - 1) * width, values, width, color=colour_,
-               label=f"{label}: mIoU {me[f'loss.{key}.miou']:.3f}")  # fmt: skip
+        ax.bar(
+            np.arange(4) + (i - 1) * width,
+            values,
+            width,
+            color=colour_,
+            label=f"{label}: mIoU {me[f'loss.{key}.miou']:.3f}",
+        )
     share = me["data.triangle_share"]
     ax.set_xticks(range(4), [*CLASS_NAMES[:3], f"triangle\n({100 * share:.1f} % of pixels)"])
     ax.set(ylabel="test IoU", ylim=(0, 1), title="test IoU per class, same U-Net, same budget")
@@ -537,8 +577,11 @@ def uncertainty(out: Path, data: Path, runs: Path, budget: Budget, numbers: dict
         conf, pred = probs.max(1)
         rel = reliability_diagram(*calibration_bins(conf, pred == labels, 15))
         path = Path(tempfile.mkdtemp(prefix="course-reliability-")) / f"{key}.png"
-        title = (f"before: T = 1, ECE {report['ece_before']:.4f}" if key == "before"
-                 else f"after: T = {temperature:.2f}, ECE {report['ece_after']:.4f}")  # fmt: skip
+        title = (
+            f"before: T = 1, ECE {report['ece_before']:.4f}"
+            if key == "before"
+            else f"after: T = {temperature:.2f}, ECE {report['ece_after']:.4f}"
+        )
         reliability_png(path, rel, title)
         parts.append(path)
     stitch(parts, out / "reliability.png")
@@ -565,18 +608,22 @@ def uncertainty(out: Path, data: Path, runs: Path, budget: Budget, numbers: dict
 
     order = sorted(range(len(test)), key=lambda i: -int(wrong[i].sum()))[:3]
     mi_top = float(np.quantile(mi, 0.999)) or 1e-6
-    fig, axes = plt.subplots(len(order), 6, figsize=(15, 2.6 * len(order) + 0.6), layout="constrained",
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(order), 6, figsize=(15, 2.6 * len(order) + 0.6), layout="constrained", squeeze=False
+    )
     for row, i in enumerate(order):
         image, truth = test[i]
         err = np.where(
             wrong[i][..., None], np.array([220, 50, 50], np.uint8), (image * 0.35).astype(np.uint8)
         )
-        panels = [(image, "image", None), (colour(truth), "truth", None),
-                  (colour(result.mask[i].numpy()), f"prediction (mean of {budget.mc_samples})", None),
-                  (err, f"errors ({int(wrong[i].sum())} px)", None),
-                  (ent[i], "predictive entropy (0 .. log 4)", (0, math.log(4))),
-                  (mi[i], f"mutual information (0 .. {mi_top:.2f})", (0, mi_top))]  # fmt: skip
+        panels = [
+            (image, "image", None),
+            (colour(truth), "truth", None),
+            (colour(result.mask[i].numpy()), f"prediction (mean of {budget.mc_samples})", None),
+            (err, f"errors ({int(wrong[i].sum())} px)", None),
+            (ent[i], "predictive entropy (0 .. log 4)", (0, math.log(4))),
+            (mi[i], f"mutual information (0 .. {mi_top:.2f})", (0, mi_top)),
+        ]
         for ax, (arr, title, scale) in zip(axes[row], panels):
             if scale is None:
                 ax.imshow(arr, interpolation="nearest")
@@ -636,9 +683,17 @@ def pareto(out: Path, data: Path, runs: Path, budget: Budget, threads: int, numb
 
     work = Path(tempfile.mkdtemp(prefix="course-bench-"))
     try:
-        result = run_benchmark(checkpoints=[str(runs / r) for r in PARETO_RUNS], data=data,
-                               split="test", out=work, sizes=(budget.bench_size,), batch_sizes=(1,),
-                               warmup=2, iters=budget.bench_iters, threads=threads)  # fmt: skip
+        result = run_benchmark(
+            checkpoints=[str(runs / r) for r in PARETO_RUNS],
+            data=data,
+            split="test",
+            out=work,
+            sizes=(budget.bench_size,),
+            batch_sizes=(1,),
+            warmup=2,
+            iters=budget.bench_iters,
+            threads=threads,
+        )
         shutil.copy(result["outputs"]["png"], out / "pareto.png")
         log(f"wrote {out / 'pareto.png'}")
     finally:
@@ -695,15 +750,19 @@ def _m(n: float) -> str:
 
 
 def table_backbones(ex: dict[str, Any]) -> str:
-    lines = ["| encoder | where from | parameters | GMACs at 512x512 | features: channels @ stride |",
-             "|---|---|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| encoder | where from | parameters | GMACs at 512x512 | features: channels @ stride |",
+        "|---|---|---:|---:|---|",
+    ]
     for name in BACKBONES:
         feats = ", ".join(
             f"{c} @ {r}" for c, r in zip(ex[f"backbone.{name}.channels"], ex[f"backbone.{name}.reductions"])
         )
         kind = "native" if name in ("unet", "vgg", "mobilenet") else "timm"
-        lines.append(f"| `{name}` | {kind} | {_m(ex[f'backbone.{name}.params'])} | "
-                     f"{ex[f'backbone.{name}.gmacs']:.2f} | {feats} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {kind} | {_m(ex[f'backbone.{name}.params'])} | "
+            f"{ex[f'backbone.{name}.gmacs']:.2f} | {feats} |"
+        )
     return "\n".join(lines)
 
 
@@ -718,8 +777,10 @@ def table_cost(ex: dict[str, Any]) -> str:
         ("unet", "`unet`, depth 4, base 16"),
     ):
         full = ex[f"cost.{key}.by_resolution"]["512"][0] / ex[f"cost.{key}.macs"]
-        lines.append(f"| {label} | {ex[f'cost.{key}.params']:,} | {ex[f'cost.{key}.macs'] / 1e9:.2f} G | "
-                     f"{ex[f'cost.{key}.activation_mib']:.0f} MiB | {100 * full:.0f} % |")  # fmt: skip
+        lines.append(
+            f"| {label} | {ex[f'cost.{key}.params']:,} | {ex[f'cost.{key}.macs'] / 1e9:.2f} G | "
+            f"{ex[f'cost.{key}.activation_mib']:.0f} MiB | {100 * full:.0f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -760,17 +821,24 @@ def table_pareto(me: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for run in PARETO_RUNS:
-        lines.append(f"| `{run}` | {me[f'pareto.{run}.params']:,} | {me[f'pareto.{run}.gmacs']:.3f} | "
-                     f"{me[f'pareto.{run}.fps']:.0f} | {me[f'pareto.{run}.miou']:.3f} | "
-                     f"{'yes' if me[f'pareto.{run}.front'] else 'no'} |")  # fmt: skip
+        lines.append(
+            f"| `{run}` | {me[f'pareto.{run}.params']:,} | {me[f'pareto.{run}.gmacs']:.3f} | "
+            f"{me[f'pareto.{run}.fps']:.0f} | {me[f'pareto.{run}.miou']:.3f} | "
+            f"{'yes' if me[f'pareto.{run}.front'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
 def render_tables(numbers: dict[str, Any]) -> dict[str, str]:
     """The Markdown tables of docs/course.md, by name, from numbers.json."""
     ex, me = numbers["exact"], numbers["measured"]
-    return {"backbones": table_backbones(ex), "cost": table_cost(ex), "separable": table_separable(ex),
-            "losses": table_losses(me), "pareto": table_pareto(me)}  # fmt: skip
+    return {
+        "backbones": table_backbones(ex),
+        "cost": table_cost(ex),
+        "separable": table_separable(ex),
+        "losses": table_losses(me),
+        "pareto": table_pareto(me),
+    }
 
 
 NUMBER = re.compile(r"<!-- n:([\w.\-]+) -->(.*?)<!-- /n -->")
@@ -849,8 +917,13 @@ def main() -> None:
         t = time.perf_counter()
         part()
         seconds[f"seconds.{name}"] = round(time.perf_counter() - t, 1)
-    seconds.update(mode="quick" if args.quick else "full", budget=budget.__dict__, threads=args.threads,
-                   torch=torch.__version__, seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    seconds.update(
+        mode="quick" if args.quick else "full",
+        budget=budget.__dict__,
+        threads=args.threads,
+        torch=torch.__version__,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     path = args.out / "numbers.json"
     text = json.dumps(jsonable(numbers), indent=1, sort_keys=True, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -98,8 +98,10 @@ def main() -> None:
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    print(f"wrote {args.out}: slice {args.slice}, pixel error {err:.4f}, membrane Dice {dice:.4f}; "
-          f"{near:.0%} of the wrong pixels touch a true membrane edge")  # fmt: skip
+    print(
+        f"wrote {args.out}: slice {args.slice}, pixel error {err:.4f}, membrane Dice {dice:.4f}; "
+        f"{near:.0%} of the wrong pixels touch a true membrane edge"
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,21 @@ def _train_config(args: argparse.Namespace):
     from seglab.config import Config
 
     cfg = Config.load(args.config) if args.config else Config()
-    if args.time_limit is not None:  # checked as typed: an empty flag ("$UNSET") would read as YAML null, no limit
+    if (
+        args.time_limit is not None
+    ):  # checked as typed: an empty flag ("$UNSET") would read as YAML null, no limit
         from seglab.config import parse_duration
 
         parse_duration(args.time_limit, "--time-limit")
-    flags = {"data.root": args.data, "train.out_dir": args.out, "train.epochs": args.epochs,
-             "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
-             "train.time_limit": args.time_limit}  # fmt: skip
+    flags = {
+        "data.root": args.data,
+        "train.out_dir": args.out,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.device": args.device,
+        "train.time_limit": args.time_limit,
+    }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set or [])
     cfg = cfg.override(overrides)
     if args.no_progress:
@@ -116,9 +124,16 @@ def _uncertainty_config(args: argparse.Namespace, predict: bool):
     from seglab.uncertainty.config import UncertaintyConfig
 
     extra = {"heatmap": args.map, "save_maps": args.save_maps} if predict else {"bins": args.bins}
-    return UncertaintyConfig(method=method, samples=args.samples, seed=args.seed, add_dropout=args.add_dropout,
-                             flips=args.tta_flips, scales=args.tta_scales, ensemble=list(args.ensemble or []),
-                             **extra)  # fmt: skip
+    return UncertaintyConfig(
+        method=method,
+        samples=args.samples,
+        seed=args.seed,
+        add_dropout=args.add_dropout,
+        flips=args.tta_flips,
+        scales=args.tta_scales,
+        ensemble=list(args.ensemble or []),
+        **extra,
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -142,10 +157,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _evaluate_and_report(args: argparse.Namespace, unc: Any) -> None:
     from seglab.engine.evaluate import evaluate, format_table
 
-    r = evaluate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, out=args.out,
-                 device=args.device, progress=not args.no_progress, uncertainty=unc, tile=args.tile,
-                 overlap=args.overlap, rand_class=args.rand_class, per_image=bool(args.report),
-                 overwrite=args.overwrite, **_instance_args(args))  # fmt: skip
+    r = evaluate(
+        args.checkpoint,
+        args.data,
+        args.split,
+        batch_size=args.batch_size,
+        out=args.out,
+        device=args.device,
+        progress=not args.no_progress,
+        uncertainty=unc,
+        tile=args.tile,
+        overlap=args.overlap,
+        rand_class=args.rand_class,
+        per_image=bool(args.report),
+        overwrite=args.overwrite,
+        **_instance_args(args),
+    )
     if not _is_main():
         return
     print(format_table(r))
@@ -160,12 +187,21 @@ def _evaluate_and_report(args: argparse.Namespace, unc: Any) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from seglab.reports.report import write_report
 
-    r = write_report(args.run, args.data, args.split, out=args.out, device=args.device,
-                     uncertainty=_uncertainty_config(args, predict=False), progress=not args.no_progress,
-                     overwrite=args.overwrite)  # fmt: skip
+    r = write_report(
+        args.run,
+        args.data,
+        args.split,
+        out=args.out,
+        device=args.device,
+        uncertainty=_uncertainty_config(args, predict=False),
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     u = r["uncertainty"]
-    print(f"mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} on {r['num_images']} images "
-          f"({r['split']}); ECE {u['ece']:.4f}, AURC {u['aurc_entropy']:.4f} ({u['description']})")  # fmt: skip
+    print(
+        f"mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} on {r['num_images']} images "
+        f"({r['split']}); ECE {u['ece']:.4f}, AURC {u['aurc_entropy']:.4f} ({u['description']})"
+    )
     print(f"report: {r['html']}")
 
 
@@ -174,11 +210,22 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     V.check_tiling(args.tile, args.overlap)
     cfg = _uncertainty_config(args, predict=True)
-    results = predict(args.checkpoint, args.inputs, args.out, write_overlay=not args.no_overlay,
-                      device=args.device, progress=not args.no_progress, uncertainty=cfg,
-                      tile=args.tile, overlap=args.overlap, prob_maps=args.prob or (), threshold=args.threshold,
-                      log=lambda line: print(f"seglab: {line}", file=sys.stderr), overwrite=args.overwrite,
-                      **_instance_args(args))  # fmt: skip
+    results = predict(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        write_overlay=not args.no_overlay,
+        device=args.device,
+        progress=not args.no_progress,
+        uncertainty=cfg,
+        tile=args.tile,
+        overlap=args.overlap,
+        prob_maps=args.prob or (),
+        threshold=args.threshold,
+        log=lambda line: print(f"seglab: {line}", file=sys.stderr),
+        overwrite=args.overwrite,
+        **_instance_args(args),
+    )
     what = "" if args.no_overlay else " and overlays"
     if args.instances:
         what += f", instance maps ({args.instances}, {sum(r['objects'] for r in results)} objects) and their overlays"
@@ -193,22 +240,35 @@ def _instance_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.instance_class is not None or args.instance_param:
             from seglab.errors import ConfigError
 
-            raise ConfigError("--instance-class and --instance-param apply only with --instances METHOD; add one")
+            raise ConfigError(
+                "--instance-class and --instance-param apply only with --instances METHOD; add one"
+            )
         return {}
     from seglab.instances.infer import InstanceParams
 
-    return {"instances": args.instances, "instance_class": args.instance_class,
-            "instance_params": InstanceParams.parse(args.instance_param)}  # fmt: skip
+    return {
+        "instances": args.instances,
+        "instance_class": args.instance_class,
+        "instance_params": InstanceParams.parse(args.instance_param),
+    }
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from seglab.engine.evaluate import calibrate
 
-    r = calibrate(args.checkpoint, args.data, args.split, batch_size=args.batch_size, device=args.device,
-                  progress=not args.no_progress)  # fmt: skip
-    print(f"temperature {r['temperature']:.4f} fitted on {r['pixels']} pixels of {r['num_images']} images "
-          f"({r['split']}): NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
-          f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}")  # fmt: skip
+    r = calibrate(
+        args.checkpoint,
+        args.data,
+        args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"temperature {r['temperature']:.4f} fitted on {r['pixels']} pixels of {r['num_images']} images "
+        f"({r['split']}): NLL {r['nll_before']:.4f} -> {r['nll_after']:.4f}, "
+        f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
+    )
     print(f"written to {r['sidecar']}; predict and evaluate now divide the logits by it")
 
 
@@ -235,16 +295,35 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
     if args.cost:
         for model in args.cost:
             for size in args.size:
-                print(cost_report(model, size, num_classes=args.num_classes or 10, all_layers=args.all_layers,
-                                  model_params=_yaml_mapping(args.params)))  # fmt: skip
+                print(
+                    cost_report(
+                        model,
+                        size,
+                        num_classes=args.num_classes or 10,
+                        all_layers=args.all_layers,
+                        model_params=_yaml_mapping(args.params),
+                    )
+                )
                 print()
         return
-    r = run_benchmark(args.models, args.checkpoints or [], args.data, args.split, args.out,
-                      log=None if args.no_progress else (lambda m: print(m, file=sys.stderr)),
-                      sizes=args.size, batch_sizes=args.batch, paths=args.paths, warmup=args.warmup,
-                      iters=args.iters, device=args.device, threads=args.threads,
-                      num_classes=args.num_classes or 21, model_params=_yaml_mapping(args.params),
-                      overwrite=args.overwrite)  # fmt: skip
+    r = run_benchmark(
+        args.models,
+        args.checkpoints or [],
+        args.data,
+        args.split,
+        args.out,
+        log=None if args.no_progress else (lambda m: print(m, file=sys.stderr)),
+        sizes=args.size,
+        batch_sizes=args.batch,
+        paths=args.paths,
+        warmup=args.warmup,
+        iters=args.iters,
+        device=args.device,
+        threads=args.threads,
+        num_classes=args.num_classes or 21,
+        model_params=_yaml_mapping(args.params),
+        overwrite=args.overwrite,
+    )
     from seglab.bench.report import to_markdown
 
     print(to_markdown(r))
@@ -263,12 +342,24 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-upload-mb must be a number of MiB > 0, got {mib}")
     # an empty --token or $SEGLAB_TOKEN is refused by ServeConfig, never taken for "no token"
     token = args.token if args.token is not None else os.environ.get("SEGLAB_TOKEN")
-    cfg = ServeConfig(device=args.device, token=token, max_upload_bytes=max(1, int(mib * 2**20)),
-                      max_pixels=args.max_pixels, max_work=args.max_work, tile=args.tile,
-                      tile_above=args.tile_above, concurrency=args.concurrency, queue=args.queue,
-                      samples=args.samples, add_dropout=args.add_dropout, body_timeout=args.body_timeout,
-                      allowed_hosts=[] if args.allowed_hosts is None else args.allowed_hosts.split(","))  # fmt: skip
-    serve(args.checkpoint, args.host, args.port, cfg, log=lambda line: print(f"seglab: {line}", file=sys.stderr))
+    cfg = ServeConfig(
+        device=args.device,
+        token=token,
+        max_upload_bytes=max(1, int(mib * 2**20)),
+        max_pixels=args.max_pixels,
+        max_work=args.max_work,
+        tile=args.tile,
+        tile_above=args.tile_above,
+        concurrency=args.concurrency,
+        queue=args.queue,
+        samples=args.samples,
+        add_dropout=args.add_dropout,
+        body_timeout=args.body_timeout,
+        allowed_hosts=[] if args.allowed_hosts is None else args.allowed_hosts.split(","),
+    )
+    serve(
+        args.checkpoint, args.host, args.port, cfg, log=lambda line: print(f"seglab: {line}", file=sys.stderr)
+    )
 
 
 def _yaml_mapping(text: str | None) -> dict | None:
@@ -292,57 +383,107 @@ def _yaml_mapping(text: str | None) -> dict | None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from seglab.engine.export import export_checkpoint
 
-    r = export_checkpoint(args.checkpoint, args.out, args.format, example_size=tuple(args.example_size),
-                          dynamic=not args.static, check=not args.no_check, overwrite=args.overwrite)  # fmt: skip
+    r = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        args.format,
+        example_size=tuple(args.example_size),
+        dynamic=not args.static,
+        check=not args.no_check,
+        overwrite=args.overwrite,
+    )
     sizes = "dynamic batch and size" if r.dynamic else f"static input {tuple(r.example_shape)}"
     check = "" if r.max_abs_diff is None else f"; max abs logit difference to PyTorch {r.max_abs_diff:.2e}"
     print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
 
 
 def _overwrite_flag(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--overwrite", action="store_true", help="also replace a file of another kind at an output path "
-                    "(earlier outputs of this command are replaced anyway; never a checkpoint, state or data-set file)")  # fmt: skip
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="also replace a file of another kind at an output path "
+        "(earlier outputs of this command are replaced anyway; never a checkpoint, state or data-set file)",
+    )
 
 
 def _nproc_flag(sp: argparse.ArgumentParser, what: str) -> None:
-    sp.add_argument("--nproc", type=V.processes, metavar="N", help=f"{what} in N processes on this machine through "
-                    "torchrun (DDP; one GPU each on CUDA); for several machines run torchrun -m seglab itself")  # fmt: skip
+    sp.add_argument(
+        "--nproc",
+        type=V.processes,
+        metavar="N",
+        help=f"{what} in N processes on this machine through "
+        "torchrun (DDP; one GPU each on CUDA); for several machines run torchrun -m seglab itself",
+    )
 
 
 def _instance_flags(sp: argparse.ArgumentParser, what: str) -> None:
     from seglab.instances.infer import METHODS
 
-    sp.add_argument("--instances", choices=METHODS, help=f"also {what} instances: the probabilities split into "
-                    "objects by connected components, distance-transform watershed, or the learned boundary of a "
-                    "data.target=interior_boundary model")  # fmt: skip
-    sp.add_argument("--instance-class", metavar="CLASS", help="the class whose objects are the instances "
-                    "(default: class 1 of a two-class model)")  # fmt: skip
-    sp.add_argument("--instance-param", action="append", metavar="KEY=VALUE", help="post-processing setting: "
-                    "threshold, min_size, h, seed_threshold, fill (see seglab.instances.infer.InstanceParams)")  # fmt: skip
+    sp.add_argument(
+        "--instances",
+        choices=METHODS,
+        help=f"also {what} instances: the probabilities split into "
+        "objects by connected components, distance-transform watershed, or the learned boundary of a "
+        "data.target=interior_boundary model",
+    )
+    sp.add_argument(
+        "--instance-class",
+        metavar="CLASS",
+        help="the class whose objects are the instances (default: class 1 of a two-class model)",
+    )
+    sp.add_argument(
+        "--instance-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="post-processing setting: "
+        "threshold, min_size, h, seed_threshold, fill (see seglab.instances.infer.InstanceParams)",
+    )
 
 
 def _tile_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--tile", type=V.side, help="overlap-tile inference with tiles of this size (large images)")
-    sp.add_argument("--overlap", type=V.overlap, default=32, help="mirrored context around each tile (default: 32)")
+    sp.add_argument(
+        "--tile", type=V.side, help="overlap-tile inference with tiles of this size (large images)"
+    )
+    sp.add_argument(
+        "--overlap", type=V.overlap, default=32, help="mirrored context around each tile (default: 32)"
+    )
 
 
 def _uncertainty_flags(sp: argparse.ArgumentParser, predict: bool) -> None:
     from seglab.uncertainty.config import FLIP_NAMES, HEATMAPS, METHODS
 
     g = sp.add_argument_group("uncertainty")
-    g.add_argument("--uncertainty", choices=METHODS, help="predict with per-pixel uncertainty"
-                   + (": writes <stem>_uncertainty.png heatmaps" if predict else ": adds ECE, NLL, Brier, AUROC"))  # fmt: skip
+    g.add_argument(
+        "--uncertainty",
+        choices=METHODS,
+        help="predict with per-pixel uncertainty"
+        + (": writes <stem>_uncertainty.png heatmaps" if predict else ": adds ECE, NLL, Brier, AUROC"),
+    )
     g.add_argument("--samples", type=V.samples, default=20, help="MC dropout passes (default: 20)")
     g.add_argument("--ensemble", nargs="+", metavar="CKPT", help="further checkpoints of the same classes")
-    g.add_argument("--tta-flips", nargs="+", choices=FLIP_NAMES, default=list(FLIP_NAMES),
-                   help="TTA flips: none, h, v, hv (default: all four)")  # fmt: skip
+    g.add_argument(
+        "--tta-flips",
+        nargs="+",
+        choices=FLIP_NAMES,
+        default=list(FLIP_NAMES),
+        help="TTA flips: none, h, v, hv (default: all four)",
+    )
     g.add_argument("--tta-scales", nargs="+", type=V.scale, default=[1.0], help="TTA scales (default: 1)")
-    g.add_argument("--add-dropout", type=V.dropout, default=0.0, metavar="P",
-                   help="MC dropout on a model without dropout: add Dropout2d(P) before the head")  # fmt: skip
+    g.add_argument(
+        "--add-dropout",
+        type=V.dropout,
+        default=0.0,
+        metavar="P",
+        help="MC dropout on a model without dropout: add Dropout2d(P) before the head",
+    )
     g.add_argument("--seed", type=V.seed, default=0, help="seed of the MC dropout masks (default: 0)")
     if predict:
-        g.add_argument("--map", choices=HEATMAPS, default="entropy",
-                       help="heatmap: predictive entropy or mutual information, scale 0..log C (default: entropy)")  # fmt: skip
+        g.add_argument(
+            "--map",
+            choices=HEATMAPS,
+            default="entropy",
+            help="heatmap: predictive entropy or mutual information, scale 0..log C (default: entropy)",
+        )
         g.add_argument(
             "--save-maps", action="store_true", help="also write every raw map as <stem>_uncertainty.npz"
         )
@@ -371,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="synthesise data, train, evaluate and predict (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--num", type=V.positive_int, default=1500, help="number of synthetic images (default: 1500)")
+    d.add_argument(
+        "--num", type=V.positive_int, default=1500, help="number of synthetic images (default: 1500)"
+    )
     d.add_argument("--epochs", type=V.positive_int, default=12, help="training epochs (default: 12)")
     common(d, device="none")
     d.set_defaults(func=_cmd_demo)
@@ -383,9 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=V.positive_int)
     t.add_argument("--batch-size", type=V.positive_int)
     t.add_argument("--lr", type=V.positive_float)
-    t.add_argument("--time-limit", metavar="DURATION",
-                   help="wall-clock budget, e.g. 90s, 10m, 1h30m or 1.5h (a bare number: seconds; '1h30' is "
-                   "refused as ambiguous) (sets train.time_limit): the schedule ends on time")  # fmt: skip
+    t.add_argument(
+        "--time-limit",
+        metavar="DURATION",
+        help="wall-clock budget, e.g. 90s, 10m, 1h30m or 1.5h (a bare number: seconds; '1h30' is "
+        "refused as ambiguous) (sets train.time_limit): the schedule ends on time",
+    )
     t.add_argument(
         "--set",
         action="append",
@@ -408,19 +554,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=V.positive_int, default=8)
     e.add_argument("--out", help="JSON report path (default: eval-<split>.json beside the checkpoint)")
     _tile_flags(e)
-    e.add_argument("--rand-class", metavar="CLASS", help="also the adapted Rand error (ISBI 2012) of the "
-                   "connected components of this class (name or index), e.g. the cells between membranes")  # fmt: skip
+    e.add_argument(
+        "--rand-class",
+        metavar="CLASS",
+        help="also the adapted Rand error (ISBI 2012) of the "
+        "connected components of this class (name or index), e.g. the cells between membranes",
+    )
     _instance_flags(e, "score")
     _uncertainty_flags(e, predict=False)
-    e.add_argument("--report", metavar="DIR", help="also write the HTML report of this evaluation into DIR "
-                   "(per-image scores; uncertainty deterministic unless --uncertainty)")  # fmt: skip
+    e.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write the HTML report of this evaluation into DIR "
+        "(per-image scores; uncertainty deterministic unless --uncertainty)",
+    )
     _overwrite_flag(e)
     _nproc_flag(e, "evaluate")
     common(e)
     e.set_defaults(func=_cmd_evaluate)
 
-    rp = sub.add_parser("report", help="one self-contained HTML report of a run: curves, per-class scores, "
-                        "confusion, calibration, examples, model card")  # fmt: skip
+    rp = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a run: curves, per-class scores, "
+        "confusion, calibration, examples, model card",
+    )
     rp.add_argument("run", help="a run folder (its best checkpoint) or a .safetensors file")
     rp.add_argument("--data", help="folder data set (default: data.root of the run's config.yaml)")
     rp.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -437,10 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite_flag(pr)
     pr.add_argument("--no-overlay", action="store_true", help="write only the masks")
     _tile_flags(pr)
-    pr.add_argument("--prob", action="append", metavar="CLASS", help="also write <stem>_prob_<class>.png, the "
-                    "class probability as 8-bit grayscale (255 = 1.0); name or index, repeatable")  # fmt: skip
-    pr.add_argument("--threshold", type=V.probability, help="label the (single) --prob class wherever its probability "
-                    "is at least this (default: argmax)")  # fmt: skip
+    pr.add_argument(
+        "--prob",
+        action="append",
+        metavar="CLASS",
+        help="also write <stem>_prob_<class>.png, the "
+        "class probability as 8-bit grayscale (255 = 1.0); name or index, repeatable",
+    )
+    pr.add_argument(
+        "--threshold",
+        type=V.probability,
+        help="label the (single) --prob class wherever its probability is at least this (default: argmax)",
+    )
     _instance_flags(pr, "write")
     _uncertainty_flags(pr, predict=True)
     common(pr)
@@ -459,21 +624,41 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "benchmark", help="cost tables (--cost), or latency / FPS (and mIoU) tables and a plot"
     )
-    b.add_argument("models", nargs="*", metavar="MODEL",
-                   help="arch, arch:encoder (e.g. unet lraspp:mobilenet deeplabv3plus:resnet18) or an .onnx file")  # fmt: skip
-    b.add_argument("--cost", nargs="+", metavar="MODEL",
-                   help="print parameters, MACs and activation memory per layer instead of timing")  # fmt: skip
+    b.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="arch, arch:encoder (e.g. unet lraspp:mobilenet deeplabv3plus:resnet18) or an .onnx file",
+    )
+    b.add_argument(
+        "--cost",
+        nargs="+",
+        metavar="MODEL",
+        help="print parameters, MACs and activation memory per layer instead of timing",
+    )
     b.add_argument("--all-layers", action="store_true", help="--cost: one row per leaf module")
     b.add_argument("--size", nargs="+", type=V.side, default=[512], help="square input sizes (default: 512)")
-    b.add_argument("--batch", nargs="+", type=V.integer(1, 4096), default=[1], help="batch sizes (default: 1)")
-    b.add_argument("--paths", nargs="+", default=["eager"], metavar="PATH",
-                   help="execution paths: eager channels_last fold_bn fold_bn_cl compile compile_cl onnxruntime fp16 bf16")  # fmt: skip
+    b.add_argument(
+        "--batch", nargs="+", type=V.integer(1, 4096), default=[1], help="batch sizes (default: 1)"
+    )
+    b.add_argument(
+        "--paths",
+        nargs="+",
+        default=["eager"],
+        metavar="PATH",
+        help="execution paths: eager channels_last fold_bn fold_bn_cl compile compile_cl onnxruntime fp16 bf16",
+    )
     b.add_argument("--warmup", type=V.nonneg_int, default=3, help="untimed calls (default: 3)")
     b.add_argument("--iters", type=V.positive_int, default=20, help="timed calls (default: 20)")
     b.add_argument("--threads", type=V.threads, help="torch CPU threads (default: torch's)")
-    b.add_argument("--params", metavar="YAML",
-                   help="create_model arguments for models given by name, e.g. '{depth: 2, base_channels: 4}'")  # fmt: skip
-    b.add_argument("--num-classes", type=V.num_classes, help="classes of models built by name (default: 21; cost: 10)")
+    b.add_argument(
+        "--params",
+        metavar="YAML",
+        help="create_model arguments for models given by name, e.g. '{depth: 2, base_channels: 4}'",
+    )
+    b.add_argument(
+        "--num-classes", type=V.num_classes, help="classes of models built by name (default: 21; cost: 10)"
+    )
     b.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="trained models (run folders)")
     b.add_argument("--data", help="folder data set: also evaluate the checkpoints' mIoU")
     b.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -484,36 +669,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="a REST API and web viewer for a checkpoint (needs the serve extra)")
     sv.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
     sv.add_argument("--port", type=V.port, default=8000, help="port (default: 8000)")
-    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' for /predict, /model and /openapi.json "
-                    "(default: $SEGLAB_TOKEN; none); an empty token is refused")  # fmt: skip
-    sv.add_argument("--max-upload-mb", type=V.positive_float, default=20.0, help="largest upload, MiB (default: 20); 413 above")
-    sv.add_argument("--max-pixels", type=V.positive_int, default=4096 * 4096,
-                    help="largest image in pixels (default: 4096 x 4096); 413 above")  # fmt: skip
-    sv.add_argument("--concurrency", type=V.positive_int, default=1, help="images predicted at a time (default: 1)")
-    sv.add_argument("--queue", type=V.nonneg_int, default=8, help="requests that may wait; 503 beyond (default: 8)")
-    sv.add_argument("--samples", type=V.samples, default=8, help="MC dropout passes of ?uncertainty=mc-dropout (default: 8)")
-    sv.add_argument("--add-dropout", type=V.dropout, default=0.0, metavar="P",
-                    help="MC dropout on a model without dropout: add Dropout2d(P) before the head")  # fmt: skip
-    sv.add_argument("--max-work", type=V.positive_int, default=4 * 2**20, metavar="PIXEL_PASSES",
-                    help="most pixels x passes per request (passes: 1; TTA 4; MC dropout --samples); 413 above "
-                         "(default: 4,194,304: one pass over 2048 x 2048, TTA over 1024 x 1024, 8 MC dropout "
-                         "samples over 724 x 724)")  # fmt: skip
-    sv.add_argument("--tile", type=V.integer(0, V.MAX_SIDE, "pixels; 0: never"), default=256,
-                    help="images above --tile-above pixels are predicted in tiles of this size, so memory is bounded "
-                         "by the tile, not the image: the demo's U-Net serves a 4000 x 4000 upload within 0.9 GB "
-                         "peak RSS, 0.2 GB above idle (0: never tile; default: 256)")  # fmt: skip
-    sv.add_argument("--tile-above", type=V.positive_int, default=512 * 512, metavar="PIXELS",
-                    help="images above this many pixels are tiled (default: 512 x 512); masks are those of seglab "
-                         "predict below it, of seglab predict --tile TILE --overlap 32 above it")  # fmt: skip
-    sv.add_argument("--body-timeout", type=V.positive_float, default=10.0, metavar="SECONDS",
-                    help="a request's head and body must arrive within this time, else 408 and the connection is "
-                         "closed; only complete uploads wait for a slot (default: 10)")  # fmt: skip
-    sv.add_argument("--allowed-hosts", metavar="HOST[,HOST]",
-                    help="Host names answered besides the bound address and localhost/127.0.0.1/[::1] ('*': any, "
-                         "'*.example.org'); others get 400 (DNS-rebinding guard). Bound to 0.0.0.0, any IP address "
-                         "and this machine's name are answered too")  # fmt: skip
+    sv.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' for /predict, /model and /openapi.json "
+        "(default: $SEGLAB_TOKEN; none); an empty token is refused",
+    )
+    sv.add_argument(
+        "--max-upload-mb",
+        type=V.positive_float,
+        default=20.0,
+        help="largest upload, MiB (default: 20); 413 above",
+    )
+    sv.add_argument(
+        "--max-pixels",
+        type=V.positive_int,
+        default=4096 * 4096,
+        help="largest image in pixels (default: 4096 x 4096); 413 above",
+    )
+    sv.add_argument(
+        "--concurrency", type=V.positive_int, default=1, help="images predicted at a time (default: 1)"
+    )
+    sv.add_argument(
+        "--queue", type=V.nonneg_int, default=8, help="requests that may wait; 503 beyond (default: 8)"
+    )
+    sv.add_argument(
+        "--samples",
+        type=V.samples,
+        default=8,
+        help="MC dropout passes of ?uncertainty=mc-dropout (default: 8)",
+    )
+    sv.add_argument(
+        "--add-dropout",
+        type=V.dropout,
+        default=0.0,
+        metavar="P",
+        help="MC dropout on a model without dropout: add Dropout2d(P) before the head",
+    )
+    sv.add_argument(
+        "--max-work",
+        type=V.positive_int,
+        default=4 * 2**20,
+        metavar="PIXEL_PASSES",
+        help="most pixels x passes per request (passes: 1; TTA 4; MC dropout --samples); 413 above "
+        "(default: 4,194,304: one pass over 2048 x 2048, TTA over 1024 x 1024, 8 MC dropout "
+        "samples over 724 x 724)",
+    )
+    sv.add_argument(
+        "--tile",
+        type=V.integer(0, V.MAX_SIDE, "pixels; 0: never"),
+        default=256,
+        help="images above --tile-above pixels are predicted in tiles of this size, so memory is bounded "
+        "by the tile, not the image: the demo's U-Net serves a 4000 x 4000 upload within 0.9 GB "
+        "peak RSS, 0.2 GB above idle (0: never tile; default: 256)",
+    )
+    sv.add_argument(
+        "--tile-above",
+        type=V.positive_int,
+        default=512 * 512,
+        metavar="PIXELS",
+        help="images above this many pixels are tiled (default: 512 x 512); masks are those of seglab "
+        "predict below it, of seglab predict --tile TILE --overlap 32 above it",
+    )
+    sv.add_argument(
+        "--body-timeout",
+        type=V.positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's head and body must arrive within this time, else 408 and the connection is "
+        "closed; only complete uploads wait for a slot (default: 10)",
+    )
+    sv.add_argument(
+        "--allowed-hosts",
+        metavar="HOST[,HOST]",
+        help="Host names answered besides the bound address and localhost/127.0.0.1/[::1] ('*': any, "
+        "'*.example.org'); others get 400 (DNS-rebinding guard). Bound to 0.0.0.0, any IP address "
+        "and this machine's name are answered too",
+    )
     sv.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     sv.set_defaults(func=_cmd_serve)
 
@@ -522,8 +757,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     x.add_argument("--out", required=True, help="output file (.onnx or .pt)")
     _overwrite_flag(x)
-    x.add_argument("--example-size", nargs=2, type=V.side, default=[67, 93], metavar=("H", "W"),
-                   help="traced input size (default: 67 93)")  # fmt: skip
+    x.add_argument(
+        "--example-size",
+        nargs=2,
+        type=V.side,
+        default=[67, 93],
+        metavar=("H", "W"),
+        help="traced input size (default: 67 93)",
+    )
     x.add_argument("--static", action="store_true", help="fixed input size (the example's)")
     x.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     x.set_defaults(func=_cmd_export)
@@ -535,7 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=V.positive_int, default=1000)
     s.add_argument("--size", type=V.integer(16, 4096, "pixels"), default=128)
     s.add_argument("--seed", type=V.seed, default=0)
-    s.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier SyntheticShapes folder")
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is an earlier SyntheticShapes folder"
+    )
     s.set_defaults(func=_cmd_synth)
     c = dsub.add_parser("check", help="count images, sizes and class frequencies; report every problem")
     c.add_argument("root", help="folder data set")
@@ -573,8 +816,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _record_error(e)
         if _out_of_memory(e):  # sizes the checks could not foresee (they depend on the data and the machine)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"seglab: error: {_rank_prefix()}out of memory ({first[:200]}); lower what sets memory: the "
-                  "batch size, crop, image or tile size, TTA scales or samples", file=sys.stderr)  # fmt: skip
+            print(
+                f"seglab: error: {_rank_prefix()}out of memory ({first[:200]}); lower what sets memory: the "
+                "batch size, crop, image or tile size, TTA scales or samples",
+                file=sys.stderr,
+            )
             return 2
         raise
 

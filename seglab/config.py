@@ -79,7 +79,9 @@ class DataConfig:
     # channels) are spread over 0..255 before anything else, in training and at inference (recorded in the
     # checkpoint): dim and bright microscopy images alike, e.g. [1, 99.8]
     stretch: tuple[float, float] | None = None
-    invert: float = 0.0  # probability of inverting a training image (255 - x): dark-on-bright and bright-on-dark
+    invert: float = (
+        0.0  # probability of inverting a training image (255 - x): dark-on-bright and bright-on-dark
+    )
     mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
     std: list[float] | None = None
     repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
@@ -172,7 +174,9 @@ class Config:
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
         if path.is_dir():
-            raise ConfigError(f"config file {path} is a folder; give a YAML file (or --data {path} for a data set)")
+            raise ConfigError(
+                f"config file {path} is a folder; give a YAML file (or --data {path} for a data set)"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -294,20 +298,32 @@ def _check_data(d: DataConfig) -> None:
     _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
     _require(d.target in TARGETS, "data.target", " or ".join(TARGETS), d.target)
     _require(d.boundary_width >= 1, "data.boundary_width", ">= 1 (pixels)", d.boundary_width)
-    _require(d.crop_size is None or 1 <= d.crop_size <= MAX_SIDE, "data.crop_size",
-             f"within 1..{MAX_SIDE} pixels (or null for the whole image)", d.crop_size)  # fmt: skip
+    _require(
+        d.crop_size is None or 1 <= d.crop_size <= MAX_SIDE,
+        "data.crop_size",
+        f"within 1..{MAX_SIDE} pixels (or null for the whole image)",
+        d.crop_size,
+    )
     lo, hi = d.scale
     _require(0 < lo <= hi, "data.scale", "[lo, hi] with 0 < lo <= hi ([1, 1] = off)", d.scale)
     _require(d.rotation >= 0, "data.rotation", ">= 0 (degrees; 0 = off)", d.rotation)
     _require(d.elastic >= 0, "data.elastic", ">= 0 (pixels; 0 = off)", d.elastic)
-    _require(2 <= d.elastic_grid <= 256, "data.elastic_grid", "within 2..256 (points per side of the displacement "
-             "grid)", d.elastic_grid)  # fmt: skip
+    _require(
+        2 <= d.elastic_grid <= 256,
+        "data.elastic_grid",
+        "within 2..256 (points per side of the displacement grid)",
+        d.elastic_grid,
+    )
     _require(d.color_jitter >= 0, "data.color_jitter", ">= 0 (0 = off)", d.color_jitter)
     _require(0 <= d.invert <= 1, "data.invert", "a probability in [0, 1]", d.invert)
     if d.stretch is not None:
         lo, hi = d.stretch
-        _require(0 <= lo < hi <= 100, "data.stretch", "[lo, hi] percentiles with 0 <= lo < hi <= 100 (or null)",
-                 d.stretch)  # fmt: skip
+        _require(
+            0 <= lo < hi <= 100,
+            "data.stretch",
+            "[lo, hi] percentiles with 0 <= lo < hi <= 100 (or null)",
+            d.stretch,
+        )
     for name in ("mean", "std"):
         values = getattr(d, name)
         _require(
@@ -321,8 +337,12 @@ def _check_data(d: DataConfig) -> None:
         )
     d.resize = check_resize(d.resize, "data.resize")
     _require(1 <= d.repeat <= 10_000, "data.repeat", "within 1..10000 (passes per epoch)", d.repeat)
-    _require(d.num_workers is None or 0 <= d.num_workers <= 256, "data.num_workers",
-             "within 0..256 (0 loads in the main process; null chooses)", d.num_workers)  # fmt: skip
+    _require(
+        d.num_workers is None or 0 <= d.num_workers <= 256,
+        "data.num_workers",
+        "within 0..256 (0 loads in the main process; null chooses)",
+        d.num_workers,
+    )
 
 
 def _check_model(m: ModelConfig) -> None:
@@ -356,8 +376,12 @@ def _check_train(t: TrainConfig) -> None:
     if t.time_limit is not None:
         t.time_limit = parse_duration(t.time_limit, "train.time_limit")
     t.dist_timeout = parse_duration(t.dist_timeout, "train.dist_timeout")
-    _require(t.threads is None or 1 <= t.threads <= 1024, "train.threads",
-             "within 1..1024 (or null for torch's default)", t.threads)  # fmt: skip
+    _require(
+        t.threads is None or 1 <= t.threads <= 1024,
+        "train.threads",
+        "within 1..1024 (or null for torch's default)",
+        t.threads,
+    )
     _require(0 <= t.seed < 2**32, "train.seed", "within 0..4294967295", t.seed)
     check_loss_weights(t.loss, "train.loss")
     check_class_weights(t.class_weights, "train.class_weights", named=True)
@@ -380,7 +404,9 @@ def check_class_weights(
         return value
     shown = value.tolist() if hasattr(value, "tolist") else value  # numpy array or tensor
     ok = isinstance(shown, list | tuple) and bool(shown)
-    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in shown)
+    ok = ok and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in shown
+    )
     allowed = "a list of one finite weight >= 0 per class (not all 0)"
     if named:
         allowed = f"null, {', '.join(CLASS_WEIGHTS)} or {allowed}"
@@ -414,7 +440,9 @@ def check_loss_weights(spec: Any, key: str = "train.loss") -> None:
                 )
         weights.append(options.get("weight", 1.0))
     if not any(weights):
-        raise ConfigError(f"{key}: every term has weight 0, so nothing would be learned; give one a weight > 0")
+        raise ConfigError(
+            f"{key}: every term has weight 0, so nothing would be learned; give one a weight > 0"
+        )
 
 
 def check_resize(value: Any, key: str = "data.resize") -> dict[str, int | float] | None:
@@ -468,7 +496,9 @@ class _Loader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
                     key_node.start_mark,
                 )
             seen.setdefault(key, line)
@@ -595,7 +625,12 @@ def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
         if not math.isfinite(value):  # .inf/.nan in YAML: never a meaningful setting, often a crash later
             raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
         return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+    if (
+        hint is int
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and not -(2**63) <= value < 2**63
+    ):
         raise ConfigError(f"config key {key} is out of range (a 64-bit integer), got {value!r}")
     if hint is Any or (
         isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))

@@ -49,17 +49,33 @@ def demo(
     cfg = demo_config(data_dir, out / "run", epochs)
     cfg.train.progress = progress
     result = train(cfg, overwrite=True)
-    report = evaluate(result.best_checkpoint, data_dir, "test", out=out / "eval-test.json", progress=progress,
-                      uncertainty="deterministic", per_image=True)  # fmt: skip
+    report = evaluate(
+        result.best_checkpoint,
+        data_dir,
+        "test",
+        out=out / "eval-test.json",
+        progress=progress,
+        uncertainty="deterministic",
+        per_image=True,
+    )
     test_stems = (data_dir / "splits" / "test.txt").read_text().split()[:num_predictions]
-    preds = predict(result.best_checkpoint, [data_dir / "images" / f"{s}.png" for s in test_stems],
-                    out / "predictions", progress=progress)  # fmt: skip
+    preds = predict(
+        result.best_checkpoint,
+        [data_dir / "images" / f"{s}.png" for s in test_stems],
+        out / "predictions",
+        progress=progress,
+    )
     html = render_report(report, out / "report", uncertainty="deterministic")["html"]
     report.update(
-        data_dir=str(data_dir), run_dir=str(result.run_dir), predictions=preds, val_miou=result.best_metrics["miou"],
+        data_dir=str(data_dir),
+        run_dir=str(result.run_dir),
+        predictions=preds,
+        val_miou=result.best_metrics["miou"],
         report_html=html,
-        seconds_data=t_data, seconds_train=result.seconds, seconds_total=time.perf_counter() - t0,
-    )  # fmt: skip
+        seconds_data=t_data,
+        seconds_train=result.seconds,
+        seconds_total=time.perf_counter() - t0,
+    )
     return report
 
 
@@ -79,15 +95,19 @@ def check_demo_dir(out_dir: str | Path) -> Path:
         raise ConfigError(f"demo --out {out} lies in the run folder {run}; choose a folder outside it")
     data, run_dir = out / "data", out / "run"
     if data.exists() and not (data.is_dir() and is_synthetic_folder(data)):
-        raise ConfigError(f"demo --out {out}: {data} exists and is not the demo's SyntheticShapes data; choose "
-                          "another --out")  # fmt: skip
+        raise ConfigError(
+            f"demo --out {out}: {data} exists and is not the demo's SyntheticShapes data; choose "
+            "another --out"
+        )
     if run_dir.exists() and any(run_dir.iterdir()):
         doc = read_yaml_file(run_dir / "config.yaml")
         section = doc.get("data") if isinstance(doc, dict) else None
         root = section.get("root") if isinstance(section, dict) else None
         if not root or Path(root).resolve() != data.resolve():
-            raise ConfigError(f"demo --out {out}: {run_dir} exists and is not a run of the demo's data; choose "
-                              "another --out")  # fmt: skip
+            raise ConfigError(
+                f"demo --out {out}: {run_dir} exists and is not a run of the demo's data; choose "
+                "another --out"
+            )
     check_report_path(out / "eval-test.json", uncertainty=True)
     guard_dir(out / "predictions", "output folder")
     check_report_dir(out / "report", option="demo --out")

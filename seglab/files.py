@@ -321,9 +321,7 @@ def describe(path: Path) -> str:
     return f"a file of {size} bytes"
 
 
-def guard_file(
-    path: str | Path, kind: OutputKind, overwrite: bool = False, option: str = "--out"
-) -> Path:
+def guard_file(path: str | Path, kind: OutputKind, overwrite: bool = False, option: str = "--out") -> Path:
     """Check, before any work, that ``path`` may receive a ``kind`` output: its name ends with one of the kind's
     suffixes, it is not a folder, it does not lie in a data set, and whatever is already there is an earlier
     output of this kind, or (with ``overwrite``) a file of another kind that is not protected (see
@@ -386,7 +384,9 @@ def guard_dir(path: str | Path, what: str, option: str = "--out", run_folder: bo
 # ---- One writer per run folder -----------------------------------------------------------------------------
 
 LOCK_FILE = ".lock"
-_HELD: dict[str, list[Any]] = {}  # resolved run folder -> [file descriptor, depth]: the locks this process holds
+_HELD: dict[
+    str, list[Any]
+] = {}  # resolved run folder -> [file descriptor, depth]: the locks this process holds
 
 
 @contextlib.contextmanager

@@ -71,6 +71,13 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     model = create_model("unet", num_classes=2, in_channels=3, **TINY).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=2, in_channels=3, model_params=dict(TINY),
-                          class_names=["bg", "fg"], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=2,
+        in_channels=3,
+        model_params=dict(TINY),
+        class_names=["bg", "fg"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, meta)

@@ -9,10 +9,18 @@ from seglab.errors import CheckpointError, ConfigError
 
 def tiny_meta(**kw):
     return CheckpointMeta(
-        arch="unet", num_classes=3, in_channels=1, model_params={"depth": 2, "base_channels": 4},
-        class_names=["a", "b", "c"], palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], mean=[0.5], std=[0.25],
-        metrics={"miou": 0.5}, epoch=3, **kw,
-    )  # fmt: skip
+        arch="unet",
+        num_classes=3,
+        in_channels=1,
+        model_params={"depth": 2, "base_channels": 4},
+        class_names=["a", "b", "c"],
+        palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        mean=[0.5],
+        std=[0.25],
+        metrics={"miou": 0.5},
+        epoch=3,
+        **kw,
+    )
 
 
 def trained_like_model():

@@ -40,9 +40,21 @@ def test_end_to_end_synth_train_evaluate_predict(tmp_path, capsys):
     code, out, err = run(capsys, "train", "--data", data, "--out", run_dir, "--epochs", 1, *TINY)
     assert code == 0, err
     assert "best validation mIoU" in out and (run_dir / "best.safetensors").is_file()
-    code, out, err = run(capsys, "train", "--data", data, "--out", tmp_path / "fit", "--epochs", 1, *TINY, "--set",
-                         "data.splits={train: [" + ",".join(f"'{s}'" for s in (data / "splits" / "train.txt").read_text().split()) +
-                         "], val: []}")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "fit",
+        "--epochs",
+        1,
+        *TINY,
+        "--set",
+        "data.splits={train: ["
+        + ",".join(f"'{s}'" for s in (data / "splits" / "train.txt").read_text().split())
+        + "], val: []}",
+    )
     assert code == 0 and "no validation split; last epoch 1" in out, err
 
     code, out, err = run(capsys, "evaluate", run_dir, "--data", data, "--split", "test", "--no-progress")
@@ -52,15 +64,34 @@ def test_end_to_end_synth_train_evaluate_predict(tmp_path, capsys):
 
     odd = tmp_path / "odd.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(odd)
-    code, out, err = run(capsys, "predict", run_dir / "best.safetensors", odd, data / "images", "--out",
-                         tmp_path / "pred", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "predict",
+        run_dir / "best.safetensors",
+        odd,
+        data / "images",
+        "--out",
+        tmp_path / "pred",
+        "--no-progress",
+    )
     assert code == 0, err
     mask = Image.open(tmp_path / "pred" / "odd_mask.png")
     assert mask.mode == "P" and mask.size == (53, 37) and np.array(mask).max() < 4
     assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (53, 37)
     assert len(list((tmp_path / "pred").glob("*_mask.png"))) == 31
-    code, _, err = run(capsys, "predict", run_dir, odd, "--out", tmp_path / "tiled", "--tile", 16, "--overlap", 8,
-                       "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "predict",
+        run_dir,
+        odd,
+        "--out",
+        tmp_path / "tiled",
+        "--tile",
+        16,
+        "--overlap",
+        8,
+        "--no-progress",
+    )
     assert code == 0, err
     tiled = np.array(Image.open(tmp_path / "tiled" / "odd_mask.png"))
     assert (
@@ -134,10 +165,16 @@ def test_set_values_are_validated_with_exit_2_and_amp_off_is_accepted(tmp_path, 
     assert code == 0 and "amp: 'off'" in out, err
     for value, message in [
         ("train.threads=-1", "train.threads must be within 1..1024 (or null for torch's default), got -1"),
-        ("data.num_workers=-1", "data.num_workers must be within 0..256 (0 loads in the main process; null chooses), got -1"),
+        (
+            "data.num_workers=-1",
+            "data.num_workers must be within 0..256 (0 loads in the main process; null chooses), got -1",
+        ),
         ("data.scale=[0,0]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [0.0, 0.0]"),
-        ("data.splits={train: 5}", 'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5'),
-    ]:  # fmt: skip
+        (
+            "data.splits={train: 5}",
+            'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5',
+        ),
+    ]:
         code, out, err = run(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", "--set", value)
         assert code == 2 and err == f"seglab: error: {message}\n" and not (tmp_path / "run").exists()
 

@@ -149,8 +149,20 @@ def test_bad_config_values_give_one_line_and_exit_2(value, capsys, tmp_path):
 )
 def test_means_and_stds_need_one_value_per_image_channel(value, shapes_dir, tmp_path, capsys):
     """RGB images: one mean would broadcast silently, two or four stds crashed in Normalize."""
-    code = main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "run"), "--set", value,
-                 "--set", "model.params={depth: 2, base_channels: 4}", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(shapes_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            value,
+            "--set",
+            "model.params={depth: 2, base_channels: 4}",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     _one_line_error(code, err)
     assert "values but the images of" in err and "have 3 channels" in err
@@ -176,8 +188,20 @@ def test_means_and_stds_need_one_value_per_image_channel(value, shapes_dir, tmp_
 )
 def test_bad_loss_options_give_one_line(loss, message, shapes_dir, tmp_path, capsys):
     """They trained silently on a wrong loss (a negative focal gamma, Dice smoothing) or crashed in torch."""
-    code = main(["train", "--data", str(shapes_dir), "--out", str(tmp_path / "run"), "--set", f"train.loss={loss}",
-                 "--set", "model.params={depth: 2, base_channels: 4}", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(shapes_dir),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"train.loss={loss}",
+            "--set",
+            "model.params={depth: 2, base_channels: 4}",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     _one_line_error(code, err)
     assert err == f"seglab: error: {message}\n"
@@ -223,8 +247,10 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     import seglab.data.synthetic as synthetic
 
     def boom(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
-                           "tried to allocate 119961603072 bytes.")  # fmt: skip
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 119961603072 bytes."
+        )
 
     monkeypatch.setattr(synthetic, "write_folder", boom)
     code = main(["data", "synth", "--out", "nowhere"])

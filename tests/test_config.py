@@ -149,15 +149,24 @@ def test_example_configs_are_valid_and_round_trip(tmp_path, path):
         ("data.val_ratio=1", "data.val_ratio must be in [0, 1), got 1.0"),
         ("data.test_ratio=-0.1", "data.test_ratio must be in [0, 1), got -0.1"),
         ("data.split_seed=-1", "data.split_seed must be within 0..4294967295, got -1"),
-        ("data.num_workers=-1", "data.num_workers must be within 0..256 (0 loads in the main process; null chooses), got -1"),
+        (
+            "data.num_workers=-1",
+            "data.num_workers must be within 0..256 (0 loads in the main process; null chooses), got -1",
+        ),
         ("data.repeat=0", "data.repeat must be within 1..10000 (passes per epoch), got 0"),
         ("data.scale=[0,0]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [0.0, 0.0]"),
         ("data.scale=[2,1]", "data.scale must be [lo, hi] with 0 < lo <= hi ([1, 1] = off), got [2.0, 1.0]"),
         ("data.rotation=-10", "data.rotation must be >= 0 (degrees; 0 = off), got -10.0"),
         ("data.elastic=-1", "data.elastic must be >= 0 (pixels; 0 = off), got -1.0"),
-        ("data.elastic_grid=1", "data.elastic_grid must be within 2..256 (points per side of the displacement grid), got 1"),
+        (
+            "data.elastic_grid=1",
+            "data.elastic_grid must be within 2..256 (points per side of the displacement grid), got 1",
+        ),
         ("data.color_jitter=-0.2", "data.color_jitter must be >= 0 (0 = off), got -0.2"),
-        ("data.crop_size=0", "data.crop_size must be within 1..16384 pixels (or null for the whole image), got 0"),
+        (
+            "data.crop_size=0",
+            "data.crop_size must be within 1..16384 pixels (or null for the whole image), got 0",
+        ),
         ("data.ignore_index=-1", "data.ignore_index must be a mask value in 0..65535, got -1"),
         ("data.ignore_index=65536", "data.ignore_index must be a mask value in 0..65535, got 65536"),
         ("data.border_w0=-1", "data.border_w0 must be >= 0, got -1.0"),
@@ -165,17 +174,26 @@ def test_example_configs_are_valid_and_round_trip(tmp_path, path):
         ("data.std=[0.2, 0, 0.2]", "data.std must be > 0 for every channel, got [0.2, 0.0, 0.2]"),
         ("data.mean=[]", "data.mean must be one value per image channel (or null), got []"),
         ("model.arch=''", "model.arch must be an architecture name (seglab.list_models()), got ''"),
-        ("data.splits={train: 5}", 'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5'),
+        (
+            "data.splits={train: 5}",
+            'config key data.splits.train needs a list of file stems (e.g. ["00", "01"]), got 5',
+        ),
         ("data.splits=[a, b]", "config key data.splits needs a mapping, got ['a', 'b']"),
-        ("data.splits={tset: [a]}", "data.splits has an unknown split 'tset'; the splits are train, val and test"),
-        ("data.splits={train: [1.5]}", 'config key data.splits.train[0] must be a file stem (a string, e.g. "07"), got 1.5'),
+        (
+            "data.splits={tset: [a]}",
+            "data.splits has an unknown split 'tset'; the splits are train, val and test",
+        ),
+        (
+            "data.splits={train: [1.5]}",
+            'config key data.splits.train[0] must be a file stem (a string, e.g. "07"), got 1.5',
+        ),
         ("data.splits={1: [a]}", "config key data.splits needs names (strings) as keys, got 1"),
         ("model.params={1: 2}", "config key model.params needs names (strings) as keys, got 1"),
         ("train.loss=5", "config key train.loss must be str or dict, got 5"),
         ("train.loss={ce: 1, 2: 1}", "config key train.loss needs names (strings) as keys, got 2"),
         ("data.class_names=[a, 1]", "config key data.class_names[1] must be str, got 1"),
     ],
-)  # fmt: skip
+)
 def test_out_of_range_values_give_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         Config().override([override])
@@ -253,9 +271,23 @@ def test_data_resize_takes_one_of_short_long_scale(value, expected, tmp_path):
 
 @pytest.mark.parametrize(
     "value",
-    ["256", "half", "{}", "{short: 0}", "{short: 2.5}", "{long: -3}", "{scale: 0}", "{scale: -1}", "{short: true}",
-     "{scale: .inf}", "{width: 100}", "{short: 100, long: 200}", "[256]", "{short: '256'}"],
-)  # fmt: skip
+    [
+        "256",
+        "half",
+        "{}",
+        "{short: 0}",
+        "{short: 2.5}",
+        "{long: -3}",
+        "{scale: 0}",
+        "{scale: -1}",
+        "{short: true}",
+        "{scale: .inf}",
+        "{width: 100}",
+        "{short: 100, long: 200}",
+        "[256]",
+        "{short: '256'}",
+    ],
+)
 def test_bad_data_resize_gives_one_line_naming_the_key(value):
     with pytest.raises(ConfigError, match="data.resize") as e:
         Config().override([f"data.resize={value}"])
@@ -267,8 +299,12 @@ def test_bad_data_resize_gives_one_line_naming_the_key(value):
 
 
 def test_class_weights_and_freeze_bn_keys():
-    for value, expected in [("null", None), ("median_frequency", "median_frequency"), ("balanced", "balanced"),
-                            ("[1, 0, 2.5]", [1.0, 0.0, 2.5])]:  # fmt: skip
+    for value, expected in [
+        ("null", None),
+        ("median_frequency", "median_frequency"),
+        ("balanced", "balanced"),
+        ("[1, 0, 2.5]", [1.0, 0.0, 2.5]),
+    ]:
         assert Config().override([f"train.class_weights={value}"]).train.class_weights == expected
     for bad in ("median", "[-1, 2]", "[0, 0]", "[]", "{a: 1}", "true"):
         with pytest.raises(ConfigError, match="train.class_weights") as e:

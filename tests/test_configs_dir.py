@@ -41,13 +41,30 @@ def test_isbi_recipe_trains_and_evaluates_on_the_real_slices(isbi_dir, tmp_path,
     cfg = Config.load(Path(__file__).resolve().parents[1] / "configs" / "isbi2012-unet.yaml")
     assert cfg.data.splits["test"] == ["25", "26", "27", "28", "29"]
     assert not set(cfg.data.splits["test"]) & set(cfg.data.splits["train"] + cfg.data.splits["val"])
-    cfg = cfg.override([f"data.root={isbi_dir}", f"train.out_dir={tmp_path}", "train.epochs=1", "data.repeat=1",
-                        "data.crop_size=64", "model.params={depth: 3, base_channels: 4}", "train.progress=false"])  # fmt: skip
+    cfg = cfg.override(
+        [
+            f"data.root={isbi_dir}",
+            f"train.out_dir={tmp_path}",
+            "train.epochs=1",
+            "data.repeat=1",
+            "data.crop_size=64",
+            "model.params={depth: 3, base_channels: 4}",
+            "train.progress=false",
+        ]
+    )
     result = train(cfg)
     meta = read_meta(result.best_checkpoint)
     assert meta.class_names == ["membrane", "cell"] and meta.in_channels == 1
-    report = evaluate(result.best_checkpoint, isbi_dir, "test", progress=False, rand_class="cell",
-                      tile=256, overlap=64, out=tmp_path / "eval.json")  # fmt: skip
+    report = evaluate(
+        result.best_checkpoint,
+        isbi_dir,
+        "test",
+        progress=False,
+        rand_class="cell",
+        tile=256,
+        overlap=64,
+        out=tmp_path / "eval.json",
+    )
     assert report["num_images"] == 5 and 0 <= report["rand_error"] <= 1
     assert sum(map(sum, report["confusion_matrix"])) == 5 * 512 * 512
 

@@ -35,8 +35,9 @@ def exported(tiny_ckpt, tmp_path_factory):
 
 def test_small_example_sizes_export_instead_of_a_traceback(tiny_ckpt, tmp_path, run_cli):
     """The dynamic check's second size was H - 4: a negative dimension (traceback) for H <= 4, any format."""
-    code, out, err = run_cli("export", tiny_ckpt, "--format", "torchscript", "--out", tmp_path / "m.pt",
-                             "--example-size", 3, 5)  # fmt: skip
+    code, out, err = run_cli(
+        "export", tiny_ckpt, "--format", "torchscript", "--out", tmp_path / "m.pt", "--example-size", 3, 5
+    )
     assert code == 0 and "static input (1, 3, 3, 5)" in out, err
 
 
@@ -57,9 +58,14 @@ def test_dynamic_onnx_at_a_small_odd_size_matches_pytorch(tiny_ckpt, tmp_path, r
 
 @pytest.mark.parametrize(
     "size, why",
-    [((1, 1), "too small for reflect padding"),  # traced the replication fallback: wrong logits at every size
-     ((16, 16), "needs no padding")],  # traced no padding: the graph failed at every odd size
-)  # fmt: skip
+    [
+        (
+            (1, 1),
+            "too small for reflect padding",
+        ),  # traced the replication fallback: wrong logits at every size
+        ((16, 16), "needs no padding"),
+    ],  # traced no padding: the graph failed at every odd size
+)
 def test_dynamic_onnx_example_sizes_that_trace_the_wrong_branch_are_refused(
     tiny_ckpt, tmp_path, run_cli, size, why
 ):
@@ -86,11 +92,13 @@ def test_a_static_onnx_export_of_one_pixel_runs_at_its_size(tiny_ckpt, tmp_path,
 
 @pytest.mark.parametrize(
     "argv",
-    [["predict", "{onnx}", "{image}", "--out", "{tmp}/p", "--uncertainty", "tta", "--no-progress"],
-     ["predict", "{ckpt}", "{image}", "--out", "{tmp}/p", "--ensemble", "{onnx}", "--no-progress"],
-     ["export", "{onnx}", "--out", "{tmp}/again.onnx"],
-     ["export", "{onnx}", "--out", "{tmp}/again.pt", "--format", "torchscript"]],
-)  # fmt: skip
+    [
+        ["predict", "{onnx}", "{image}", "--out", "{tmp}/p", "--uncertainty", "tta", "--no-progress"],
+        ["predict", "{ckpt}", "{image}", "--out", "{tmp}/p", "--ensemble", "{onnx}", "--no-progress"],
+        ["export", "{onnx}", "--out", "{tmp}/again.onnx"],
+        ["export", "{onnx}", "--out", "{tmp}/again.pt", "--format", "torchscript"],
+    ],
+)
 def test_onnx_checkpoints_where_pytorch_is_needed_are_one_line(tiny_ckpt, exported, tmp_path, run_cli, argv):
     """Each was an AttributeError traceback ('OnnxModel' object has no attribute 'modules' / 'to')."""
     from PIL import Image
@@ -140,22 +148,38 @@ def test_merge_keys_may_still_be_given_again(tmp_path, run_cli):
     "arch, params",
     # `depth: 99` filled the memory until the OOM killer came; these fail at once without the check, so a
     # regression cannot take the test machine down
-    [("unet", {"depth": 2, "base_channels": 10**6}),
-     ("unet", {"depth": 2, "base_channels": 2**40}),  # a tensor beyond 2**63 elements: cannot even be counted
-     ("plain_fcn", {"widths": [100000, 100000]})],
-)  # fmt: skip
+    [
+        ("unet", {"depth": 2, "base_channels": 10**6}),
+        (
+            "unet",
+            {"depth": 2, "base_channels": 2**40},
+        ),  # a tensor beyond 2**63 elements: cannot even be counted
+        ("plain_fcn", {"widths": [100000, 100000]}),
+    ],
+)
 def test_models_beyond_the_parameter_limit_are_refused_before_allocating(arch, params):
     with pytest.raises(ConfigError, match="is too large .*lower depth, widths or channels"):
         seglab.create_model(arch, num_classes=2, **params)
 
 
 def test_a_model_too_large_from_the_command_line_is_one_line(tmp_path, run_cli, shapes_dir):
-    code, _, err = run_cli("train", "--data", shapes_dir, "--out", tmp_path / "run", "--epochs", 1,
-                           "--set", "model.params={depth: 2, base_channels: 1000000}", "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        "--data",
+        shapes_dir,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        1,
+        "--set",
+        "model.params={depth: 2, base_channels: 1000000}",
+        "--no-progress",
+    )
     _one_line_error(code, err)
     assert "too large" in err and not (tmp_path / "run").exists()
-    code, _, err = run_cli("benchmark", "--cost", "unet", "--params", "{depth: 2, base_channels: 1099511627776}",
-                           "--size", 32)  # fmt: skip
+    code, _, err = run_cli(
+        "benchmark", "--cost", "unet", "--params", "{depth: 2, base_channels: 1099511627776}", "--size", 32
+    )
     _one_line_error(code, err)
     assert "too large (a tensor beyond 2**63 elements" in err
 

@@ -34,9 +34,19 @@ def world(tmp_path_factory, shapes_dir):
     run = root / "run"
     torch.manual_seed(0)
     model = create_model("unet", num_classes=4, in_channels=3, depth=2, base_channels=4)
-    save_checkpoint(run / "best", model, CheckpointMeta(arch="unet", num_classes=4, in_channels=3,
-                                                       model_params={"depth": 2, "base_channels": 4},
-                                                       class_names=list(CLASSES), mean=[0.5] * 3, std=[0.25] * 3))  # fmt: skip
+    save_checkpoint(
+        run / "best",
+        model,
+        CheckpointMeta(
+            arch="unet",
+            num_classes=4,
+            in_channels=3,
+            model_params={"depth": 2, "base_channels": 4},
+            class_names=list(CLASSES),
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+        ),
+    )
     torch.save({"format": "seglab-train-state/2", "epoch": 1, "optimizer": {}}, run / "last.state.pt")
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
     (run / "config.yaml").write_text(Config().override([f"data.root={data}"]).dump())
@@ -61,8 +71,10 @@ def world(tmp_path_factory, shapes_dir):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 TARGETS = ("checkpoint", "state", "image", "mask", "other")
@@ -72,8 +84,12 @@ def target_path(w: dict[str, Path], target: str, folder: bool, command: str) -> 
     """The path given to the output option: the file itself for a file option; for a folder option the folder
     that holds it (the run folder, the data set's images/ or masks/), or, for a file of another kind, a folder
     holding one at a name the command writes (or, where the command's folder may be a run folder, the file)."""
-    files = {"checkpoint": w["run"] / "best.safetensors", "state": w["run"] / "last.state.pt",
-             "image": w["data"] / "images" / "00.png", "mask": w["data"] / "masks" / "00.png"}  # fmt: skip
+    files = {
+        "checkpoint": w["run"] / "best.safetensors",
+        "state": w["run"] / "last.state.pt",
+        "image": w["data"] / "images" / "00.png",
+        "mask": w["data"] / "masks" / "00.png",
+    }
     if not folder:
         if target == "other":
             return w["other"] / {"export-onnx": "notes.onnx", "export-ts": "notes.pt"}.get(
@@ -178,8 +194,13 @@ def test_no_output_option_overwrites_a_checkpoint_state_data_set_file_or_another
     assert code == 2 and err.startswith("seglab: error: ") and err.count("\n") == 1, err
     assert str(path) in err, err
     if not folder:  # the one line also says what is there
-        what = {"checkpoint": "is a checkpoint", "state": "is a training state", "image": "lies in the data set",
-                "mask": "lies in the data set", "other": "already exists and is a"}[target]  # fmt: skip
+        what = {
+            "checkpoint": "is a checkpoint",
+            "state": "is a training state",
+            "image": "lies in the data set",
+            "mask": "lies in the data set",
+            "other": "already exists and is a",
+        }[target]
         assert what in err, err
     assert snapshot(world["root"]) == before  # nothing changed, nothing added
 
@@ -209,8 +230,9 @@ def test_predict_into_a_data_set_is_refused_but_next_to_it_is_fine(world, run_cl
         )
         assert code == 2 and "seglab never writes into a data set" in err, err
     assert snapshot(data) == before
-    code, _, err = run_cli("predict", world["run"], data / "images" / "01.png", "--out", tmp_path / "p",
-                           "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        "predict", world["run"], data / "images" / "01.png", "--out", tmp_path / "p", "--no-progress"
+    )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["01_mask.png", "01_overlay.png"]
 

@@ -61,9 +61,14 @@ class ModelCost:
         return self.macs / 1e9
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "input_size": list(self.input_size), "params": self.params,
-                "macs": self.macs, "activation_bytes": self.activation_bytes,
-                "layers": [asdict(layer) for layer in self.layers]}  # fmt: skip
+        return {
+            "model": self.model,
+            "input_size": list(self.input_size),
+            "params": self.params,
+            "macs": self.macs,
+            "activation_bytes": self.activation_bytes,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
 
 
 def _pair(v: Any) -> tuple[int, ...]:
@@ -148,8 +153,15 @@ def count_cost(
         meta
     ):  # shapes only: no arithmetic, so any size is instant; falls back to real zeros if a layer needs data
         try:
-            return count_cost(copy.deepcopy(model).to("meta"), input_size, in_channels, name, batch, meta=False,
-                              _device="meta")  # fmt: skip
+            return count_cost(
+                copy.deepcopy(model).to("meta"),
+                input_size,
+                in_channels,
+                name,
+                batch,
+                meta=False,
+                _device="meta",
+            )
         except Exception:  # noqa: BLE001
             pass
     param = next(model.parameters(), None)
@@ -164,10 +176,18 @@ def count_cost(
         if inp is None or o is None:
             return
         own_params = sum(p.numel() for p in m.parameters(recurse=False))
-        rows.append(LayerCost(
-            names[m], type(m).__name__, tuple(inp.shape[1:]), tuple(o.shape[1:]), _filter(m), own_params,
-            layer_macs(m, inp, o), _new_bytes(inputs, out),
-        ))  # fmt: skip
+        rows.append(
+            LayerCost(
+                names[m],
+                type(m).__name__,
+                tuple(inp.shape[1:]),
+                tuple(o.shape[1:]),
+                _filter(m),
+                own_params,
+                layer_macs(m, inp, o),
+                _new_bytes(inputs, out),
+            )
+        )
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -187,9 +207,13 @@ def count_cost(
             row.params = 0
         seen.add(row.name)
     return ModelCost(
-        name or type(model).__name__, (h, w), rows, sum(p.numel() for p in model.parameters()),
-        sum(r.macs for r in rows), sum(r.activation_bytes for r in rows),
-    )  # fmt: skip
+        name or type(model).__name__,
+        (h, w),
+        rows,
+        sum(p.numel() for p in model.parameters()),
+        sum(r.macs for r in rows),
+        sum(r.activation_bytes for r in rows),
+    )
 
 
 def flop_counter_macs(model: nn.Module, x: Tensor) -> int:
@@ -230,9 +254,18 @@ def format_cost(cost: ModelCost, all_layers: bool = False) -> str:
     grouped: list[dict[str, Any]] = []
     for r in cost.layers:
         if all_layers or r.compute or not grouped:
-            grouped.append({"name": r.name, "kind": r.kind, "in": r.in_shape, "out": r.out_shape,
-                            "filter": r.filter, "params": r.params, "macs": r.macs,
-                            "act": r.activation_bytes})  # fmt: skip
+            grouped.append(
+                {
+                    "name": r.name,
+                    "kind": r.kind,
+                    "in": r.in_shape,
+                    "out": r.out_shape,
+                    "filter": r.filter,
+                    "params": r.params,
+                    "macs": r.macs,
+                    "act": r.activation_bytes,
+                }
+            )
         else:  # norm / activation / pooling after a compute layer: its cost joins that row
             g = grouped[-1]
             g["params"] += r.params
@@ -245,8 +278,10 @@ def format_cost(cost: ModelCost, all_layers: bool = False) -> str:
         "|---|---|---|---|---:|---:|---:|",
     ]
     for g in grouped:
-        lines.append(f"| {g['name'] or '(model)'} | {g['kind']} | {_shape(g['out'])} | {g['filter']} | "
-                     f"{g['params']:,} | {human(g['macs'])} | {_bytes(g['act'])} |")  # fmt: skip
+        lines.append(
+            f"| {g['name'] or '(model)'} | {g['kind']} | {_shape(g['out'])} | {g['filter']} | "
+            f"{g['params']:,} | {human(g['macs'])} | {_bytes(g['act'])} |"
+        )
     lines.append(
         f"| **total** | | | | {cost.params:,} | {human(cost.macs)} | {_bytes(cost.activation_bytes)} |"
     )
@@ -262,8 +297,7 @@ def course_comparison(
 
     plain = create_model("plain_fcn", num_classes=num_classes)
     unet = create_model("unet", num_classes=num_classes, depth=4, base_channels=16)
-    return (count_cost(plain, size, name="plain_fcn"),
-            count_cost(unet, size, name="unet (depth 4, base 16)"))  # fmt: skip
+    return (count_cost(plain, size, name="plain_fcn"), count_cost(unet, size, name="unet (depth 4, base 16)"))
 
 
 def format_comparison(a: ModelCost, b: ModelCost) -> str:

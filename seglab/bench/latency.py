@@ -33,7 +33,17 @@ from torch import nn
 from seglab.engine.device import resolve_device
 from seglab.errors import ConfigError
 
-PATHS = ("eager", "channels_last", "fold_bn", "fold_bn_cl", "compile", "compile_cl", "onnxruntime", "fp16", "bf16")  # fmt: skip
+PATHS = (
+    "eager",
+    "channels_last",
+    "fold_bn",
+    "fold_bn_cl",
+    "compile",
+    "compile_cl",
+    "onnxruntime",
+    "fp16",
+    "bf16",
+)
 FAITHFUL_ATOL = 1e-4  # times max(1, max |logit|): the tolerance of the ONNX parity check
 
 
@@ -76,8 +86,10 @@ def build(spec: ModelSpec, num_classes: int = 21) -> tuple[Any, int]:
     from seglab.models.factory import create_model, list_models
 
     if spec.arch not in list_models():
-        raise ConfigError(f"unknown model {spec.arch!r}; choose one of: {', '.join(list_models())}, "
-                          "arch:encoder, a checkpoint or an .onnx file")  # fmt: skip
+        raise ConfigError(
+            f"unknown model {spec.arch!r}; choose one of: {', '.join(list_models())}, "
+            "arch:encoder, a checkpoint or an .onnx file"
+        )
     kwargs = dict(spec.params)
     if spec.encoder:
         kwargs["encoder"] = spec.encoder
@@ -193,14 +205,22 @@ def device_name(device: torch.device) -> str:
 def protocol(device: torch.device, warmup: int, iters: int, paths: Sequence[str]) -> dict[str, Any]:
     """What every number of a benchmark run depends on."""
     info: dict[str, Any] = {
-        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "dtype": "float32",
-        "warmup": warmup, "iters": iters, "inference_mode": True, "paths": list(paths),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "dtype": "float32",
+        "warmup": warmup,
+        "iters": iters,
+        "inference_mode": True,
+        "paths": list(paths),
         "channels_last": any(p in ("channels_last", "compile_cl") for p in paths),
-        "compile": any(p.startswith("compile") for p in paths), "faithful_atol": FAITHFUL_ATOL,
+        "compile": any(p.startswith("compile") for p in paths),
+        "faithful_atol": FAITHFUL_ATOL,
         "latency": "median and p90 of per-batch wall time; FPS = batch / median",
         "memory": "CUDA max allocated" if device.type == "cuda" else "peak RSS delta during the timed runs",
-    }  # fmt: skip
+    }
     if "onnxruntime" in paths:
         try:
             import onnxruntime
@@ -241,8 +261,14 @@ def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: 
         file = tmp / f"model-{id(model)}-{'x'.join(map(str, x.shape))}.onnx"
         if not file.exists():
             export_model(  # it runs at this shape only: static (a SegNet exports no other way)
-                model, file, "onnx", example_size=tuple(x.shape[-2:]), in_channels=x.shape[1], dynamic=False,
-                check=False, batch=x.shape[0],
+                model,
+                file,
+                "onnx",
+                example_size=tuple(x.shape[-2:]),
+                in_channels=x.shape[1],
+                dynamic=False,
+                check=False,
+                batch=x.shape[0],
             )
         return OnnxModel(file, threads=torch.get_num_threads()), ""
     if path in ("fp16", "bf16"):
@@ -312,10 +338,14 @@ def benchmark_models(
                         ref = model(x).float()
                     for path in paths:
                         row: dict[str, Any] = {
-                            "model": spec.name, "path": path, "size": size, "batch": batch,
-                            "params": cost.params if cost else None, "gmacs": cost.gmacs if cost else None,
+                            "model": spec.name,
+                            "path": path,
+                            "size": size,
+                            "batch": batch,
+                            "params": cost.params if cost else None,
+                            "gmacs": cost.gmacs if cost else None,
                             "miou": (miou or {}).get(spec.name),
-                        }  # fmt: skip
+                        }
                         if scripted:  # parameters are countable, MACs need the hook-based cost model
                             row["params"] = sum(p.numel() for p in model.parameters())
                             cost_note = "TorchScript: MACs n/a"
@@ -347,8 +377,10 @@ def benchmark_models(
                         )
                         rows.append(row)
                         if log:
-                            log(f"{spec.name} {path} {size}px b{batch}: {row['latency_ms']:.1f} ms, "
-                                f"{row['fps']:.2f} img/s, diff {diff:.1e}")  # fmt: skip
+                            log(
+                                f"{spec.name} {path} {size}px b{batch}: {row['latency_ms']:.1f} ms, "
+                                f"{row['fps']:.2f} img/s, diff {diff:.1e}"
+                            )
     finally:
         if tmp_ctx:
             tmp_ctx.cleanup()

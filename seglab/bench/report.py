@@ -9,8 +9,22 @@ from typing import Any
 
 from seglab.files import atomic_write, write_json
 
-COLUMNS = ("model", "path", "size", "batch", "params", "gmacs", "miou", "latency_ms", "p90_ms", "fps",
-           "peak_mem_mb", "max_abs_diff", "faithful", "note")  # fmt: skip
+COLUMNS = (
+    "model",
+    "path",
+    "size",
+    "batch",
+    "params",
+    "gmacs",
+    "miou",
+    "latency_ms",
+    "p90_ms",
+    "fps",
+    "peak_mem_mb",
+    "max_abs_diff",
+    "faithful",
+    "note",
+)
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -37,8 +51,12 @@ def to_markdown(result: dict[str, Any]) -> str:
     """The protocol as a line, then one table row per (model, path, size, batch)."""
     rows = result["rows"]
     cols = [c for c in COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
-    lines = [f"Protocol: {format_protocol(result['protocol'])}", "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]  # fmt: skip
+    lines = [
+        f"Protocol: {format_protocol(result['protocol'])}",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     lines += ["| " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -87,14 +105,28 @@ def scatter_png(result: dict[str, Any], path: Path) -> str:
         for way in dict.fromkeys(r["path"] for r in rows):  # one colour per execution path
             idx = [i for i, r in enumerate(rows) if r["path"] == way]
             ax.scatter([pts[i][0] for i in idx], [pts[i][1] for i in idx], s=30, label=way)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o-", c="tab:red", mfc="none", ms=12,
-                label="Pareto front")  # fmt: skip
-        labelled = set(front) | {max((i for i, r in enumerate(rows) if r["model"] == m), key=lambda i: pts[i][0])
-                                 for m in {r["model"] for r in rows}}  # fmt: skip
+        ax.plot(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            "o-",
+            c="tab:red",
+            mfc="none",
+            ms=12,
+            label="Pareto front",
+        )
+        labelled = set(front) | {
+            max((i for i, r in enumerate(rows) if r["model"] == m), key=lambda i: pts[i][0])
+            for m in {r["model"] for r in rows}
+        }
         for i in sorted(labelled):
             r = rows[i]
-            ax.annotate(f"{r['model']} {r['path']} {r['size']}px b{r['batch']}", pts[i], fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                f"{r['model']} {r['path']} {r['size']}px b{r['batch']}",
+                pts[i],
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     if not use_miou:
         ax.set_yscale("log")

@@ -72,8 +72,9 @@ def run_benchmark(
 
         for i, ckpt in enumerate(checkpoints):
             name = parse_spec(ckpt).name
-            report = evaluate(ckpt, data, split, out=out / f"eval-{i}-{split}.json", progress=False,
-                              overwrite=overwrite)
+            report = evaluate(
+                ckpt, data, split, out=out / f"eval-{i}-{split}.json", progress=False, overwrite=overwrite
+            )
             miou[name] = float(report["miou"])
             if log:
                 log(f"{name}: mIoU {miou[name]:.4f} on the {split} split of {data}")

@@ -89,8 +89,10 @@ class FolderDataset:
                 )
             spec = ClassSpec(
                 [*spec.names, *(f"class{i}" for i in range(spec.num_classes, num_classes))],
-                default_palette(num_classes), "index", spec.ignore_index,
-            )  # fmt: skip
+                default_palette(num_classes),
+                "index",
+                spec.ignore_index,
+            )
         self.classes = spec
         self.split = split
         self.stems = self.scan.split(split, val_ratio, test_ratio, split_seed, split_lists)

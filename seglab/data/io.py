@@ -25,10 +25,27 @@ _OPEN_LOCK = threading.Lock()
 
 # Distinct colours for classes without a palette; index 0 (usually background) is black.
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-)  # fmt: skip
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+)
 
 
 class NamedBytes(io.BytesIO):
@@ -120,8 +137,10 @@ def open_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) ->
         raise DataError(f"cannot read {path}: {e.__class__.__name__}: {e}; is it a valid image?") from None
     try:
         if formats is not None and img.format not in formats:
-            raise DataError(f"{path} is in {img.format} format; only {', '.join(formats)} are accepted here: "
-                            f"convert it to PNG")  # fmt: skip
+            raise DataError(
+                f"{path} is in {img.format} format; only {', '.join(formats)} are accepted here: "
+                f"convert it to PNG"
+            )
         check_pixels(path, img.size)
         check_sample_bits(img, path)
         check_tiff_tiles(img, path)
@@ -139,8 +158,10 @@ def check_tiff_tiles(img: Image.Image, path: Path | NamedBytes) -> None:
     tags = getattr(img, "tag_v2", {})
     tw, th = tags.get(322), tags.get(323)  # TileWidth, TileLength
     if isinstance(tw, int) and isinstance(th, int) and tw * th > max(img.size[0] * img.size[1], 2**20):
-        raise DataError(f"{path} is a {img.size[0]}x{img.size[1]} TIFF with {tw}x{th} tiles, larger than the "
-                        f"image; rewrite it without tiles or with small ones (e.g. 256 x 256)")  # fmt: skip
+        raise DataError(
+            f"{path} is a {img.size[0]}x{img.size[1]} TIFF with {tw}x{th} tiles, larger than the "
+            f"image; rewrite it without tiles or with small ones (e.g. 256 x 256)"
+        )
 
 
 # modes in which Pillow hands out 8 bits per sample, even when the file stores more (it keeps the high byte)

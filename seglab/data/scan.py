@@ -285,8 +285,12 @@ class _ScanCache:
             elif kind == "instances":
                 info.objects = int(entry["objects"])
                 if "under" in entry:
-                    info.under = Counter({tuple(map(int, v)) if isinstance(v, list) else int(v): int(n)
-                                          for v, n in entry["under"]})  # fmt: skip
+                    info.under = Counter(
+                        {
+                            tuple(map(int, v)) if isinstance(v, list) else int(v): int(n)
+                            for v, n in entry["under"]
+                        }
+                    )
             else:
                 info.counts = Counter(
                     {
@@ -379,9 +383,14 @@ def _instance_info(
         h, w = raw.shape
         objects = int(np.count_nonzero(np.bincount(raw.ravel().astype(np.intp, copy=False))[1:]))
         info = _FileInfo((w, h), objects=objects, under=_values_under(raw, mask))
-        extra = {} if info.under is None or mask_key is None else {
-            "under": [[list(v) if isinstance(v, tuple) else v, n] for v, n in info.under.items()],
-            "mask": list(mask_key[1:])}  # fmt: skip
+        extra = (
+            {}
+            if info.under is None or mask_key is None
+            else {
+                "under": [[list(v) if isinstance(v, tuple) else v, n] for v, n in info.under.items()],
+                "mask": list(mask_key[1:]),
+            }
+        )
         return info, cache.record(key, "instances", w=w, h=h, objects=objects, **extra)
     except DataError as e:
         return _FileInfo(error=str(e)), None

@@ -84,8 +84,16 @@ class Checkpointer(Callback):
         run.meta.metrics = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
         if not run.meta.metrics or run.meta.metrics["miou"] > run.state.best["miou"]:
             run.state.best = {"miou": run.meta.metrics.get("miou", -1.0), "epoch": record["epoch"]}
-        run.state.save(run.run_dir, model=run.model, ema=run.ema, optimizer=run.optimizer, scaler=run.scaler,
-                       meta=run.meta, signature=run.signature, epochs=run.cfg.train.epochs)  # fmt: skip
+        run.state.save(
+            run.run_dir,
+            model=run.model,
+            ema=run.ema,
+            optimizer=run.optimizer,
+            scaler=run.scaler,
+            meta=run.meta,
+            signature=run.signature,
+            epochs=run.cfg.train.epochs,
+        )
 
 
 def progress_bars(cfg: Config) -> bool:
@@ -125,8 +133,10 @@ class ProgressPrinter(Callback):
         if self.bars or time.monotonic() - self.last < self.interval_s:
             return
         self.last = time.monotonic()
-        self.write(f"epoch {run.state.epoch + 1}/{run.cfg.train.epochs}  step {scalars['step']}  "
-                   f"loss {scalars['loss']:.4f}  lr {scalars['lr']:.3g}")  # fmt: skip
+        self.write(
+            f"epoch {run.state.epoch + 1}/{run.cfg.train.epochs}  step {scalars['step']}  "
+            f"loss {scalars['loss']:.4f}  lr {scalars['lr']:.3g}"
+        )
 
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
         self.last = time.monotonic()
@@ -136,8 +146,10 @@ class ProgressPrinter(Callback):
             else ""
         )
         end = "  (time limit reached)" if record.get("stopped") else ""
-        self.write(f"epoch {record['epoch']}/{run.cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
-                   f"lr {record['lr']:.3g}  {record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s{end}")  # fmt: skip
+        self.write(
+            f"epoch {record['epoch']}/{run.cfg.train.epochs}  loss {record['train_loss']:.4f}  {val}"
+            f"lr {record['lr']:.3g}  {record['images_per_s']:.1f} img/s  {record['seconds']:.1f} s{end}"
+        )
 
 
 class UserHook(Callback):

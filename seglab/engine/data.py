@@ -37,8 +37,15 @@ class EpochSampler(Sampler):
     """
 
     def __init__(
-        self, size: int, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 1
-    ) -> None:  # fmt: skip
+        self,
+        size: int,
+        num_samples: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+    ) -> None:
         self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
         self.rank, self.world_size = rank, world_size
         self.kept = num_samples if world_size == 1 else num_samples // batch_size * batch_size
@@ -147,9 +154,17 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     note = crop_padding_note(scan.sizes, d.crop_size, d.resize)
     if note and dist.is_main:  # once per run, from one process
         warnings.warn(note, stacklevel=2)
-    common = dict(ignore_index=ignore, val_ratio=d.val_ratio, test_ratio=d.test_ratio,
-                  split_seed=d.split_seed, split_lists=d.splits, cache=d.cache, scan=scan, target=d.target,
-                  boundary_width=d.boundary_width)  # fmt: skip
+    common = dict(
+        ignore_index=ignore,
+        val_ratio=d.val_ratio,
+        test_ratio=d.test_ratio,
+        split_seed=d.split_seed,
+        split_lists=d.splits,
+        cache=d.cache,
+        scan=scan,
+        target=d.target,
+        boundary_width=d.boundary_width,
+    )
     in_ch = scan.in_channels
     for name in ("mean", "std"):  # one value would broadcast over every channel: silently wrong
         values = getattr(d, name)
@@ -167,7 +182,11 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
             unet_weight_map, w0=d.border_w0, sigma=d.border_sigma, ignore_index=ignore
         )
     train_ds = FolderDataset(
-        d.root, "train", build_transform(d, in_ch, train=True, ignore_index=ignore), weight_fn=weight_fn, **common
+        d.root,
+        "train",
+        build_transform(d, in_ch, train=True, ignore_index=ignore),
+        weight_fn=weight_fn,
+        **common,
     )
     val_ds = FolderDataset(d.root, "val", eval_transform, **common)
     # no validation only when asked for (data.splits.val: [], or data.val_ratio: 0 without split lists):
@@ -177,8 +196,9 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
         if len(ds) == 0 and not (ds is val_ds and no_val_asked):
             raise DataError(
                 f"the {ds.split} split of {d.root} is empty; add splits/{ds.split}.txt or change "
-                f"data.val_ratio/data.test_ratio" + (" (data.splits.val: [] trains without validation)" if ds is val_ds else "")
-            )  # fmt: skip
+                f"data.val_ratio/data.test_ratio"
+                + (" (data.splits.val: [] trains without validation)" if ds is val_ds else "")
+            )
     spec = train_ds.classes
     names = list(spec.names)
     if d.class_names is not None:
@@ -197,10 +217,20 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
             f"processes (use a multiple of {dist.world_size})"
         )
     workers = default_workers(device) if d.num_workers is None else d.num_workers
-    loader_args = dict(collate_fn=pad_collate(spec.ignore_index), num_workers=workers,
-                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
-    sampler = EpochSampler(len(train_ds), samples, cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
-                           batch_size=batch_size)  # fmt: skip
+    loader_args = dict(
+        collate_fn=pad_collate(spec.ignore_index),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    sampler = EpochSampler(
+        len(train_ds),
+        samples,
+        cfg.train.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        batch_size=batch_size,
+    )
     local = batch_size // dist.world_size
     train_loader = DataLoader(
         SeededItems(train_ds), batch_size=local, sampler=sampler, drop_last=True, **loader_args
@@ -210,6 +240,16 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     val_args = {**loader_args, "collate_fn": pad_collate(spec.ignore_index, sizes=True)}
     val_loader = DataLoader(val_ds, batch_size=local, sampler=val_sampler, **val_args)
     return TrainData(
-        train_ds, val_ds, spec, in_ch, names, list(eval_transform.mean), list(eval_transform.std),
-        train_loader, val_loader, sampler, local, samples // batch_size,
-    )  # fmt: skip
+        train_ds,
+        val_ds,
+        spec,
+        in_ch,
+        names,
+        list(eval_transform.mean),
+        list(eval_transform.std),
+        train_loader,
+        val_loader,
+        sampler,
+        local,
+        samples // batch_size,
+    )

@@ -240,8 +240,15 @@ def record_error(error: BaseException) -> None:
     import traceback
 
     message = str(error) if isinstance(error, SeglabError) else f"{type(error).__name__}: {error}"
-    data = {"message": {"message": message, "extraInfo": {
-        "py_callstack": "".join(traceback.format_exception(error)), "timestamp": str(int(time.time()))}}}  # fmt: skip
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {
+                "py_callstack": "".join(traceback.format_exception(error)),
+                "timestamp": str(int(time.time())),
+            },
+        }
+    }
     with contextlib.suppress(OSError), open(path, "w") as f:
         json.dump(data, f)
 
@@ -255,9 +262,15 @@ def launch(nproc: int, command: Sequence[str], max_restarts: int = 0) -> None:
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}", "-m", "seglab",
-         *command]
-    )  # fmt: skip
+        [
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}",
+            "-m",
+            "seglab",
+            *command,
+        ]
+    )
     try:
         run(args)
     except ChildFailedError as e:

@@ -103,7 +103,9 @@ def run_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
+        loader = tqdm(
+            loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None
+        )  # no bar in a log file
     for batch in loader:
         for images, masks, size in label_groups(batch):
             images, masks = images.to(device), masks.to(device)
@@ -136,7 +138,9 @@ def run_uncertainty_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
+        loader = tqdm(
+            loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None
+        )  # no bar in a log file
     for batch in loader:
         for images, masks, size in label_groups(batch):
             result = predictor(images.to(device), size)
@@ -156,10 +160,17 @@ def split_dataset(meta: CheckpointMeta, data: str | Path, split: str, transform:
     from seglab.errors import DataError
 
     ds = FolderDataset(
-        data, split, transform, ignore_index=meta.ignore_index, num_classes=meta.num_classes,
-        in_channels=meta.in_channels, cache=False, target=meta.target, boundary_width=meta.boundary_width,
+        data,
+        split,
+        transform,
+        ignore_index=meta.ignore_index,
+        num_classes=meta.num_classes,
+        in_channels=meta.in_channels,
+        cache=False,
+        target=meta.target,
+        boundary_width=meta.boundary_width,
         **meta.split,
-    )  # fmt: skip
+    )
     if len(ds) == 0:
         raise DataError(f"the {split} split of {data} is empty; choose --split val, train or all")
     return ds
@@ -255,16 +266,40 @@ def evaluate(
         ensure_dir(out_path.parent, "report folder")
     inst = None if instances is None else (instances, instance_class, instance_params)
     with process_group(resolve_device(device), timeout) as (dist, dev):
-        return _evaluate(checkpoint, data, split, batch_size, out_path, dev, progress and dist.is_main,
-                         uncertainty, tile, overlap, rand_class, dist, inst, per_image)  # fmt: skip
+        return _evaluate(
+            checkpoint,
+            data,
+            split,
+            batch_size,
+            out_path,
+            dev,
+            progress and dist.is_main,
+            uncertainty,
+            tile,
+            overlap,
+            rand_class,
+            dist,
+            inst,
+            per_image,
+        )
 
 
 def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter (uncertainty, instances)
-    checkpoint: str | Path, data: str | Path, split: str, batch_size: int, out_path: Path, dev: torch.device,
-    progress: bool, uncertainty: UncertaintyConfig | str | None, tile: int | None, overlap: int,
-    rand_class: str | int | None, dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    batch_size: int,
+    out_path: Path,
+    dev: torch.device,
+    progress: bool,
+    uncertainty: UncertaintyConfig | str | None,
+    tile: int | None,
+    overlap: int,
+    rand_class: str | int | None,
+    dist: Dist,
+    inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
     per_image: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.files import write_json
 
@@ -278,22 +313,50 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
         uncertainty = UncertaintyConfig(method=uncertainty)
     if inst is not None or per_image:
         cm, rand_meter, meter, inst_section, rows, meta, num_images = _image_evaluation(
-            checkpoint, data, split, dev, progress, uncertainty, tile, overlap, rand_class, dist, inst, per_image,
-        )  # fmt: skip
+            checkpoint,
+            data,
+            split,
+            dev,
+            progress,
+            uncertainty,
+            tile,
+            overlap,
+            rand_class,
+            dist,
+            inst,
+            per_image,
+        )
     elif uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
-        cm = run_evaluation(model, loader, meta.num_classes, meta.ignore_index, dev, progress, tile=tile,
-                            overlap=overlap, meters=[rand_meter] if rand_meter else [])  # fmt: skip
+        cm = run_evaluation(
+            model,
+            loader,
+            meta.num_classes,
+            meta.ignore_index,
+            dev,
+            progress,
+            tile=tile,
+            overlap=overlap,
+            meters=[rand_meter] if rand_meter else [],
+        )
     else:
         from seglab.inference import build_predictor
 
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
         loader, num_images = _split_loader(meta, data, split, batch_size, dist)
         rand_meter = _rand_meter(meta, rand_class)
-        cm, meter = run_uncertainty_evaluation(predictor, loader, meta.num_classes, meta.ignore_index, dev,
-                                               uncertainty.bins, progress, [rand_meter] if rand_meter else [])  # fmt: skip
+        cm, meter = run_uncertainty_evaluation(
+            predictor,
+            loader,
+            meta.num_classes,
+            meta.ignore_index,
+            dev,
+            uncertainty.bins,
+            progress,
+            [rand_meter] if rand_meter else [],
+        )
     if meter is not None:
         from seglab.uncertainty.calibration import reliability_png
 
@@ -301,8 +364,13 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
         if dist.enabled:
             meter.all_reduce()
         diagram = reliability_path(out_path)
-        section = {"method": uncertainty.method, "description": uncertainty.describe(),
-                   "temperature": meta.temperature, **meter.compute(), "reliability_png": str(diagram)}  # fmt: skip
+        section = {
+            "method": uncertainty.method,
+            "description": uncertainty.describe(),
+            "temperature": meta.temperature,
+            **meter.compute(),
+            "reliability_png": str(diagram),
+        }
         if dist.is_main:
             reliability_png(diagram, section["reliability"], f"{uncertainty.describe()}, {split} split")
     if dist.enabled:
@@ -310,16 +378,23 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
             if m is not None:
                 m.all_reduce()
     report = {
-        "checkpoint": str(checkpoint_paths(checkpoint)[0]), "data": str(data), "split": split,
-        "num_images": num_images, "classes": meta.class_names, **cm.compute(), "confusion_matrix": cm.matrix.tolist(),
-    }  # fmt: skip
+        "checkpoint": str(checkpoint_paths(checkpoint)[0]),
+        "data": str(data),
+        "split": split,
+        "num_images": num_images,
+        "classes": meta.class_names,
+        **cm.compute(),
+        "confusion_matrix": cm.matrix.tolist(),
+    }
     if rand_meter is not None:
         report.update(rand_meter.compute(), rand_class=meta.class_names[rand_meter.class_index])
     if inst_section is not None:
         if dist.enabled:
             inst_section["meter"].all_reduce()
-        report["instances"] = {**{k: v for k, v in inst_section.items() if k != "meter"},
-                               **inst_section["meter"].compute()}  # fmt: skip
+        report["instances"] = {
+            **{k: v for k, v in inst_section.items() if k != "meter"},
+            **inst_section["meter"].compute(),
+        }
     if rows is not None:
         report["images"] = _gather_rows(rows) if dist.enabled else rows
     if tile is not None:
@@ -333,8 +408,11 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
     return report
 
 
-EVAL_REPORT = OutputKind("evaluation report", (".json",), json_with("checkpoint", "split", "miou", "confusion_matrix",
-                                                                   without=("examples", "model")))
+EVAL_REPORT = OutputKind(
+    "evaluation report",
+    (".json",),
+    json_with("checkpoint", "split", "miou", "confusion_matrix", without=("examples", "model")),
+)
 RELIABILITY_PNG = OutputKind("reliability diagram", (".png",), is_png)
 
 
@@ -361,10 +439,19 @@ def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _image_evaluation(
-    checkpoint: str | Path, data: str | Path, split: str, dev: torch.device, progress: bool,
-    uncertainty: UncertaintyConfig | None, tile: int | None, overlap: int, rand_class: str | int | None,
-    dist: Dist, inst: tuple[str, str | int | None, InstanceParams | None] | None, per_image: bool,
-) -> tuple[Any, ...]:  # fmt: skip
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    dev: torch.device,
+    progress: bool,
+    uncertainty: UncertaintyConfig | None,
+    tile: int | None,
+    overlap: int,
+    rand_class: str | int | None,
+    dist: Dist,
+    inst: tuple[str, str | int | None, InstanceParams | None] | None,
+    per_image: bool,
+) -> tuple[Any, ...]:
     """Image by image: probabilities as ``predict`` computes them (whole image, or tiled, or from the uncertainty
     predictor) -> the image's confusion matrix (their argmax; merged into the split's, and with ``per_image`` a
     row of its scores), Rand meter, uncertainty meter, and with ``inst`` the instance labels of its method scored
@@ -405,7 +492,9 @@ def _image_evaluation(
     if progress:
         from tqdm.auto import tqdm
 
-        indices = tqdm(indices, desc="evaluate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
+        indices = tqdm(
+            indices, desc="evaluate", leave=False, dynamic_ncols=True, disable=None
+        )  # no bar in a log file
     for i in indices:
         image, mask = ds.load(i)
         target = torch.from_numpy(mask)[None]
@@ -417,8 +506,14 @@ def _image_evaluation(
         cm.merge(one)
         if rows is not None:
             scores = one.compute()
-            rows.append({"index": i, "stem": ds.stems[i], "miou": scores["miou"],
-                         "pixel_accuracy": scores["pixel_accuracy"]})  # fmt: skip
+            rows.append(
+                {
+                    "index": i,
+                    "stem": ds.stems[i],
+                    "miou": scores["miou"],
+                    "pixel_accuracy": scores["pixel_accuracy"],
+                }
+            )
         if rand_meter is not None:
             rand_meter.update(probs[None], target.to(probs.device))
         if inst is not None:
@@ -427,8 +522,13 @@ def _image_evaluation(
             inst_meter.update(labels, truth)
     section = None
     if inst is not None:
-        section = {"method": method, "params": asdict(params), "truth": truth_from, "meter": inst_meter,
-                   "object_class": "1 - background" if obj is None else meta.class_names[obj]}  # fmt: skip
+        section = {
+            "method": method,
+            "params": asdict(params),
+            "truth": truth_from,
+            "meter": inst_meter,
+            "object_class": "1 - background" if obj is None else meta.class_names[obj],
+        }
     return cm, rand_meter, unc, section, rows, meta, len(ds)
 
 
@@ -455,9 +555,14 @@ def calibrate(
 
 
 def _calibrate(
-    checkpoint: str | Path, data: str | Path, split: str, batch_size: int, device: str, progress: bool,
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    batch_size: int,
+    device: str,
+    progress: bool,
     max_pixels: int | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     import yaml
 
     from seglab.checkpoint import FORMAT, checkpoint_paths, load_checkpoint, sha256_file, write_sidecar
@@ -470,24 +575,36 @@ def _calibrate(
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc="calibrate", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
+        loader = tqdm(
+            loader, desc="calibrate", leave=False, dynamic_ncols=True, disable=None
+        )  # no bar in a log file
     # the logits at the labels' resolution (upsampled for a checkpoint with resize), then only the pixels
-    logits, labels = collect_logits(torch.nn.Identity(), label_logits(model, loader, dev), dev, meta.ignore_index,
-                                    max_pixels)  # fmt: skip
+    logits, labels = collect_logits(
+        torch.nn.Identity(), label_logits(model, loader, dev), dev, meta.ignore_index, max_pixels
+    )
     temperature = fit_temperature(logits, labels, ignore_index=None)
     weights, sidecar = checkpoint_paths(checkpoint)
     doc = read_yaml_file(sidecar)
-    if isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("weights_sha256") == sha256_file(weights):
+    if (
+        isinstance(doc, dict)
+        and doc.get("format") == FORMAT
+        and doc.get("weights_sha256") == sha256_file(weights)
+    ):
         doc["temperature"] = temperature  # the sidecar as it is, with the new temperature
         atomic_write(sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(doc, sort_keys=False)))
     else:  # missing or stale: the checkpoint's own description (its weights' header), with the temperature
         meta.temperature = temperature
         write_sidecar(weights, meta)
     return {
-        "checkpoint": str(checkpoint_paths(checkpoint)[0]), "sidecar": str(sidecar), "data": str(data),
-        "split": split, "num_images": num_images, "pixels": len(labels), "temperature": temperature,
+        "checkpoint": str(checkpoint_paths(checkpoint)[0]),
+        "sidecar": str(sidecar),
+        "data": str(data),
+        "split": split,
+        "num_images": num_images,
+        "pixels": len(labels),
+        "temperature": temperature,
         **temperature_report(logits, labels, temperature),
-    }  # fmt: skip
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -51,8 +51,12 @@ def _torch_export_onnx(
     model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int | None
 ) -> bool:
     """torch.onnx.export ``model`` to ``path`` (weights possibly beside it); returns whether sizes are dynamic."""
-    kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": ["input"],
-                              "output_names": ["logits"]}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "dynamo": True,
+        "verbose": False,
+        "input_names": ["input"],
+        "output_names": ["logits"],
+    }
     if opset is not None:
         kwargs["opset_version"] = opset
     with warnings.catch_warnings():
@@ -223,7 +227,9 @@ def _example_problem(model: torch.nn.Module, example_size: tuple[int, int]) -> s
     pads = (m, m + g.output_size(w) - w, m, m + g.output_size(h) - h)
     if not any(pads):
         if g.multiple > 1:
-            return f"it needs no padding (a multiple of {g.multiple}), so the graph would take no size that does"
+            return (
+                f"it needs no padding (a multiple of {g.multiple}), so the graph would take no size that does"
+            )
         return None
     if pad_mode == "reflect" and not (max(pads[:2]) < w and max(pads[2:]) < h):
         return "it is too small for reflect padding, so the graph would pad every size by replication"
@@ -237,7 +243,9 @@ def plain_min_size(geometry: Any, pad_mode: str | None) -> int:
     if pad_mode != "reflect" or geometry is None:
         return 1
     period = 2 * (geometry.multiple + geometry.margin) + geometry.min_size + 1
-    fits = [max(geometry.margin, geometry.margin + geometry.output_size(n) - n) < n for n in range(1, 4 * period)]
+    fits = [
+        max(geometry.margin, geometry.margin + geometry.output_size(n) - n) < n for n in range(1, 4 * period)
+    ]
     last_bad = max((n for n, ok in enumerate(fits, start=1) if not ok), default=0)
     return last_bad + 1
 
@@ -246,7 +254,9 @@ def _size_note(model: torch.nn.Module, result: ExportResult) -> dict[str, Any]:
     """What the sidecar of an ONNX export says about the sizes the graph takes in plain ONNX Runtime."""
     if not result.dynamic:
         return {"onnx_input_size": list(result.example_shape[-2:])}
-    return {"onnx_min_size": plain_min_size(getattr(model, "geometry", None), getattr(model, "pad_mode", None))}
+    return {
+        "onnx_min_size": plain_min_size(getattr(model, "geometry", None), getattr(model, "pad_mode", None))
+    }
 
 
 def _runs_at(path: Path, x: torch.Tensor) -> bool:

@@ -63,9 +63,14 @@ def to_device(batch: tuple[torch.Tensor, ...], device: torch.device, channels_la
 
 
 def forward_loss(
-    net: Callable[[torch.Tensor], torch.Tensor], criterion: Callable[..., torch.Tensor], device: torch.device,
-    amp: str, images: torch.Tensor, masks: torch.Tensor, extra: dict,
-) -> torch.Tensor:  # fmt: skip
+    net: Callable[[torch.Tensor], torch.Tensor],
+    criterion: Callable[..., torch.Tensor],
+    device: torch.device,
+    amp: str,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    extra: dict,
+) -> torch.Tensor:
     """The loss of one batch, in fp32 whatever the precision (``amp``) of the forward pass."""
     dtype = AMP_DTYPES[amp]
     with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
@@ -187,9 +192,13 @@ def _read(dist: Dist, window: torch.Tensor, bad: torch.Tensor, images: int) -> t
 
 
 def validate(
-    model: torch.nn.Module, loader: Any, num_classes: int, ignore_index: int, device: torch.device,
+    model: torch.nn.Module,
+    loader: Any,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
     dist: Dist | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Validation metrics (mIoU, pixel accuracy, per-class IoU and Dice) of ``model`` on ``loader``; {} if empty.
     Distributed, each rank's loader holds a shard, and the counts are summed over the ranks: every rank gets the
     numbers of the whole split."""

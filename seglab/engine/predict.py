@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 # The files predict writes: <stem>_mask.png, _overlay.png, _prob_<class>.png, _uncertainty.png / .npz,
 # _instances.png, _instances_overlay.png
-OUTPUT_NAME = re.compile(r".+_(mask|overlay|uncertainty|instances|instances_overlay|prob_[A-Za-z0-9_.-]+)\.(png|npz)")
+OUTPUT_NAME = re.compile(
+    r".+_(mask|overlay|uncertainty|instances|instances_overlay|prob_[A-Za-z0-9_.-]+)\.(png|npz)"
+)
 
 
 class PredictError(DataError):
@@ -149,11 +151,15 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
 
         obj = instance_object_class(meta, instances, instance_class)
     if threshold is not None and (len(prob_idx) != 1 or not 0.0 < threshold < 1.0):
-        raise ConfigError(f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
-                          f"{len(prob_idx)} classes")  # fmt: skip
+        raise ConfigError(
+            f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
+            f"{len(prob_idx)} classes"
+        )
     files = collect_inputs(inputs, out_dir)
     suffixes = ["_mask.png", *(f"_prob_{_safe(meta.class_names[c])}.png" for c in prob_idx)]
-    suffixes += ["_overlay.png"] * write_overlay + ["_instances.png", "_instances_overlay.png"] * (instances is not None)
+    suffixes += ["_overlay.png"] * write_overlay + ["_instances.png", "_instances_overlay.png"] * (
+        instances is not None
+    )
     if uncertainty is not None:
         suffixes += ["_uncertainty.png"] + ["_uncertainty.npz"] * bool(uncertainty.save_maps)
     for path in files:
@@ -167,7 +173,9 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(files, desc="predict", leave=False, dynamic_ncols=True, disable=None)  # no bar in a log file
+        bar = tqdm(
+            files, desc="predict", leave=False, dynamic_ncols=True, disable=None
+        )  # no bar in a log file
     for path in bar if bar is not None else files:
         try:
             image = read_image(path, meta.in_channels)
@@ -175,8 +183,17 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             failures.append((path, str(e)))
             _log(log, f"skipped {path.name}: {e}", bar)
             continue
-        p = predict_image(model if predictor is None else predictor, meta, image, dev, tile=tile, overlap=overlap,
-                          prob_idx=prob_idx, threshold=threshold, need_probs=instances is not None)  # fmt: skip
+        p = predict_image(
+            model if predictor is None else predictor,
+            meta,
+            image,
+            dev,
+            tile=tile,
+            overlap=overlap,
+            prob_idx=prob_idx,
+            threshold=threshold,
+            need_probs=instances is not None,
+        )
         labels, maps, probs, result = p.labels, p.maps, p.probs, p.result
         record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
         save_png(Path(record["mask"]), labels, palette)
@@ -188,10 +205,13 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
             save_png(Path(record["overlay"]), overlay(image, labels, palette))
         if instances is not None:
-            objects = instances_from_probs(probs, instances, target=meta.target, object_class=obj,
-                                           params=instance_params)  # fmt: skip
+            objects = instances_from_probs(
+                probs, instances, target=meta.target, object_class=obj, params=instance_params
+            )
             if objects.max(initial=0) > 65535:
-                raise DataError(f"{path} has {objects.max()} objects; a 16-bit instance map holds at most 65535")
+                raise DataError(
+                    f"{path} has {objects.max()} objects; a 16-bit instance map holds at most 65535"
+                )
             record["instances"] = str(out / f"{path.stem}_instances.png")
             record["objects"] = int(objects.max(initial=0))
             save_png(Path(record["instances"]), objects.astype(np.uint16))
@@ -203,8 +223,12 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     if failures:
         shown = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
         more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
-        raise PredictError(f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
-                           f"{shown}{more}", results, failures)  # fmt: skip
+        raise PredictError(
+            f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
+            f"{shown}{more}",
+            results,
+            failures,
+        )
     return results
 
 

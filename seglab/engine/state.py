@@ -47,23 +47,48 @@ class TrainState:
     time_limit: float | None = None  # train.time_limit (seconds) the run was last given
 
     def save(
-        self, run_dir: Path, *, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: Any,
-        meta: CheckpointMeta, signature: dict[str, Any], epochs: int,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        run_dir: Path,
+        *,
+        model: torch.nn.Module,
+        ema: Any,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        meta: CheckpointMeta,
+        signature: dict[str, Any],
+        epochs: int,
+    ) -> dict[str, Any]:
         """Commit: write the state with everything needed to continue, then the checkpoints derived from it."""
-        doc = {**dataclasses.asdict(self), "epochs": epochs, "signature": signature, "model": model.state_dict(),
-               "ema": None if ema is None else ema.module.state_dict(), "optimizer": optimizer.state_dict(),
-               "scaler": scaler.state_dict(), "meta": dataclasses.asdict(meta)}  # fmt: skip
+        doc = {
+            **dataclasses.asdict(self),
+            "epochs": epochs,
+            "signature": signature,
+            "model": model.state_dict(),
+            "ema": None if ema is None else ema.module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "meta": dataclasses.asdict(meta),
+        }
         save_state(run_dir, doc)
         write_checkpoints(run_dir, doc)
         return doc
 
     @classmethod
     def resume(
-        cls, run_dir: Path, doc: dict[str, Any], *, signature: dict[str, Any], model: torch.nn.Module, ema: Any,
-        optimizer: torch.optim.Optimizer, scaler: Any, epochs: int, device: torch.device, repair: bool = True,
+        cls,
+        run_dir: Path,
+        doc: dict[str, Any],
+        *,
+        signature: dict[str, Any],
+        model: torch.nn.Module,
+        ema: Any,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        epochs: int,
+        device: torch.device,
+        repair: bool = True,
         time_limit: float | None = None,
-    ) -> TrainState:  # fmt: skip
+    ) -> TrainState:
         """Load ``doc``, the committed state of ``run_dir`` (``load_state``), into the training objects and (with
         ``repair``: the process that writes the run folder) make the run's checkpoints agree with it. Refuses, in
         one line, whatever would not continue exactly; warns when ``epochs`` or ``time_limit`` (the run's
@@ -153,10 +178,14 @@ def check_signature(run_dir: Path, saved: dict[str, Any] | None, now: dict[str, 
     """ConfigError naming the first setting that differs from the run being resumed."""
     if saved is None or saved == now:
         return
-    flat_saved = {**{k: v for k, v in saved.items() if k != "params"},
-                  **{f"params.{k}": v for k, v in saved["params"].items()}}  # fmt: skip
-    flat_now = {**{k: v for k, v in now.items() if k != "params"},
-                **{f"params.{k}": v for k, v in now["params"].items()}}  # fmt: skip
+    flat_saved = {
+        **{k: v for k, v in saved.items() if k != "params"},
+        **{f"params.{k}": v for k, v in saved["params"].items()},
+    }
+    flat_now = {
+        **{k: v for k, v in now.items() if k != "params"},
+        **{f"params.{k}": v for k, v in now["params"].items()},
+    }
     for key in sorted(set(flat_saved) | set(flat_now)):
         if flat_saved.get(key) != flat_now.get(key):
             where = f"model.{key}" if key in ("arch",) or key.startswith("params.") else f"the data's {key}"

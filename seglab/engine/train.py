@@ -49,7 +49,7 @@ from seglab.engine.callbacks import (
     log_writer,
     progress_bars,
     tensorboard_available,
-)  # fmt: skip
+)
 from seglab.engine.data import TrainData, build_data, class_weights
 from seglab.engine.device import amp_candidates, probe_amp, resolve_device, use_channels_last
 from seglab.engine.distributed import Dist, SharedBudget, process_group, restarted, wrap_ddp
@@ -68,7 +68,7 @@ from seglab.files import (
     run_lock,
     run_root,
     to_json,
-)  # fmt: skip
+)
 from seglab.layers.norm import SyncBatchNorm
 from seglab.losses import make_loss
 from seglab.models.factory import create_model
@@ -112,19 +112,32 @@ def train(
 
 
 def _train(
-    cfg: Config, dist: Dist, device: torch.device, t0: float, resume: bool, overwrite: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None, callbacks: Sequence[Callback],
-) -> TrainResult:  # fmt: skip
+    cfg: Config,
+    dist: Dist,
+    device: torch.device,
+    t0: float,
+    resume: bool,
+    overwrite: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None,
+    callbacks: Sequence[Callback],
+) -> TrainResult:
     run_dir = Path(cfg.train.out_dir)
     with contextlib.ExitStack() as stack:  # rank 0: the run folder's lock, held to the end
         return _train_run(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks, run_dir, stack)
 
 
 def _train_run(
-    cfg: Config, dist: Dist, device: torch.device, t0: float, resume: bool, overwrite: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None, callbacks: Sequence[Callback],
-    run_dir: Path, stack: contextlib.ExitStack,
-) -> TrainResult:  # fmt: skip
+    cfg: Config,
+    dist: Dist,
+    device: torch.device,
+    t0: float,
+    resume: bool,
+    overwrite: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None,
+    callbacks: Sequence[Callback],
+    run_dir: Path,
+    stack: contextlib.ExitStack,
+) -> TrainResult:
     budget = SharedBudget(cfg.train.time_limit, dist)  # the whole run counts, data checks included
     stage: Path | None = None  # rank 0, --overwrite of a run: where the new run writes until its first commit
 
@@ -141,7 +154,9 @@ def _train_run(
             _check_budget(run_dir, doc, cfg.train.time_limit)
             shutil.rmtree(run_dir / STAGE_DIR, ignore_errors=True)  # an --overwrite killed before its commit
             return doc
-        if any((run_dir / n).exists() for n in RUN_FILES):  # the old run stays as it is until the first commit
+        if any(
+            (run_dir / n).exists() for n in RUN_FILES
+        ):  # the old run stays as it is until the first commit
             stage = _new_stage(run_dir)
             stack.callback(shutil.rmtree, stage, ignore_errors=True)  # gone by then unless the run failed
         return None
@@ -155,8 +170,9 @@ def _train_run(
         model = SyncBatchNorm.convert(model)
     optimizer = build_optimizer(cfg.train, model)
     steps_per_epoch = -(-data.batches_per_epoch // cfg.train.accumulate)
-    schedule = Schedule(cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters,
-                        cfg.train.time_limit)  # fmt: skip
+    schedule = Schedule(
+        cfg.train.schedule, steps_per_epoch * cfg.train.epochs, cfg.train.warmup_iters, cfg.train.time_limit
+    )
     weights = class_weights(cfg.train.class_weights, data)
     criterion = _build_criterion(cfg, data, weights).to(device)  # its class weights live beside the logits
     if cfg.train.freeze_bn:
@@ -168,9 +184,19 @@ def _train_run(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # before resume, which loads its state
     state = TrainState()
     if committed is not None:
-        state = TrainState.resume(run_dir, committed, signature=signature, model=model, ema=ema,
-                                  optimizer=optimizer, scaler=scaler, epochs=cfg.train.epochs, device=device,
-                                  repair=dist.is_main, time_limit=cfg.train.time_limit)  # fmt: skip
+        state = TrainState.resume(
+            run_dir,
+            committed,
+            signature=signature,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            scaler=scaler,
+            epochs=cfg.train.epochs,
+            device=device,
+            repair=dist.is_main,
+            time_limit=cfg.train.time_limit,
+        )
         budget = SharedBudget(cfg.train.time_limit, dist, spent=state.elapsed)
     state.amp, state.time_limit = amp, cfg.train.time_limit
     channels_last = use_channels_last(cfg.train.channels_last, device, state.amp)
@@ -179,11 +205,23 @@ def _train_run(
     ddp = wrap_ddp(model, device, cfg.train.sync_bn) if dist.enabled else None
     net = ddp or model
     parts = StepParts(
-        model=model, net=torch.compile(net) if cfg.train.compile else net, criterion=criterion,
-        optimizer=optimizer, scaler=scaler, schedule=schedule, base_lr=cfg.train.lr, device=device, amp=state.amp,
-        channels_last=channels_last, accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, ema=ema,
-        ddp=ddp, dist=dist, freeze_bn=cfg.train.freeze_bn,
-    )  # fmt: skip
+        model=model,
+        net=torch.compile(net) if cfg.train.compile else net,
+        criterion=criterion,
+        optimizer=optimizer,
+        scaler=scaler,
+        schedule=schedule,
+        base_lr=cfg.train.lr,
+        device=device,
+        amp=state.amp,
+        channels_last=channels_last,
+        accumulate=cfg.train.accumulate,
+        clip_grad=cfg.train.clip_grad,
+        ema=ema,
+        ddp=ddp,
+        dist=dist,
+        freeze_bn=cfg.train.freeze_bn,
+    )
     history = dist.on_main(lambda: read_history(run_dir / "metrics.jsonl", state.epoch) if resume else [])
     run = Run(
         cfg=cfg,
@@ -218,13 +256,25 @@ def _train_run(
     dist.barrier()  # rank 0 has written the last checkpoint
 
     if not dist.is_main:
-        return TrainResult(run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors", {}, history,
-                           time.perf_counter() - t0)  # fmt: skip
+        return TrainResult(
+            run_dir,
+            run_dir / "best.safetensors",
+            run_dir / "last.safetensors",
+            {},
+            history,
+            time.perf_counter() - t0,
+        )
     from seglab.checkpoint import read_meta
 
     best = read_meta(run_dir / "best")
-    return TrainResult(run_dir, run_dir / "best.safetensors", run_dir / "last.safetensors",
-                       {"epoch": best.epoch, **best.metrics}, history, time.perf_counter() - t0)  # fmt: skip
+    return TrainResult(
+        run_dir,
+        run_dir / "best.safetensors",
+        run_dir / "last.safetensors",
+        {"epoch": best.epoch, **best.metrics},
+        history,
+        time.perf_counter() - t0,
+    )
 
 
 def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], history: list[dict]) -> None:
@@ -241,10 +291,15 @@ def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], 
             data.sampler.set_epoch(epoch)
             t_epoch = time.perf_counter()
             stats = train_one_epoch(
-                parts, data.train_loader, state, budget, epoch=epoch, log_interval=cfg.train.log_interval,
+                parts,
+                data.train_loader,
+                state,
+                budget,
+                epoch=epoch,
+                log_interval=cfg.train.log_interval,
                 on_log=lambda scalars: [cb.on_log(run, scalars) for cb in callbacks],
                 progress=_progress_bar(cfg, epoch) if dist.is_main else None,
-            )  # fmt: skip
+            )
             train_seconds = time.perf_counter() - t_epoch
             t_val = time.perf_counter()
             dist.sync_buffers(run.evaluated)  # every rank validates (and rank 0 saves) rank 0's statistics
@@ -258,15 +313,22 @@ def _fit(run: Run, parts: StepParts, budget: Budget, callbacks: list[Callback], 
             )
             state.epoch, state.elapsed = epoch + 1, budget.elapsed()
             state.stopped = "time limit" if stats.out_of_time else None
-            record = jsonable({
-                "epoch": epoch + 1, "train_loss": stats.loss, "lr": run.optimizer.param_groups[0]["lr"],
-                "images": stats.images, "images_per_s": stats.images / max(train_seconds, 1e-9),
-                "seconds": time.perf_counter() - t_epoch, "steps": state.step, "amp": state.amp,
-                **({"processes": dist.world_size} if dist.enabled else {}),
-                **({"class_weights": run.class_weights} if run.class_weights is not None else {}),
-                **({"stopped": state.stopped} if state.stopped else {}),
-                **{f"val_{k}": v for k, v in summary.items()},
-            })  # fmt: skip
+            record = jsonable(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": stats.loss,
+                    "lr": run.optimizer.param_groups[0]["lr"],
+                    "images": stats.images,
+                    "images_per_s": stats.images / max(train_seconds, 1e-9),
+                    "seconds": time.perf_counter() - t_epoch,
+                    "steps": state.step,
+                    "amp": state.amp,
+                    **({"processes": dist.world_size} if dist.enabled else {}),
+                    **({"class_weights": run.class_weights} if run.class_weights is not None else {}),
+                    **({"stopped": state.stopped} if state.stopped else {}),
+                    **{f"val_{k}": v for k, v in summary.items()},
+                }
+            )
             history.append(record)
             stop = False
             for cb in callbacks:
@@ -312,13 +374,26 @@ def _build_ema(decay: float, model: torch.nn.Module) -> Any:
 
 def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
     return CheckpointMeta(
-        arch=cfg.model.arch, num_classes=data.spec.num_classes, in_channels=data.in_channels,
-        model_params=dict(cfg.model.params), class_names=data.class_names,
-        palette=[list(c) for c in data.spec.palette], mean=data.mean, std=data.std, ignore_index=data.spec.ignore_index,
-        split={"val_ratio": cfg.data.val_ratio, "test_ratio": cfg.data.test_ratio, "split_seed": cfg.data.split_seed,
-               "split_lists": cfg.data.splits}, resize=cfg.data.resize, target=cfg.data.target,
-        boundary_width=cfg.data.boundary_width, stretch=list(cfg.data.stretch) if cfg.data.stretch else None,
-    )  # fmt: skip
+        arch=cfg.model.arch,
+        num_classes=data.spec.num_classes,
+        in_channels=data.in_channels,
+        model_params=dict(cfg.model.params),
+        class_names=data.class_names,
+        palette=[list(c) for c in data.spec.palette],
+        mean=data.mean,
+        std=data.std,
+        ignore_index=data.spec.ignore_index,
+        split={
+            "val_ratio": cfg.data.val_ratio,
+            "test_ratio": cfg.data.test_ratio,
+            "split_seed": cfg.data.split_seed,
+            "split_lists": cfg.data.splits,
+        },
+        resize=cfg.data.resize,
+        target=cfg.data.target,
+        boundary_width=cfg.data.boundary_width,
+        stretch=list(cfg.data.stretch) if cfg.data.stretch else None,
+    )
 
 
 def _choose_amp(
@@ -342,8 +417,13 @@ def _choose_amp(
         return committed["amp"]
     if len(candidates) == 1:
         return candidates[0]
-    batch = next(iter(torch.utils.data.DataLoader(data.train, batch_size=data.batch_size,
-                                                  collate_fn=data.train_loader.collate_fn)))  # fmt: skip
+    batch = next(
+        iter(
+            torch.utils.data.DataLoader(
+                data.train, batch_size=data.batch_size, collate_fn=data.train_loader.collate_fn
+            )
+        )
+    )
     channels_last = use_channels_last(cfg.train.channels_last, device, "bf16")
     images, masks, extra = to_device(batch, device, channels_last)
 
@@ -400,8 +480,16 @@ def _default_callbacks(
     return cbs
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", STATE_FILE, "best.safetensors", "best.yaml", "last.safetensors",
-             "last.yaml", "tensorboard")  # fmt: skip
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    STATE_FILE,
+    "best.safetensors",
+    "best.yaml",
+    "last.safetensors",
+    "last.yaml",
+    "tensorboard",
+)
 STAGE_DIR = ".overwrite"  # inside the run folder: the new run of --overwrite, up to its first commit
 
 
@@ -413,7 +501,9 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     ds = data_set_root(run_dir)
     if ds is not None:
         where = "is the data set" if ds == run_dir.resolve() else f"lies in the data set {ds}"
-        raise ConfigError(f"run folder {run_dir} {where}; seglab never writes into a data set: choose another --out")
+        raise ConfigError(
+            f"run folder {run_dir} {where}; seglab never writes into a data set: choose another --out"
+        )
     outer = run_root(run_dir.resolve().parent)
     if outer is not None:
         raise ConfigError(f"run folder {run_dir} lies in the run folder {outer}; choose a folder outside it")

@@ -149,8 +149,9 @@ def image_probs(
 
     image = stretch_image(image, meta.stretch)
     if not isinstance(model, Predictor):
-        probs = predict_probs(model, image, meta.mean, meta.std, device, meta.temperature, tile, overlap,
-                              meta.resize)  # fmt: skip
+        probs = predict_probs(
+            model, image, meta.mean, meta.std, device, meta.temperature, tile, overlap, meta.resize
+        )
         return probs, None
     x = image_tensor(image, meta.mean, meta.std, device, meta.resize)
     result = model(x, image.shape[:2] if meta.resize else None)
@@ -238,8 +239,19 @@ def predict_image(
     from seglab.uncertainty.predictors import Predictor
 
     if not isinstance(model, Predictor) and not need_probs:
-        labels, maps = predict_labels(model, stretch_image(image, meta.stretch), meta.mean, meta.std, device,
-                                      meta.temperature, tile, overlap, prob_idx, threshold, meta.resize)  # fmt: skip
+        labels, maps = predict_labels(
+            model,
+            stretch_image(image, meta.stretch),
+            meta.mean,
+            meta.std,
+            device,
+            meta.temperature,
+            tile,
+            overlap,
+            prob_idx,
+            threshold,
+            meta.resize,
+        )
         return ImagePrediction(labels, maps, None, None)
     probs, result = image_probs(model, meta, image, device, tile, overlap)
     labels, maps = _labels_and_maps(probs, prob_idx, threshold)

@@ -30,9 +30,15 @@ def tile_starts(size: int, tile: int) -> list[int]:
 
 
 def tile_window(
-    image: torch.Tensor, y0: int, x0: int, th: int, tw: int, overlap: int, mode: str,
+    image: torch.Tensor,
+    y0: int,
+    x0: int,
+    th: int,
+    tw: int,
+    overlap: int,
+    mode: str,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The input of one tile: the block (``y0``, ``x0``, ``th``, ``tw``) of ``image`` (N, C, H, W) with ``overlap``
     pixels of context on every side, mirrored (``mode``) only where the window crosses the image border; equal
     to the same window of the whole image padded by ``overlap``. ``prepare`` (e.g. normalisation, elementwise)

@@ -17,12 +17,21 @@ from importlib import import_module
 from typing import Any
 
 _HOME = {
-    "METHODS": "infer", "InstanceParams": "infer", "instances_from_probs": "infer",
-    "InstanceMeter": "metrics", "aji": "metrics", "dsb_score": "metrics", "image_scores": "metrics",
-    "match_counts": "metrics", "panoptic_quality": "metrics",
-    "components": "postprocess", "instance_overlay": "postprocess", "interior_boundary_target": "postprocess",
-    "learned": "postprocess", "watershed": "postprocess",
-}  # fmt: skip
+    "METHODS": "infer",
+    "InstanceParams": "infer",
+    "instances_from_probs": "infer",
+    "InstanceMeter": "metrics",
+    "aji": "metrics",
+    "dsb_score": "metrics",
+    "image_scores": "metrics",
+    "match_counts": "metrics",
+    "panoptic_quality": "metrics",
+    "components": "postprocess",
+    "instance_overlay": "postprocess",
+    "interior_boundary_target": "postprocess",
+    "learned": "postprocess",
+    "watershed": "postprocess",
+}
 __all__ = sorted(_HOME)
 
 

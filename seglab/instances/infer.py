@@ -33,7 +33,9 @@ class InstanceParams:
     min_size: int = 8  # smaller objects are dropped (px)
     h: float = 2.0  # watershed: seeds are the h-maxima of the distance to the background (px)
     seed_threshold: float = 0.5  # learned: interior probability of a seed pixel
-    fill: bool = False  # watershed, learned: every pixel gets an object (the background split between neighbours)
+    fill: bool = (
+        False  # watershed, learned: every pixel gets an object (the background split between neighbours)
+    )
 
     @classmethod
     def parse(cls, items: list[str] | None) -> InstanceParams:
@@ -111,5 +113,11 @@ def instances_from_probs(
     interior = probs[1] if target == "interior_boundary" else foreground
     if p.fill:
         foreground = np.ones_like(foreground)
-    return pp.learned(interior, foreground, seed_threshold=p.seed_threshold, threshold=p.threshold,
-                      min_seed_size=p.min_size, min_size=p.min_size)  # fmt: skip
+    return pp.learned(
+        interior,
+        foreground,
+        seed_threshold=p.seed_threshold,
+        threshold=p.threshold,
+        min_seed_size=p.min_size,
+        min_size=p.min_size,
+    )

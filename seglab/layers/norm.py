@@ -122,8 +122,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         device)."""
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
-            out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                      module.track_running_stats, process_group)  # fmt: skip
+            out = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+            )
             if module.affine:
                 with torch.no_grad():
                     out.weight = module.weight

@@ -32,7 +32,9 @@ class _Loss(nn.Module):
     def _weights(self, name: str, value: WeightArg) -> None:
         tensor = None if value is None else torch.as_tensor(value, dtype=torch.float32)
         if tensor is not None:
-            self._check(name, bool(torch.isfinite(tensor).all() and (tensor >= 0).all()), "finite and >= 0", value)
+            self._check(
+                name, bool(torch.isfinite(tensor).all() and (tensor >= 0).all()), "finite and >= 0", value
+            )
         self.register_buffer(name, tensor)
 
     def _check(self, name: str, ok: bool, allowed: str, value: Any) -> None:

@@ -29,7 +29,9 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     try:
-        if not _names_weights(kwargs):  # weights fix the size (and may download); else count before allocating
+        if not _names_weights(
+            kwargs
+        ):  # weights fix the size (and may download); else count before allocating
             _check_size(arch, builder, num_classes, in_channels, kwargs)
         return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (ValueError, TypeError) as e:

@@ -100,8 +100,15 @@ def confusion_figure(names: Sequence[str], normalised: np.ndarray) -> Any:
     if n <= 30:
         for (t, p), v in np.ndenumerate(normalised):
             if math.isfinite(v):
-                ax.text(p, t, f"{v:.2f}", ha="center", va="center", fontsize=8 if n <= 12 else 6,
-                        color="white" if v > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    p,
+                    t,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8 if n <= 12 else 6,
+                    color="white" if v > 0.5 else "black",
+                )
     ax.set_xticks(range(n), list(names), rotation=30 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_yticks(range(n), list(names))
     ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix (row-normalised)")
@@ -122,8 +129,12 @@ def risk_coverage_figure(coverage: Sequence[float], risk: Sequence[float], aurc:
         ax.plot(grid, ideal, ":", color="black", label="ideal ranking")
         ax.axhline(error_rate, ls="--", color=ORANGE, label=f"no ranking (error rate {error_rate:.4f})")
         ax.set_ylim(0, max(float(rsk.max()), error_rate) * 1.1 + 1e-6)
-    ax.set(xlim=(0, 1), xlabel="coverage (share of pixels accepted, most certain first)",
-           ylabel="selective risk (error rate)", title="error detection: risk-coverage")  # fmt: skip
+    ax.set(
+        xlim=(0, 1),
+        xlabel="coverage (share of pixels accepted, most certain first)",
+        ylabel="selective risk (error rate)",
+        title="error detection: risk-coverage",
+    )
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -158,8 +169,13 @@ def examples_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]]) -> Any:
         for c, img in enumerate(panels):
             ax = axes[r, c]
             grey = img.ndim == 3 and img.shape[2] == 1
-            ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, interpolation="nearest",
-                      vmin=0, vmax=255)  # fmt: skip
+            ax.imshow(
+                img[..., 0] if grey else img,
+                cmap="gray" if grey else None,
+                interpolation="nearest",
+                vmin=0,
+                vmax=255,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():  # a thin frame: a white error panel still shows its extent

@@ -84,9 +84,14 @@ def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | No
     """The page of report numbers ``r`` (report.json), figure PNGs by name and the run's config.yaml text."""
     u, model, train = r["uncertainty"], r["model"], r["training"]
     names, palette = r["classes"], r["palette"]
-    kpis = [("mIoU", _num(r["miou"])), ("mean Dice", _num(r["mean_dice"])),
-            ("pixel accuracy", _num(r["pixel_accuracy"])), ("ECE", _num(u["ece"])),
-            ("AURC (entropy)", _num(u["aurc_entropy"])), ("images", _e(r["num_images"]))]  # fmt: skip
+    kpis = [
+        ("mIoU", _num(r["miou"])),
+        ("mean Dice", _num(r["mean_dice"])),
+        ("pixel accuracy", _num(r["pixel_accuracy"])),
+        ("ECE", _num(u["ece"])),
+        ("AURC (entropy)", _num(u["aurc_entropy"])),
+        ("images", _e(r["num_images"])),
+    ]
     header = (
         f"<header><h1>seglab report</h1><div class='sub'>checkpoint <code>{_e(r['checkpoint'])}</code> on the "
         f"<b>{_e(r['split'])}</b> split of <code>{_e(r['data'])}</code>; predictor: {_e(u['description'])}</div>"
@@ -101,11 +106,15 @@ def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | No
         curves = f"<p>From the run's <code>metrics.jsonl</code>: {train['epochs']} epochs{spent}.</p>"
         curves += _img("curves", pngs, "training curves")
     else:
-        curves = ("<p class='note'>no training log: the checkpoint's folder holds no <code>metrics.jsonl</code> "
-                  "(a checkpoint outside its run folder).</p>")  # fmt: skip
+        curves = (
+            "<p class='note'>no training log: the checkpoint's folder holds no <code>metrics.jsonl</code> "
+            "(a checkpoint outside its run folder).</p>"
+        )
 
-    class_rows = [[_swatch(palette[i]) + _e(n), _num(r["pixel_share"][i]), _num(r["iou"][i]), _num(r["dice"][i])]
-                  for i, n in enumerate(names)]  # fmt: skip
+    class_rows = [
+        [_swatch(palette[i]) + _e(n), _num(r["pixel_share"][i]), _num(r["iou"][i]), _num(r["dice"][i])]
+        for i, n in enumerate(names)
+    ]
     class_rows.append(["<b>mean</b>", "", f"<b>{_num(r['miou'])}</b>", f"<b>{_num(r['mean_dice'])}</b>"])
     classes = (
         _img("classes", pngs, "per-class IoU and Dice")
@@ -117,11 +126,15 @@ def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | No
         "<p>Each row is a true class; each cell the share of its pixels predicted as the column's class "
         "(ignored pixels left out).</p>" + _img("confusion", pngs, "confusion matrix")
     )
-    cal_rows = [["ECE (equal-width bins)", _num(u["ece"])], ["ECE (equal-mass bins)", _num(u["ece_adaptive"])],
-                ["NLL", _num(u["nll"])], ["Brier", _num(u["brier"])],
-                ["error detection AUROC (entropy)", _num(u["auroc_entropy"])],
-                ["AURC (entropy; lower is better)", _num(u["aurc_entropy"])],
-                ["temperature", _num(u["temperature"], 3)]]  # fmt: skip
+    cal_rows = [
+        ["ECE (equal-width bins)", _num(u["ece"])],
+        ["ECE (equal-mass bins)", _num(u["ece_adaptive"])],
+        ["NLL", _num(u["nll"])],
+        ["Brier", _num(u["brier"])],
+        ["error detection AUROC (entropy)", _num(u["auroc_entropy"])],
+        ["AURC (entropy; lower is better)", _num(u["aurc_entropy"])],
+        ["temperature", _num(u["temperature"], 3)],
+    ]
     calibration = (
         f"<p>Predictor: {_e(u['description'])}. The reliability diagram compares each confidence bin's accuracy "
         "with its confidence; the risk-coverage curve accepts pixels most certain first (by predictive entropy) "
@@ -170,8 +183,14 @@ def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | No
             f"<details><summary>resolved config (config.yaml)</summary><pre>{_e(config_text)}</pre></details>"
         )
 
-    parts = {"curves": curves, "classes": classes, "confusion": confusion, "calibration": calibration,
-             "examples": examples, "model": card}  # fmt: skip
+    parts = {
+        "curves": curves,
+        "classes": classes,
+        "confusion": confusion,
+        "calibration": calibration,
+        "examples": examples,
+        "model": card,
+    }
     body = "".join(_section(key, i + 1, parts[key]) for i, key in enumerate(SECTIONS))
     title = f"seglab report: {r['checkpoint']}"
     return (

@@ -40,8 +40,19 @@ if TYPE_CHECKING:
 
 FIGURES = ("curves", "classes", "confusion", "reliability", "risk_coverage", "examples")
 HISTORY_KEYS = ("epoch", "train_loss", "lr", "val_miou", "val_pixel_accuracy", "seconds")
-UNCERTAINTY_KEYS = ("method", "description", "temperature", "ece", "ece_adaptive", "nll", "brier", "accuracy",
-                    "auroc_entropy", "aurc_entropy", "risk_coverage_entropy")  # fmt: skip
+UNCERTAINTY_KEYS = (
+    "method",
+    "description",
+    "temperature",
+    "ece",
+    "ece_adaptive",
+    "nll",
+    "brier",
+    "accuracy",
+    "auroc_entropy",
+    "aurc_entropy",
+    "risk_coverage_entropy",
+)
 
 
 def write_report(
@@ -77,8 +88,17 @@ def write_report(
     created = not out.exists()
     with report_lock(out):
         try:
-            evaluation = evaluate(weights, data, split, out=out / f"eval-{split}.json", device=device,
-                                  progress=progress, uncertainty=unc, per_image=True, overwrite=overwrite)  # fmt: skip
+            evaluation = evaluate(
+                weights,
+                data,
+                split,
+                out=out / f"eval-{split}.json",
+                device=device,
+                progress=progress,
+                uncertainty=unc,
+                per_image=True,
+                overwrite=overwrite,
+            )
             return render_report(evaluation, out, uncertainty=unc, device=device, overwrite=overwrite)
         except BaseException:
             if created:  # no half-made report folder
@@ -87,7 +107,9 @@ def write_report(
 
 
 REPORT_HTML = OutputKind("HTML report", (".html",), lambda p: b"<title>seglab report" in file_head(p))
-REPORT_JSON = OutputKind("report's numbers", (".json",), json_with("checkpoint", "uncertainty", "images", "model"))
+REPORT_JSON = OutputKind(
+    "report's numbers", (".json",), json_with("checkpoint", "uncertainty", "images", "model")
+)
 FIGURE_PNG = OutputKind("report figure", (".png",), is_png)
 
 
@@ -124,8 +146,10 @@ def render_report(
     written atomically, report.html last: a failure leaves no partial file. Returns the paths and the numbers.
     ``out`` is checked first (:func:`check_report_dir`); inside a run folder the run's lock is held."""
     if "images" not in evaluation or "uncertainty" not in evaluation:
-        raise ConfigError("a report needs an evaluation with per-image scores and uncertainty: "
-                          "evaluate(..., per_image=True, uncertainty='deterministic')")  # fmt: skip
+        raise ConfigError(
+            "a report needs an evaluation with per-image scores and uncertainty: "
+            "evaluate(..., per_image=True, uncertainty='deterministic')"
+        )
     out = check_report_dir(out, overwrite)
     with report_lock(out):
         return _render_report(evaluation, out, uncertainty, device)
@@ -170,10 +194,15 @@ def _render_report(
         pngs = {"curves": F.png_bytes(F.curves_figure(history)), **pngs}
 
     numbers: dict[str, Any] = {
-        "checkpoint": str(weights), "data": evaluation["data"], "split": evaluation["split"],
-        "num_images": evaluation["num_images"], "classes": names, "palette": palette_of(meta),
+        "checkpoint": str(weights),
+        "data": evaluation["data"],
+        "split": evaluation["split"],
+        "num_images": evaluation["num_images"],
+        "classes": names,
+        "palette": palette_of(meta),
         **{k: evaluation[k] for k in ("miou", "mean_dice", "pixel_accuracy", "iou", "dice")},
-        "pixel_share": share.tolist(), "confusion_matrix": evaluation["confusion_matrix"],
+        "pixel_share": share.tolist(),
+        "confusion_matrix": evaluation["confusion_matrix"],
         "confusion_normalised": normalised.tolist(),
         "uncertainty": {k: u[k] for k in UNCERTAINTY_KEYS},
         "examples": [{k: v for k, v in e.items() if k not in ("label", "panels")} for e in examples],
@@ -181,7 +210,7 @@ def _render_report(
         "training": _training(history, meta),
         "model": _model_card(meta, weights, cfg, first_size),
         "evaluation": evaluation.get("report_path"),
-    }  # fmt: skip
+    }
     config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None
     html = render_html(numbers, pngs, config_text)
 
@@ -201,8 +230,10 @@ def _run_files(checkpoint: str | Path) -> tuple[Path, Path]:
 
     path = Path(checkpoint)
     if path.is_dir() and not (path / "best.safetensors").is_file():
-        raise CheckpointError(f"{path} holds no checkpoint (best.safetensors); pass a run folder of seglab train "
-                              "or a .safetensors file")  # fmt: skip
+        raise CheckpointError(
+            f"{path} holds no checkpoint (best.safetensors); pass a run folder of seglab train "
+            "or a .safetensors file"
+        )
     weights, _ = checkpoint_paths(path)
     if not path.exists() and not weights.is_file():
         raise CheckpointError(f"run folder {path} does not exist; pass a run folder or a .safetensors file")
@@ -234,16 +265,20 @@ def _uncertainty(uncertainty: UncertaintyConfig | str | None) -> UncertaintyConf
         return uncertainty
     method = uncertainty or "deterministic"
     if method == "ensemble":
-        raise ConfigError("an ensemble report needs the members: pass uncertainty=UncertaintyConfig(method="
-                          "'ensemble', ensemble=[...]) or --ensemble CKPT ...")  # fmt: skip
+        raise ConfigError(
+            "an ensemble report needs the members: pass uncertainty=UncertaintyConfig(method="
+            "'ensemble', ensemble=[...]) or --ensemble CKPT ..."
+        )
     return UncertaintyConfig(method=method)
 
 
 def pick_examples(images: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(label, row) of the best, median and worst image by mIoU (images with no defined mIoU left out; ties go
     to the earlier image)."""
-    scored = sorted((r for r in images if r["miou"] is not None and math.isfinite(r["miou"])),
-                    key=lambda r: (r["miou"], -r["index"]))  # fmt: skip
+    scored = sorted(
+        (r for r in images if r["miou"] is not None and math.isfinite(r["miou"])),
+        key=lambda r: (r["miou"], -r["index"]),
+    )
     if not scored:
         raise ConfigError("no image of the split has a defined mIoU (every pixel is ignore_index)")
     return [("best", scored[-1]), ("median", scored[(len(scored) - 1) // 2]), ("worst", scored[0])]
@@ -270,9 +305,13 @@ def _examples(
         image, truth = ds.load(row["index"])
         probs, result = image_probs(predictor, meta, image, dev, tile, overlap)
         pred = probs.argmax(0).cpu().numpy()
-        panels = [image, F.colour_mask(truth, palette, meta.ignore_index),
-                  F.colour_mask(pred, palette, meta.ignore_index), F.error_map(pred, truth, meta.ignore_index),
-                  heatmap(result.entropy[0], meta.num_classes)]  # fmt: skip
+        panels = [
+            image,
+            F.colour_mask(truth, palette, meta.ignore_index),
+            F.colour_mask(pred, palette, meta.ignore_index),
+            F.error_map(pred, truth, meta.ignore_index),
+            heatmap(result.entropy[0], meta.num_classes),
+        ]
         text = f"{label}: {row['stem']}\nmIoU {row['miou']:.3f}"
         out.append({"rank": label, **row, "label": text, "panels": panels})
     first = ds.load(0)[0].shape[:2]
@@ -282,10 +321,12 @@ def _examples(
 def _training(history: list[dict[str, Any]], meta: CheckpointMeta) -> dict[str, Any]:
     seconds = [r["seconds"] for r in history if isinstance(r.get("seconds"), int | float)]
     return {
-        "log": bool(history), "epochs": len(history) if history else meta.epoch,
-        "seconds": float(sum(seconds)) if seconds else None, "best_metrics": meta.metrics,
+        "log": bool(history),
+        "epochs": len(history) if history else meta.epoch,
+        "seconds": float(sum(seconds)) if seconds else None,
+        "best_metrics": meta.metrics,
         "history": [{k: r[k] for k in HISTORY_KEYS if k in r} for r in history],
-    }  # fmt: skip
+    }
 
 
 def _model_card(
@@ -315,9 +356,19 @@ def _model_card(
         (yaml.safe_load(sidecar.read_text()) or {}).get("weights_sha256") if sidecar.is_file() else None
     )
     return {
-        "arch": meta.arch, "encoder": meta.model_params.get("encoder"), "model_params": meta.model_params,
-        "in_channels": meta.in_channels, "num_classes": meta.num_classes, "params": params, "macs": macs,
-        "input_size": list(size), "input_size_from": source, "data_root": cfg.data.root if cfg else None,
-        "temperature": meta.temperature, "epoch": meta.epoch, "weights": str(weights), "sha256": sha,
+        "arch": meta.arch,
+        "encoder": meta.model_params.get("encoder"),
+        "model_params": meta.model_params,
+        "in_channels": meta.in_channels,
+        "num_classes": meta.num_classes,
+        "params": params,
+        "macs": macs,
+        "input_size": list(size),
+        "input_size_from": source,
+        "data_root": cfg.data.root if cfg else None,
+        "temperature": meta.temperature,
+        "epoch": meta.epoch,
+        "weights": str(weights),
+        "sha256": sha,
         "sha256_matches_sidecar": None if recorded is None else recorded == sha,
-    }  # fmt: skip
+    }

@@ -83,25 +83,42 @@ class ServeConfig:
     allowed_hosts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        lowest = {"max_upload_bytes": 1, "max_pixels": 1, "max_work": 1, "tile": 0, "tile_above": 1, "overlap": 0,
-                  "concurrency": 1, "queue": 0, "samples": 1}  # fmt: skip
+        lowest = {
+            "max_upload_bytes": 1,
+            "max_pixels": 1,
+            "max_work": 1,
+            "tile": 0,
+            "tile_above": 1,
+            "overlap": 0,
+            "concurrency": 1,
+            "queue": 0,
+            "samples": 1,
+        }
         for name, low in lowest.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"serve {name.replace('_', '-')} must be >= {low} (a whole number), got {value!r}")
+                raise ConfigError(
+                    f"serve {name.replace('_', '-')} must be >= {low} (a whole number), got {value!r}"
+                )
         if not _number(self.add_dropout) or not 0 <= self.add_dropout < 1:
             raise ConfigError(f"serve add-dropout must be within [0, 1), got {self.add_dropout!r}")
         if not _number(self.body_timeout) or not 0 < self.body_timeout < math.inf:
-            raise ConfigError(f"serve body-timeout must be a number of seconds > 0, got {self.body_timeout!r}")
+            raise ConfigError(
+                f"serve body-timeout must be a number of seconds > 0, got {self.body_timeout!r}"
+            )
         if self.token is not None and not self.token.strip():
-            raise ConfigError("the token is empty (--token '' or SEGLAB_TOKEN=''), which would serve without one; "
-                              "give a token, or unset both to serve openly")  # fmt: skip
+            raise ConfigError(
+                "the token is empty (--token '' or SEGLAB_TOKEN=''), which would serve without one; "
+                "give a token, or unset both to serve openly"
+            )
         if isinstance(self.allowed_hosts, str):
             self.allowed_hosts = self.allowed_hosts.split(",")
         hosts = [h.strip().lower().rstrip(".") for h in self.allowed_hosts]
         if any(not h or any(c in h for c in "/ ,") for h in hosts):
-            raise ConfigError(f"serve allowed-hosts must be host names (e.g. seg.example.org, *.example.org or *), "
-                              f"got {self.allowed_hosts!r}")  # fmt: skip
+            raise ConfigError(
+                f"serve allowed-hosts must be host names (e.g. seg.example.org, *.example.org or *), "
+                f"got {self.allowed_hosts!r}"
+            )
         self.allowed_hosts = [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts]
 
 
@@ -144,20 +161,41 @@ class Service:
         """What ``GET /model`` answers: everything a client needs to read the masks."""
         m, c = self.meta, self.config
         return {
-            "checkpoint": self.checkpoint.name, "arch": m.arch, "model_params": _without_paths(m.model_params),
-            "classes": m.class_names, "palette": self.palette, "num_classes": m.num_classes,
-            "in_channels": m.in_channels, "mean": m.mean, "std": m.std, "resize": m.resize, "stretch": m.stretch,
-            "temperature": m.temperature, "metrics": m.metrics, "epoch": m.epoch, "uncertainty": list(UNCERTAINTY),
-            "limits": {"max_upload_bytes": c.max_upload_bytes, "max_pixels": c.max_pixels, "max_work": c.max_work,
-                       "passes": {k: self.passes(k) for k in UNCERTAINTY}, "formats": list(FORMATS),
-                       "tile": c.tile, "tile_above": c.tile_above, "concurrency": c.concurrency,
-                       "queue": c.queue, "body_timeout": c.body_timeout},
-        }  # fmt: skip
+            "checkpoint": self.checkpoint.name,
+            "arch": m.arch,
+            "model_params": _without_paths(m.model_params),
+            "classes": m.class_names,
+            "palette": self.palette,
+            "num_classes": m.num_classes,
+            "in_channels": m.in_channels,
+            "mean": m.mean,
+            "std": m.std,
+            "resize": m.resize,
+            "stretch": m.stretch,
+            "temperature": m.temperature,
+            "metrics": m.metrics,
+            "epoch": m.epoch,
+            "uncertainty": list(UNCERTAINTY),
+            "limits": {
+                "max_upload_bytes": c.max_upload_bytes,
+                "max_pixels": c.max_pixels,
+                "max_work": c.max_work,
+                "passes": {k: self.passes(k) for k in UNCERTAINTY},
+                "formats": list(FORMATS),
+                "tile": c.tile,
+                "tile_above": c.tile_above,
+                "concurrency": c.concurrency,
+                "queue": c.queue,
+                "body_timeout": c.body_timeout,
+            },
+        }
 
     def uncertainty_config(self, method: str) -> Any:
         from seglab.uncertainty.config import UncertaintyConfig
 
-        return UncertaintyConfig(method=method, samples=self.config.samples, add_dropout=self.config.add_dropout)
+        return UncertaintyConfig(
+            method=method, samples=self.config.samples, add_dropout=self.config.add_dropout
+        )
 
     def passes(self, method: str | None) -> int:
         """Forward passes over the image per request of ``method`` (None: 1; TTA: flips x scales; MC dropout:
@@ -174,7 +212,11 @@ class Service:
                 from seglab.inference import build_predictor
 
                 self._predictors[method, tile] = build_predictor(
-                    self.checkpoint, self.uncertainty_config(method), str(self.device), tile, self.config.overlap
+                    self.checkpoint,
+                    self.uncertainty_config(method),
+                    str(self.device),
+                    tile,
+                    self.config.overlap,
                 )[0]
             return self._predictors[method, tile]
 
@@ -196,18 +238,25 @@ class Service:
                 several = bool(getattr(img, "is_animated", False))
         except ImageTooLarge:  # above seglab's limit (SEGLAB_MAX_PIXELS, on the server): say the service's
             limit = min(self.config.max_pixels, max_pixels())
-            raise HTTPError(413, f"{name} is above this service's limit of {limit:,} pixels; send a smaller "
-                                 "image") from None  # fmt: skip
+            raise HTTPError(
+                413, f"{name} is above this service's limit of {limit:,} pixels; send a smaller image"
+            ) from None
         except DataError as e:
             raise HTTPError(400, str(e)) from None
         c, passes = self.config, self.passes(method)
         if w * h > c.max_pixels:
-            raise HTTPError(413, f"{name} is {w}x{h} = {w * h:,} pixels, above this service's limit of "
-                                 f"{c.max_pixels:,}; send a smaller image")  # fmt: skip
+            raise HTTPError(
+                413,
+                f"{name} is {w}x{h} = {w * h:,} pixels, above this service's limit of "
+                f"{c.max_pixels:,}; send a smaller image",
+            )
         if w * h * passes > c.max_work:
-            raise HTTPError(413, f"{name} is {w}x{h} = {w * h:,} pixels x {passes} passes (uncertainty={method}) = "
-                                 f"{w * h * passes:,} pixel-passes, above this service's limit of {c.max_work:,} "
-                                 f"(--max-work); send a smaller image or ask without uncertainty")  # fmt: skip
+            raise HTTPError(
+                413,
+                f"{name} is {w}x{h} = {w * h:,} pixels x {passes} passes (uncertainty={method}) = "
+                f"{w * h * passes:,} pixel-passes, above this service's limit of {c.max_work:,} "
+                f"(--max-work); send a smaller image or ask without uncertainty",
+            )
         return w * h, several
 
     def decode(self, body: bytes, name: str) -> np.ndarray:
@@ -220,7 +269,13 @@ class Service:
             raise HTTPError(413 if isinstance(e, ImageTooLarge) else 400, str(e)) from None
 
     def predict(
-        self, image: np.ndarray, *, uncertainty: str | None, overlay: bool, as_json: bool, note: str | None = None
+        self,
+        image: np.ndarray,
+        *,
+        uncertainty: str | None,
+        overlay: bool,
+        as_json: bool,
+        note: str | None = None,
     ) -> tuple[bytes, str]:
         """(body, media type) of one prediction: the palette mask PNG (or the overlay, or the uncertainty map) or
         JSON with the class shares and those PNGs in base64. An image above ``tile_above`` pixels is predicted
@@ -252,17 +307,24 @@ class Service:
             return (pictures[key] if key else png_bytes(p.labels, self.palette)), "image/png"
         counts = _class_counts(p.labels, self.meta.num_classes)
         doc: dict[str, Any] = {
-            "width": int(image.shape[1]), "height": int(image.shape[0]), "classes": self.meta.class_names,
-            "palette": self.palette, "pixels": dict(zip(self.meta.class_names, map(int, counts))),
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "classes": self.meta.class_names,
+            "palette": self.palette,
+            "pixels": dict(zip(self.meta.class_names, map(int, counts))),
             "shares": dict(zip(self.meta.class_names, (float(c) / p.labels.size for c in counts))),
-            "mask_png": png_bytes(p.labels, self.palette), "color_png": png_bytes(self.color_layer(p.labels)),
+            "mask_png": png_bytes(p.labels, self.palette),
+            "color_png": png_bytes(self.color_layer(p.labels)),
             **pictures,
-        }  # fmt: skip
+        }
         if note:
             doc["note"] = note
         if p.result is not None:
-            doc["uncertainty"] = {"method": uncertainty, "mean_entropy": float(p.result.entropy.mean()),
-                                  "mean_mutual_information": float(p.result.mutual_information.mean())}  # fmt: skip
+            doc["uncertainty"] = {
+                "method": uncertainty,
+                "mean_entropy": float(p.result.entropy.mean()),
+                "mean_mutual_information": float(p.result.mutual_information.mean()),
+            }
         for key, value in list(doc.items()):
             if isinstance(value, bytes):
                 doc[key] = base64.b64encode(value).decode("ascii")
@@ -349,8 +411,10 @@ class HostCheck:
                 from fastapi.responses import JSONResponse
 
                 shown = repr(host[:100])
-                detail = (f"host {shown} is not served here (a guard against DNS rebinding); use the address the "
-                          f"service was started on, or start it with --allowed-hosts {host_name(host)[:100]}")  # fmt: skip
+                detail = (
+                    f"host {shown} is not served here (a guard against DNS rebinding); use the address the "
+                    f"service was started on, or start it with --allowed-hosts {host_name(host)[:100]}"
+                )
                 await JSONResponse({"detail": detail}, 400, {"Connection": "close"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -377,8 +441,13 @@ def create_app(
     service = Service(checkpoint, config)
     state = {"active": 0, "served": 0}
     slots = asyncio.Semaphore(config.concurrency)
-    app = FastAPI(title="seglab", description=f"{service.meta.arch} on {', '.join(service.meta.class_names)}",
-                  docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title="seglab",
+        description=f"{service.meta.arch} on {', '.join(service.meta.class_names)}",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.add_middleware(HostCheck, config=config)
     app.state.service = service
     viewer = resources.files("seglab.serve").joinpath("viewer.html").read_text(encoding="utf-8")
@@ -473,11 +542,17 @@ def security_headers(page: str) -> dict[str, str]:
     scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
     digests = (base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts)
     hashes = " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
-    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
-           "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-           "frame-ancestors 'none'")  # fmt: skip
-    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-            "Referrer-Policy": "no-referrer"}  # fmt: skip
+    csp = (
+        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
+        "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 def _options(request: Any) -> dict[str, Any]:
@@ -492,10 +567,16 @@ def _options(request: Any) -> dict[str, Any]:
             raise HTTPError(400, f"{key}={q[key][:100]!r} is not one of {', '.join(PARAMS[key])}")
     method = q.get("uncertainty", "none")
     if q.get("format", "png") == "png" and q.get("overlay") == "1" and method != "none":
-        raise HTTPError(400, "format=png answers with one picture; ask for overlay=1 or uncertainty, or use "
-                             "format=json for both")  # fmt: skip
-    return {"uncertainty": None if method == "none" else method, "overlay": q.get("overlay") == "1",
-            "as_json": q.get("format") == "json"}  # fmt: skip
+        raise HTTPError(
+            400,
+            "format=png answers with one picture; ask for overlay=1 or uncertainty, or use "
+            "format=json for both",
+        )
+    return {
+        "uncertainty": None if method == "none" else method,
+        "overlay": q.get("overlay") == "1",
+        "as_json": q.get("format") == "json",
+    }
 
 
 async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]:
@@ -507,8 +588,11 @@ async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not kind.startswith(IMAGE_TYPES):
-        raise HTTPError(400, f"content type {kind[:100] or 'none'!r} is not an image; send the image's bytes with "
-                             "Content-Type image/png (or image/jpeg ...) or as a multipart form field 'file'")  # fmt: skip
+        raise HTTPError(
+            400,
+            f"content type {kind[:100] or 'none'!r} is not an image; send the image's bytes with "
+            "Content-Type image/png (or image/jpeg ...) or as a multipart form field 'file'",
+        )
     declared = request.headers.get("content-length", "")
     too_large = declared.isdigit() and int(declared) > limit
     if too_large and int(declared) > DRAIN * limit:
@@ -528,17 +612,26 @@ async def _upload(request: Any, limit: int, timeout: float) -> tuple[bytes, str]
         if seen > limit:  # 413 even though the rest never came
             too_large = True
         else:
-            raise HTTPError(408, f"the upload did not arrive within {timeout:g} s ({len(body):,} of "
-                                 f"{int(declared) if declared.isdigit() else 'unknown'} bytes came); send the "
-                                 f"whole body at once (this service's --body-timeout)") from None  # fmt: skip
+            raise HTTPError(
+                408,
+                f"the upload did not arrive within {timeout:g} s ({len(body):,} of "
+                f"{int(declared) if declared.isdigit() else 'unknown'} bytes came); send the "
+                f"whole body at once (this service's --body-timeout)",
+            ) from None
     except ClientDisconnect:
         client = request.client
         who = f"{client.host}:{client.port}" if client else "a client"
-        raise ClientGone(f"{who} disconnected during its upload after {len(body):,} of "
-                         f"{declared if declared.isdigit() else 'unknown'} bytes; nothing predicted") from None  # fmt: skip
-    if too_large or seen > limit:  # read to its end (up to DRAIN x limit), so a client still sending reads this
+        raise ClientGone(
+            f"{who} disconnected during its upload after {len(body):,} of "
+            f"{declared if declared.isdigit() else 'unknown'} bytes; nothing predicted"
+        ) from None
+    if (
+        too_large or seen > limit
+    ):  # read to its end (up to DRAIN x limit), so a client still sending reads this
         if declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"the upload is {int(declared):,} bytes, above this service's limit of {limit:,}")
+            raise HTTPError(
+                413, f"the upload is {int(declared):,} bytes, above this service's limit of {limit:,}"
+            )
         raise HTTPError(413, f"the upload is over this service's limit of {limit:,} bytes")
     if kind != "multipart/form-data":
         return bytes(body), "the upload"
@@ -561,12 +654,18 @@ async def _form_file(request: Any, body: bytearray) -> tuple[bytes, str]:
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files and "file" in form:  # a part without a filename is a text field: its bytes are gone
-            raise HTTPError(400, "the form's field 'file' has no filename, so it was read as text, not as a file; "
-                                 "send it as a file (curl -F file=@image.png)")  # fmt: skip
+            raise HTTPError(
+                400,
+                "the form's field 'file' has no filename, so it was read as text, not as a file; "
+                "send it as a file (curl -F file=@image.png)",
+            )
         if len(files) != 1:
             names = ", ".join(repr((f.filename or "")[:60]) for f in files[:4])
-            raise HTTPError(400, f"the multipart form holds {len(files)} files{f' ({names})' if files else ''}; "
-                                 "send one image per request, as field 'file'")  # fmt: skip
+            raise HTTPError(
+                400,
+                f"the multipart form holds {len(files)} files{f' ({names})' if files else ''}; "
+                "send one image per request, as field 'file'",
+            )
         data = await files[0].read()
         return data, f"upload {(files[0].filename or 'file')[:100]!r}"
     finally:
@@ -594,8 +693,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
-                          f"(0: any free one) or --host") from None  # fmt: skip
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port "
+            f"(0: any free one) or --host"
+        ) from None
     return sock
 
 
@@ -655,8 +756,13 @@ def release_memory() -> None:
         LIBC.malloc_trim(0)
 
 
-def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          log: Any = print) -> None:  # fmt: skip
+def serve(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    log: Any = print,
+) -> None:
     """Load ``checkpoint`` and serve it with uvicorn on ``host``:``port`` until interrupted (every argument is
     checked before the checkpoint is loaded; a port that cannot be bound is a ConfigError)."""
     check_port(port)
@@ -672,7 +778,9 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, con
             log(f"warning: serving on {host} without --token: anyone who reaches this port can use the model")
         bound = sock.getsockname()[1]
         where = f"[{host}]" if ":" in host else host
-        log(f"serving {app.state.service.checkpoint} on http://{where}:{bound}/ (viewer at /, API at /predict)")
+        log(
+            f"serving {app.state.service.checkpoint} on http://{where}:{bound}/ (viewer at /, API at /predict)"
+        )
         settings = uvicorn.Config(app, log_level="warning", http=head_timeout_protocol(config.body_timeout))
         uvicorn.Server(settings).run(sockets=[sock])
     finally:

@@ -26,8 +26,14 @@ class Renormalize(nn.Module):
     """Feeds ``model`` images normalised with (``in_mean``, ``in_std``) after re-normalising them to its own
     (``mean``, ``std``): ensemble members trained with different input statistics share one input."""
 
-    def __init__(self, model: nn.Module, in_mean: Sequence[float], in_std: Sequence[float],
-                 mean: Sequence[float], std: Sequence[float]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        in_mean: Sequence[float],
+        in_std: Sequence[float],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.model = model
         t = lambda v: torch.tensor(list(v), dtype=torch.float32)[:, None, None]  # noqa: E731

@@ -272,8 +272,15 @@ class UncertaintyMeter:
             for row, w in enumerate((error.double(), (~error).double())):
                 self.scores[name][row] += torch.bincount(idx, weights=w, minlength=self.score_bins).to(dev)
         n = len(labels)
-        self.sums += torch.tensor([n, float(error.sum()), float(_nll_terms(flat, labels).sum()),
-                                   float(_brier_terms(flat, labels).sum())], dtype=torch.float64)  # fmt: skip
+        self.sums += torch.tensor(
+            [
+                n,
+                float(error.sum()),
+                float(_nll_terms(flat, labels).sum()),
+                float(_brier_terms(flat, labels).sum()),
+            ],
+            dtype=torch.float64,
+        )
         for name in self.mean_maps:
             m = maps[name].reshape(-1)
             self.mean_maps[name] += float((m[keep] if keep is not None else m).double().sum())
@@ -434,8 +441,17 @@ def reliability_figure(reliability: dict[str, list[float]], title: str = "") -> 
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(edges[:-1], acc, width=width, align="edge", color="#4878d0", edgecolor="white", label="accuracy")
     gap_lo = np.minimum(acc, np.nan_to_num(conf))
-    top.bar(edges[:-1], np.abs(np.nan_to_num(conf) - acc), bottom=gap_lo, width=width, align="edge",
-            color="#ee854a", alpha=0.5, edgecolor="none", label="gap to confidence")  # fmt: skip
+    top.bar(
+        edges[:-1],
+        np.abs(np.nan_to_num(conf) - acc),
+        bottom=gap_lo,
+        width=width,
+        align="edge",
+        color="#ee854a",
+        alpha=0.5,
+        edgecolor="none",
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title or "reliability diagram")
     top.legend(loc="upper left", fontsize=8)

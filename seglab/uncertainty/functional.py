@@ -79,8 +79,16 @@ class UncertaintyResult:
         """The reference computation from stacked samples ``(T, N, C, H, W)`` (predictors stream instead)."""
         mean = samples.mean(0)
         total, aleatoric = entropy(mean), expected_entropy(samples)
-        return cls(mean, mean.argmax(1), total, aleatoric, total - aleatoric, class_variance(samples),
-                   max_confidence(mean), samples.shape[0])  # fmt: skip
+        return cls(
+            mean,
+            mean.argmax(1),
+            total,
+            aleatoric,
+            total - aleatoric,
+            class_variance(samples),
+            max_confidence(mean),
+            samples.shape[0],
+        )
 
     def maps(self) -> dict[str, Tensor]:
         """The per-pixel maps by name, plus ``variance`` and ``probs``: what ``--save-maps`` writes."""
@@ -88,10 +96,12 @@ class UncertaintyResult:
 
     def select(self, index: int) -> UncertaintyResult:
         """Image ``index`` of the batch, keeping a batch dimension of 1."""
-        return UncertaintyResult(**{
-            f.name: getattr(self, f.name)[index : index + 1] if f.name != "samples" else self.samples
-            for f in fields(self)
-        })  # fmt: skip
+        return UncertaintyResult(
+            **{
+                f.name: getattr(self, f.name)[index : index + 1] if f.name != "samples" else self.samples
+                for f in fields(self)
+            }
+        )
 
 
 def uncertainty_from_moments(mean: Tensor, m2: Tensor, sum_entropy: Tensor, count: int) -> UncertaintyResult:
@@ -99,8 +109,16 @@ def uncertainty_from_moments(mean: Tensor, m2: Tensor, sum_entropy: Tensor, coun
     ``sum_entropy`` = sum over samples of each sample's entropy, ``count`` = T."""
     total = entropy(mean)
     aleatoric = sum_entropy / count
-    return UncertaintyResult(mean, mean.argmax(1), total, aleatoric, total - aleatoric,
-                             (m2 / count).clamp_min(0), max_confidence(mean), count)  # fmt: skip
+    return UncertaintyResult(
+        mean,
+        mean.argmax(1),
+        total,
+        aleatoric,
+        total - aleatoric,
+        (m2 / count).clamp_min(0),
+        max_confidence(mean),
+        count,
+    )
 
 
 class RunningStats:

@@ -25,8 +25,13 @@ from seglab.errors import ConfigError
 from seglab.uncertainty.functional import RunningStats, UncertaintyResult
 
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-)  # fmt: skip
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 FLIPS: dict[str, tuple[int, ...]] = {
     "none": (),
     "h": (-1,),

@@ -33,9 +33,15 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("unet", num_classes=4, **TINY)
     model.eval()
-    meta = CheckpointMeta(arch="unet", num_classes=4, in_channels=3, model_params=dict(TINY),
-                          class_names=["background", "circle", "rectangle", "triangle"],
-                          mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])  # fmt: skip
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=4,
+        in_channels=3,
+        model_params=dict(TINY),
+        class_names=["background", "circle", "rectangle", "triangle"],
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+    )
     save_checkpoint(root / "run" / "best", model, meta)
     return root / "run", data
 
@@ -51,10 +57,34 @@ def test_cost_table_of_the_course(capsys):
 def test_benchmark_end_to_end_with_onnxruntime(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out_dir = tmp_path / "bench"
-    code, out, err = run(capsys, "benchmark", "unet", "segnet", "--params", "{depth: 2, base_channels: 4}",
-                         "--size", 32, "--batch", 1, 2, "--iters", 2, "--warmup", 1, "--num-classes", 3,
-                         "--paths", "eager", "channels_last", "fold_bn", "fold_bn_cl", "onnxruntime", "--out", out_dir,
-                         "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "unet",
+        "segnet",
+        "--params",
+        "{depth: 2, base_channels: 4}",
+        "--size",
+        32,
+        "--batch",
+        1,
+        2,
+        "--iters",
+        2,
+        "--warmup",
+        1,
+        "--num-classes",
+        3,
+        "--paths",
+        "eager",
+        "channels_last",
+        "fold_bn",
+        "fold_bn_cl",
+        "onnxruntime",
+        "--out",
+        out_dir,
+        "--no-progress",
+    )
     assert code == 0, err
     result = json.loads((out_dir / "benchmark.json").read_text())
     assert len(result["rows"]) == 2 * 2 * 5
@@ -73,8 +103,23 @@ def test_benchmark_end_to_end_with_onnxruntime(tmp_path, capsys):
 def test_benchmark_checkpoint_with_miou(checkpoint, tmp_path, capsys):
     run_dir, data = checkpoint
     out_dir = tmp_path / "bench"
-    code, out, err = run(capsys, "benchmark", "--checkpoints", run_dir, "--data", data, "--size", 32,
-                         "--iters", 2, "--warmup", 1, "--out", out_dir, "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "--checkpoints",
+        run_dir,
+        "--data",
+        data,
+        "--size",
+        32,
+        "--iters",
+        2,
+        "--warmup",
+        1,
+        "--out",
+        out_dir,
+        "--no-progress",
+    )
     assert code == 0, err
     rows = json.loads((out_dir / "benchmark.json").read_text())["rows"]
     assert len(rows) == 1 and 0 <= rows[0]["miou"] <= 1
@@ -100,8 +145,20 @@ def test_export_onnx_parity_and_benchmark_it(checkpoint, tmp_path, capsys):
     assert got.shape == ref.shape == (2, 4, 41, 29)
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
-    code, out, err = run(capsys, "benchmark", onnx_file, "--size", 33, "--iters", 2, "--warmup", 1,
-                         "--out", tmp_path / "b", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        onnx_file,
+        "--size",
+        33,
+        "--iters",
+        2,
+        "--warmup",
+        1,
+        "--out",
+        tmp_path / "b",
+        "--no-progress",
+    )
     assert code == 0, err
     assert "| model.onnx | eager | 33 | 1 |" in out
 
@@ -170,8 +227,19 @@ def test_pareto_front():
 
 
 def test_cost_table_of_any_model(capsys):
-    code, out, err = run(capsys, "benchmark", "--cost", "unet", "--params", "{depth: 2, base_channels: 4}",
-                         "--size", 64, "--num-classes", 3, "--all-layers")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        "--cost",
+        "unet",
+        "--params",
+        "{depth: 2, base_channels: 4}",
+        "--size",
+        64,
+        "--num-classes",
+        3,
+        "--all-layers",
+    )
     assert code == 0, err
     small = sum(p.numel() for p in create_model("unet", num_classes=3, depth=2, base_channels=4).parameters())
     assert f"**unet** at 64x64: {small:,} parameters" in out and "| ReLU |" in out and "| T 2x2/2 |" in out

@@ -20,8 +20,27 @@ def test_benchmark_times_a_torchscript_file(tmp_path, capsys):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.jit.save(torch.jit.trace(model, (x,)), str(tmp_path / "m.pt"))
-    code = main([str(a) for a in ("benchmark", tmp_path / "m.pt", "--size", 32, "--iters", 2, "--warmup", 1,
-                                  "--paths", "eager", "channels_last", "--out", tmp_path / "b", "--no-progress")])  # fmt: skip
+    code = main(
+        [
+            str(a)
+            for a in (
+                "benchmark",
+                tmp_path / "m.pt",
+                "--size",
+                32,
+                "--iters",
+                2,
+                "--warmup",
+                1,
+                "--paths",
+                "eager",
+                "channels_last",
+                "--out",
+                tmp_path / "b",
+                "--no-progress",
+            )
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     rows = json.loads((tmp_path / "b" / "benchmark.json").read_text())["rows"]

@@ -28,8 +28,9 @@ def test_crop_pads_masks_with_the_given_ignore_index_not_the_configs():
     assert int((out == IGNORE).sum()) == 48 * 48 - 32 * 32  # exactly the padded pixels
 
 
-@pytest.mark.parametrize("aug", [{"scale": (0.6, 0.6)}, {"rotation": 45.0}, {"elastic": 8.0}],
-                         ids=["scale", "rotation", "elastic"])  # fmt: skip
+@pytest.mark.parametrize(
+    "aug", [{"scale": (0.6, 0.6)}, {"rotation": 45.0}, {"elastic": 8.0}], ids=["scale", "rotation", "elastic"]
+)
 def test_geometry_fills_masks_with_the_ignore_index(aug):
     torch.manual_seed(0)
     weight = np.ones((32, 32), np.float32)
@@ -51,8 +52,10 @@ def test_without_an_ignore_index_the_configs_is_used():
 
 
 def test_collate_pads_masks_with_the_ignore_index():
-    batch = [(torch.zeros(3, 4, 4), torch.ones(4, 4, dtype=torch.long)),
-             (torch.zeros(3, 6, 5), torch.ones(6, 5, dtype=torch.long))]  # fmt: skip
+    batch = [
+        (torch.zeros(3, 4, 4), torch.ones(4, 4, dtype=torch.long)),
+        (torch.zeros(3, 6, 5), torch.ones(6, 5, dtype=torch.long)),
+    ]
     images, masks = pad_collate(IGNORE)(batch)
     assert masks.shape == (2, 6, 5) and int((masks[0] == IGNORE).sum()) == 30 - 16
     assert set(masks.unique().tolist()) == {1, IGNORE} and images.shape == (2, 3, 6, 5)
@@ -68,18 +71,29 @@ def ignore9_dir(tmp_path_factory):
 
 
 def _config(root, out, crop, scale):
-    return Config().override([
-        f"data.root={root}", f"train.out_dir={out}", "train.epochs=1", "train.batch_size=4",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", f"data.crop_size={crop}",
-        f"data.scale={scale}", "train.amp=off",
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={root}",
+            f"train.out_dir={out}",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            f"data.crop_size={crop}",
+            f"data.scale={scale}",
+            "train.amp=off",
+        ]
+    )
 
 
-@pytest.mark.parametrize("crop, scale", [(48, "[0.6, 1.0]"), ("null", "[0.75, 1.25]")],
-                         ids=["crop-larger-than-images", "scale-jitter"])  # fmt: skip
+@pytest.mark.parametrize(
+    "crop, scale",
+    [(48, "[0.6, 1.0]"), ("null", "[0.75, 1.25]")],
+    ids=["crop-larger-than-images", "scale-jitter"],
+)
 def test_training_pads_with_the_data_sets_ignore_index_and_warns_once_for_a_large_crop(
     ignore9_dir, tmp_path, crop, scale
-):  # fmt: skip
+):
     from seglab.engine.data import build_data
     from seglab.engine.train import train
 

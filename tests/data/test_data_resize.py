@@ -48,8 +48,13 @@ def test_train_resize_moves_image_bilinearly_and_mask_by_nearest_pixel_centre():
     h, w = resized_size(37, 52, cfg.resize)
     assert (h, w) == (20, 28) and x.shape == (3, h, w) and y.shape == (h, w)
     # the image: torch's antialiased bilinear resize on the 0..255 values (uint8 rounding: within one level)
-    ref = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(h, w), mode="bilinear",
-                        antialias=True, align_corners=False)[0]  # fmt: skip
+    ref = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].double(),
+        size=(h, w),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0]
     assert (x.double() * 255 - ref).abs().max() <= 1.0 + 1e-6
     # the mask: output pixel i takes input pixel floor((i + 0.5) * H / h), no label invented
     rows = np.floor((np.arange(h) + 0.5) * 37 / h).astype(int)
@@ -126,8 +131,12 @@ def test_deep_scan_counts_class_pixels_per_mask(tmp_path):
 
 def test_data_check_prints_median_frequency_weights_of_the_training_split(tmp_path):
     # masks of 2 x 4 pixels; classes: a, b, c, d (d in no training mask)
-    masks = [np.array([[0, 0, 0, 1], [0, 0, 0, 1]]), np.array([[0, 0, 2, 2], [0, 0, 2, 2]]),
-             np.array([[0, 0, 0, 0], [0, 0, 0, 0]]), np.array([[3, 3, 3, 3], [3, 3, 3, 3]])]  # fmt: skip
+    masks = [
+        np.array([[0, 0, 0, 1], [0, 0, 0, 1]]),
+        np.array([[0, 0, 2, 2], [0, 0, 2, 2]]),
+        np.array([[0, 0, 0, 0], [0, 0, 0, 0]]),
+        np.array([[3, 3, 3, 3], [3, 3, 3, 3]]),
+    ]
     palette = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [0, 0, 128]]
     root = write_rgb_folder(tmp_path / "d", masks, palette, ["a", "b", "c", "d"], train=["0", "1", "2"])
     text = format_check(check(root))

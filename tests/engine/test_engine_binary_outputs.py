@@ -43,9 +43,17 @@ def membrane_folder(root, num=12, size=40):
 def membrane_run(tmp_path_factory):
     root = membrane_folder(tmp_path_factory.mktemp("em") / "data")
     splits = {"train": [f"{i:02d}" for i in range(8)], "val": ["08", "09"], "test": ["10", "11"]}
-    cfg = Config().override([f"data.root={root}", f"train.out_dir={root.parent / 'run'}", "train.epochs=2",
-                             "train.batch_size=4", "train.progress=false", "data.class_names=[membrane, cell]",
-                             "model.params={depth: 2, base_channels: 4}"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={root}",
+            f"train.out_dir={root.parent / 'run'}",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.progress=false",
+            "data.class_names=[membrane, cell]",
+            "model.params={depth: 2, base_channels: 4}",
+        ]
+    )
     cfg.data.splits = splits
     result = train(cfg)
     return root, result.best_checkpoint
@@ -79,8 +87,10 @@ def test_rand_meter_matches_scikit_image():
     meter.update(logits[:2], target[:2])
     meter.update(logits[2:], target[2:])
     pred = logits.argmax(1)
-    ref = [skimage_metrics.adapted_rand_error(label_components(t == 1), label_components(p == 1))
-           for p, t in zip(pred, target)]  # fmt: skip
+    ref = [
+        skimage_metrics.adapted_rand_error(label_components(t == 1), label_components(p == 1))
+        for p, t in zip(pred, target)
+    ]
     got = meter.compute()
     assert got["rand_error"] == pytest.approx(np.mean([r[0] for r in ref]), abs=1e-12)
     # scikit-image returns (error, precision, recall) with precision and recall swapped (its issue #6485)
@@ -92,8 +102,18 @@ def test_config_class_names_reach_the_checkpoint_and_are_checked(membrane_run, t
     root, ckpt = membrane_run
     _, meta = load_checkpoint(ckpt)
     assert meta.class_names == ["membrane", "cell"] and meta.in_channels == 1
-    code = main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--set", "data.class_names=[a, b, c]",
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "data.class_names=[a, b, c]",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "data.class_names has 3 names but" in err and err.count("\n") == 1
 
@@ -101,8 +121,20 @@ def test_config_class_names_reach_the_checkpoint_and_are_checked(membrane_run, t
 def test_predict_writes_probability_maps_and_thresholded_masks(membrane_run, tmp_path, capsys):
     root, ckpt = membrane_run
     image = root / "images" / "10.png"
-    code = main(["predict", str(ckpt), str(image), "--out", str(tmp_path), "--prob", "membrane", "--threshold",
-                 "0.3", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(ckpt),
+            str(image),
+            "--out",
+            str(tmp_path),
+            "--prob",
+            "membrane",
+            "--threshold",
+            "0.3",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     prob = Image.open(tmp_path / "10_prob_membrane.png")
     assert prob.mode == "L" and prob.size == (40, 40)
@@ -113,8 +145,24 @@ def test_predict_writes_probability_maps_and_thresholded_masks(membrane_run, tmp
     np.testing.assert_array_equal(mask, np.where(ref.numpy() >= 0.3, 0, 1))
     assert (tmp_path / "10_overlay.png").is_file()
 
-    code = main(["predict", str(ckpt), str(image), "--out", str(tmp_path / "u"), "--prob", "membrane", "--tile", "16",
-                 "--overlap", "8", "--uncertainty", "tta", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(ckpt),
+            str(image),
+            "--out",
+            str(tmp_path / "u"),
+            "--prob",
+            "membrane",
+            "--tile",
+            "16",
+            "--overlap",
+            "8",
+            "--uncertainty",
+            "tta",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     for suffix in ("mask", "prob_membrane", "uncertainty", "overlay"):
         assert Image.open(tmp_path / "u" / f"10_{suffix}.png").size == (40, 40)
@@ -128,26 +176,67 @@ def test_predict_writes_probability_maps_and_thresholded_masks(membrane_run, tmp
 
 def test_evaluate_reports_rand_error_and_runs_overlap_tile(membrane_run, tmp_path, capsys):
     root, ckpt = membrane_run
-    code = main(["evaluate", str(ckpt), "--data", str(root), "--rand-class", "cell", "--out",
-                 str(tmp_path / "plain.json"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--data",
+            str(root),
+            "--rand-class",
+            "cell",
+            "--out",
+            str(tmp_path / "plain.json"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "adapted Rand error" in out and "pixel error" in out
     plain = json.loads((tmp_path / "plain.json").read_text())
     model, meta = load_checkpoint(ckpt)
     errors = []
     for stem in ("10", "11"):
-        probs = predict_probs(model, read_image(root / "images" / f"{stem}.png", 1), meta.mean, meta.std,
-                              torch.device("cpu"))  # fmt: skip
+        probs = predict_probs(
+            model, read_image(root / "images" / f"{stem}.png", 1), meta.mean, meta.std, torch.device("cpu")
+        )
         truth = np.array(Image.open(root / "masks" / f"{stem}.png")) > 0
-        errors.append(skimage_metrics.adapted_rand_error(label_components(truth),
-                                                         label_components(probs.argmax(0) == 1))[0])  # fmt: skip
+        errors.append(
+            skimage_metrics.adapted_rand_error(
+                label_components(truth), label_components(probs.argmax(0) == 1)
+            )[0]
+        )
     assert plain["rand_error"] == pytest.approx(np.mean(errors), abs=1e-9) and plain["rand_class"] == "cell"
 
     # one tile covering the image without context = the plain pass; small tiles with context cover every pixel
-    main(["evaluate", str(ckpt), "--data", str(root), "--tile", "40", "--overlap", "0", "--out",
-          str(tmp_path / "t40.json"), "--no-progress"])  # fmt: skip
-    main(["evaluate", str(ckpt), "--data", str(root), "--tile", "16", "--overlap", "8", "--out",
-          str(tmp_path / "t16.json"), "--no-progress"])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--data",
+            str(root),
+            "--tile",
+            "40",
+            "--overlap",
+            "0",
+            "--out",
+            str(tmp_path / "t40.json"),
+            "--no-progress",
+        ]
+    )
+    main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--data",
+            str(root),
+            "--tile",
+            "16",
+            "--overlap",
+            "8",
+            "--out",
+            str(tmp_path / "t16.json"),
+            "--no-progress",
+        ]
+    )
     t40, t16 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("t40", "t16"))
     assert t40["confusion_matrix"] == plain["confusion_matrix"] and t16["tile"] == 16
     assert np.sum(t16["confusion_matrix"]) == np.sum(plain["confusion_matrix"]) == 2 * 40 * 40
@@ -155,14 +244,41 @@ def test_evaluate_reports_rand_error_and_runs_overlap_tile(membrane_run, tmp_pat
 
 def test_evaluate_rand_error_with_test_time_augmentation(membrane_run, tmp_path, capsys):
     root, ckpt = membrane_run
-    code = main(["evaluate", str(ckpt), "--data", str(root), "--rand-class", "1", "--uncertainty", "tta", "--out",
-                 str(tmp_path / "tta.json"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--data",
+            str(root),
+            "--rand-class",
+            "1",
+            "--uncertainty",
+            "tta",
+            "--out",
+            str(tmp_path / "tta.json"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "tta.json").read_text())
     assert 0 <= report["rand_error"] <= 1 and report["rand_class"] == "cell" and "uncertainty" in report
     # overlap-tile through a predictor (any method wraps the tiled model) = the plain tiled evaluation
     for extra, name in ((["--uncertainty", "deterministic"], "det"), ([], "plain")):
-        main(["evaluate", str(ckpt), "--data", str(root), "--tile", "16", "--overlap", "8", *extra, "--out",
-              str(tmp_path / f"{name}.json"), "--no-progress"])  # fmt: skip
+        main(
+            [
+                "evaluate",
+                str(ckpt),
+                "--data",
+                str(root),
+                "--tile",
+                "16",
+                "--overlap",
+                "8",
+                *extra,
+                "--out",
+                str(tmp_path / f"{name}.json"),
+                "--no-progress",
+            ]
+        )
     det, plain = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("det", "plain"))
     assert det["confusion_matrix"] == plain["confusion_matrix"] and det["tile"] == 16

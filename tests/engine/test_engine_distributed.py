@@ -32,7 +32,7 @@ from seglab.engine.distributed import (
     ddp_kwargs,
     process_group,
     rank_device,
-)  # fmt: skip
+)
 from seglab.errors import ConfigError
 from seglab.layers.norm import SyncBatchNorm
 
@@ -46,9 +46,18 @@ def write_config(path: Path, data: Path, **train: object) -> Path:
     cfg = {
         "data": {"root": str(data), "num_workers": 0},
         "model": {"arch": "unet", "params": {"depth": 2, "base_channels": 4}},
-        "train": {"epochs": EPOCHS, "batch_size": BATCH, "loss": "ce", "amp": "off", "sync_bn": True,
-                  "progress": False, "tensorboard": False, "seed": 3, **train},
-    }  # fmt: skip
+        "train": {
+            "epochs": EPOCHS,
+            "batch_size": BATCH,
+            "loss": "ce",
+            "amp": "off",
+            "sync_bn": True,
+            "progress": False,
+            "tensorboard": False,
+            "seed": 3,
+            **train,
+        },
+    }
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
 
@@ -128,7 +137,9 @@ def test_two_processes_train_what_one_process_trains_with_the_default_loss(shape
 
     cfg = write_config(tmp_path / "cfg.yaml", shapes_dir, epochs=2, loss={"ce": 1.0, "dice": 1.0})
     train(Config.load(cfg).override([f"train.out_dir={tmp_path / 'one'}"]))
-    r = run([sys.executable, "-m", "seglab", "train", cfg, "--out", tmp_path / "two", "--nproc", "2"], env=env())
+    r = run(
+        [sys.executable, "-m", "seglab", "train", cfg, "--out", tmp_path / "two", "--nproc", "2"], env=env()
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert weights_diff(tmp_path / "one", tmp_path / "two") < 1e-5
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
@@ -169,7 +180,7 @@ def test_two_nodes_on_localhost(reference, shapes_dir, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for node in (0, 1)
     ]
     outs = [p.communicate(timeout=240) for p in procs]
@@ -186,10 +197,21 @@ def test_killed_worker_restarts_from_last_checkpoint(reference, shapes_dir, tmp_
     from epoch 1's commit and end exactly where an undisturbed run ends."""
     cfg = write_config(tmp_path / "cfg.yaml", shapes_dir)
     r = run(
-        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", WORKER, "train", cfg,
-         "--out", tmp_path / "run"],
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            WORKER,
+            "train",
+            cfg,
+            "--out",
+            tmp_path / "run",
+        ],
         env=env(SEGLAB_TEST_FAULT="kill:1:12"),
-    )  # fmt: skip
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # a worker failed (rank 1 killed, or rank 0 losing it first) and the job still ended well: it was restarted
     assert "failed (exitcode: " in r.stderr
@@ -198,14 +220,19 @@ def test_killed_worker_restarts_from_last_checkpoint(reference, shapes_dir, tmp_
 
 @pytest.mark.parametrize(
     ("fault", "timeout", "message"),
-    [("raise:1:3", "10m", "RuntimeError: injected fault on rank 1"),  # its own message ends the job
-     ("hang:1:3", "4s", "Timed out")],  # stuck outside the collectives: the others give up after dist_timeout
-)  # fmt: skip
+    [
+        ("raise:1:3", "10m", "RuntimeError: injected fault on rank 1"),  # its own message ends the job
+        ("hang:1:3", "4s", "Timed out"),
+    ],  # stuck outside the collectives: the others give up after dist_timeout
+)
 def test_failing_rank_takes_the_job_down(shapes_dir, tmp_path, fault, timeout, message):
     cfg = write_config(tmp_path / "cfg.yaml", shapes_dir, dist_timeout=timeout)
     t = time.perf_counter()
-    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, "train", cfg, "--out", tmp_path / "run"],
-            env=env(SEGLAB_TEST_FAULT=fault), timeout=120)  # fmt: skip
+    r = run(
+        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", WORKER, "train", cfg, "--out", tmp_path / "run"],
+        env=env(SEGLAB_TEST_FAULT=fault),
+        timeout=120,
+    )
     assert r.returncode != 0
     assert message in r.stderr
     assert time.perf_counter() - t < 100  # never hangs (run() would raise at 120 s)
@@ -230,11 +257,38 @@ def test_evaluate_two_processes_equals_one(reference, shapes_dir, tmp_path):
     """Each rank evaluates a shard of the split; the summed counts are one process's, exactly."""
     from seglab.engine.evaluate import evaluate
 
-    one = evaluate(reference, shapes_dir, "all", batch_size=3, out=tmp_path / "one.json", progress=False,
-                   rand_class="circle")  # fmt: skip
-    r = run([sys.executable, "-m", "seglab", "evaluate", reference, "--data", shapes_dir, "--split", "all",
-             "--batch-size", "3", "--rand-class", "circle", "--out", tmp_path / "two.json", "--nproc", "2",
-             "--no-progress"], env=env())  # fmt: skip
+    one = evaluate(
+        reference,
+        shapes_dir,
+        "all",
+        batch_size=3,
+        out=tmp_path / "one.json",
+        progress=False,
+        rand_class="circle",
+    )
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "seglab",
+            "evaluate",
+            reference,
+            "--data",
+            shapes_dir,
+            "--split",
+            "all",
+            "--batch-size",
+            "3",
+            "--rand-class",
+            "circle",
+            "--out",
+            tmp_path / "two.json",
+            "--nproc",
+            "2",
+            "--no-progress",
+        ],
+        env=env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["num_images"] == one["num_images"] == 40
@@ -249,11 +303,36 @@ def test_per_image_evaluation_and_report_two_processes_equals_one(reference, sha
     alone renders the report."""
     from seglab.engine.evaluate import evaluate
 
-    one = evaluate(reference, shapes_dir, "all", out=tmp_path / "one.json", progress=False,
-                   uncertainty="deterministic", per_image=True)  # fmt: skip
-    r = run([sys.executable, "-m", "seglab", "evaluate", reference, "--data", shapes_dir, "--split", "all",
-             "--out", tmp_path / "two.json", "--report", tmp_path / "report", "--nproc", "2", "--no-progress"],
-            env=env())  # fmt: skip
+    one = evaluate(
+        reference,
+        shapes_dir,
+        "all",
+        out=tmp_path / "one.json",
+        progress=False,
+        uncertainty="deterministic",
+        per_image=True,
+    )
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "seglab",
+            "evaluate",
+            reference,
+            "--data",
+            shapes_dir,
+            "--split",
+            "all",
+            "--out",
+            tmp_path / "two.json",
+            "--report",
+            tmp_path / "report",
+            "--nproc",
+            "2",
+            "--no-progress",
+        ],
+        env=env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert [row["index"] for row in two["images"]] == list(range(40))
@@ -269,19 +348,52 @@ def test_instance_evaluation_two_processes_equals_one(reference, shapes_dir, tmp
     from seglab.engine.evaluate import evaluate
     from seglab.instances import InstanceParams
 
-    evaluate(reference, shapes_dir, "all", out=tmp_path / "one.json", progress=False, instances="watershed",
-             instance_class="rectangle", instance_params=InstanceParams(threshold=0.3))  # fmt: skip
+    evaluate(
+        reference,
+        shapes_dir,
+        "all",
+        out=tmp_path / "one.json",
+        progress=False,
+        instances="watershed",
+        instance_class="rectangle",
+        instance_params=InstanceParams(threshold=0.3),
+    )
     one = json.loads((tmp_path / "one.json").read_text())  # as written: NaN scores are null in both
-    r = run([sys.executable, "-m", "seglab", "evaluate", reference, "--data", shapes_dir, "--split", "all",
-             "--instances", "watershed", "--instance-class", "rectangle", "--instance-param", "threshold=0.3", "--out", tmp_path / "two.json", "--nproc",
-             "2", "--no-progress"], env=env())  # fmt: skip
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "seglab",
+            "evaluate",
+            reference,
+            "--data",
+            shapes_dir,
+            "--split",
+            "all",
+            "--instances",
+            "watershed",
+            "--instance-class",
+            "rectangle",
+            "--instance-param",
+            "threshold=0.3",
+            "--out",
+            tmp_path / "two.json",
+            "--nproc",
+            "2",
+            "--no-progress",
+        ],
+        env=env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["confusion_matrix"] == one["confusion_matrix"]
     numbers = {k for k, v in one["instances"].items() if isinstance(v, int | float) or v is None}
     assert numbers >= {"dsb_score", "f1", "aji", "pq", "rand_error", "num_true", "num_pred"}
     assert_close_tree({k: two["instances"][k] for k in numbers}, {k: one["instances"][k] for k in numbers})
-    assert two["instances"]["num_images"] == 40 and min(two["instances"]["num_true"], two["instances"]["num_pred"]) > 0
+    assert (
+        two["instances"]["num_images"] == 40
+        and min(two["instances"]["num_true"], two["instances"]["num_pred"]) > 0
+    )
 
 
 # ------------------------------------------------------------------ SyncBatchNorm and meters over 2 processes
@@ -296,8 +408,13 @@ def assert_close_tree(got: object, want: object) -> None:
     elif got is None or want is None:
         assert got is want is None or math.isnan(got if want is None else want)
     else:
-        torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64),
-                                   equal_nan=True, atol=1e-12, rtol=1e-10)  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor(got, dtype=torch.float64),
+            torch.tensor(want, dtype=torch.float64),
+            equal_nan=True,
+            atol=1e-12,
+            rtol=1e-10,
+        )
 
 
 def _two_rank_worker(rank: int, world: int, port: int) -> None:
@@ -384,8 +501,9 @@ def test_sync_batch_norm_alone_is_batch_norm():
 def test_convert_keeps_weights_keys_and_timm_activation():
     from timm.layers import BatchNormAct2d
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=torch.nn.ReLU),
-                                torch.nn.BatchNorm2d(4))  # fmt: skip
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=torch.nn.ReLU), torch.nn.BatchNorm2d(4)
+    )
     model.eval()
     x = torch.randn(2, 3, 8, 8)
     want = model(x)
@@ -424,8 +542,10 @@ def test_sharded_epochs_hold_the_global_batches():
     """Local batch k of every rank together is global batch k of one process; every rank gets as many batches."""
     size, samples, batch, world = 10, 23, 6, 3
     one = list(EpochSampler(size, samples, seed=1, batch_size=batch))
-    shards = [list(EpochSampler(size, samples, seed=1, rank=r, world_size=world, batch_size=batch))
-              for r in range(world)]  # fmt: skip
+    shards = [
+        list(EpochSampler(size, samples, seed=1, rank=r, world_size=world, batch_size=batch))
+        for r in range(world)
+    ]
     local = batch // world
     assert {len(s) for s in shards} == {samples // batch * local}
     for k in range(samples // batch):

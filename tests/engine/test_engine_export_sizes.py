@@ -19,8 +19,15 @@ from seglab.models.segmentor import InputGeometry
 def checkpoint(folder, arch, **params):
     torch.manual_seed(0)
     model = create_model(arch, num_classes=2, in_channels=3, **params).eval()
-    meta = CheckpointMeta(arch=arch, num_classes=2, in_channels=3, model_params=params, class_names=["bg", "fg"],
-                          mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    meta = CheckpointMeta(
+        arch=arch,
+        num_classes=2,
+        in_channels=3,
+        model_params=params,
+        class_names=["bg", "fg"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     return save_checkpoint(folder / "ckpt" / "best", model, meta)
 
 

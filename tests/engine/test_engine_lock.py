@@ -24,15 +24,24 @@ TINY = ["--set", "model.params={depth: 2, base_channels: 4}", "--batch-size", "8
 
 
 def config(data, out, epochs=1, *extra):
-    return Config().override([
-        f"data.root={data}", f"train.out_dir={out}", f"train.epochs={epochs}", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", *extra,
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={out}",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            *extra,
+        ]
+    )
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def epochs_logged(run):
@@ -71,8 +80,19 @@ def test_a_failed_overwrite_leaves_the_old_run_as_it_was(shapes_dir, run_copy, m
 
 def test_a_refused_overwrite_from_the_command_line_leaves_the_old_run(shapes_dir, run_copy, run_cli):
     before = snapshot(run_copy)
-    code, _, err = run_cli("train", "--data", shapes_dir, "--out", run_copy, "--overwrite", "--epochs", 1, *TINY,
-                           "--set", "train.class_weights=[1, .inf, 1, 1]")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        "--data",
+        shapes_dir,
+        "--out",
+        run_copy,
+        "--overwrite",
+        "--epochs",
+        1,
+        *TINY,
+        "--set",
+        "train.class_weights=[1, .inf, 1, 1]",
+    )
     assert code == 2 and err.count("\n") == 1 and "train.class_weights" in err
     assert snapshot(run_copy) == before
 
@@ -95,8 +115,10 @@ def test_overwrite_replaces_the_old_run_at_its_first_commit(shapes_dir, run_copy
 def lock_holder():
     """``lock_holder(run)``: another process that holds the run folder's lock until the test ends."""
     procs = []
-    code = "import sys, time\nfrom seglab.files import run_lock\nwith run_lock(sys.argv[1]):\n" \
-           "    print('held', flush=True)\n    time.sleep(120)\n"  # fmt: skip
+    code = (
+        "import sys, time\nfrom seglab.files import run_lock\nwith run_lock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n"
+    )
 
     def start(run):
         p = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
@@ -131,8 +153,22 @@ def test_a_second_writer_is_refused_with_the_holders_pid(shapes_dir, run_copy, l
 
 
 def test_two_resumes_at_once_cannot_both_run(shapes_dir, run_copy):
-    argv = [sys.executable, "-m", "seglab", "train", "--data", str(shapes_dir), "--out", str(run_copy), "--resume",
-            "--epochs", "500", "--set", "train.lr=0.001", *TINY]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "seglab",
+        "train",
+        "--data",
+        str(shapes_dir),
+        "--out",
+        str(run_copy),
+        "--resume",
+        "--epochs",
+        "500",
+        "--set",
+        "train.lr=0.001",
+        *TINY,
+    ]
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -154,8 +190,11 @@ def test_resume_with_a_spent_time_budget_is_one_line_and_rewrites_nothing(shapes
     doc = torch.load(run / "last.state.pt", weights_only=True)
     torch.save({**doc, "elapsed": 4000.0}, run / "last.state.pt")  # the run used its hour (and more)
     before = snapshot(run)
-    with pytest.raises(ConfigError, match=r"cannot resume .*run: its time budget is spent \(4000 s used of "
-                                          r"train.time_limit 3600 s\); raise train.time_limit to continue"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot resume .*run: its time budget is spent \(4000 s used of "
+        r"train.time_limit 3600 s\); raise train.time_limit to continue",
+    ):
         train(config(shapes_dir, run, 3, "train.time_limit=1h"), resume=True)
     assert snapshot(run) == before  # config.yaml too
     with pytest.warns(UserWarning, match="train.time_limit changed from 3600 s to 7200 s"):

@@ -21,8 +21,25 @@ TINY = "model.params={depth: 2, base_channels: 4}"
 def test_epoch_lines_arrive_while_the_run_goes_on(shapes_dir, tmp_path, flags):
     """stderr is a pipe, read as the lines come: the first epoch's line arrives while the process still runs,
     with no progress-bar noise ('\\r') in between."""
-    cmd = [sys.executable, "-m", "seglab", "train", "--data", str(shapes_dir), "--out", str(tmp_path / "run"),
-           "--epochs", "4", "--batch-size", "4", "--set", TINY, "--set", "train.tensorboard=false", *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "seglab",
+        "train",
+        "--data",
+        str(shapes_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+        "--set",
+        TINY,
+        "--set",
+        "train.tensorboard=false",
+        *flags,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, running_at_first_epoch = [], None
@@ -47,8 +64,18 @@ def test_epoch_lines_arrive_while_the_run_goes_on(shapes_dir, tmp_path, flags):
 
 def _config(data: Path, out: Path, **train: object) -> Config:
     sets = [f"train.{k}={v}" for k, v in train.items()]
-    return Config().override([f"data.root={data}", f"train.out_dir={out}", "train.epochs=2", "train.batch_size=4",
-                              TINY, "train.tensorboard=false", "data.num_workers=0", *sets])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={out}",
+            "train.epochs=2",
+            "train.batch_size=4",
+            TINY,
+            "train.tensorboard=false",
+            "data.num_workers=0",
+            *sets,
+        ]
+    )
 
 
 def test_long_epochs_log_at_the_interval_without_bars(shapes_dir, tmp_path):
@@ -57,8 +84,10 @@ def test_long_epochs_log_at_the_interval_without_bars(shapes_dir, tmp_path):
     from seglab.engine.train import train
 
     quiet, chatty = [], []
-    cbs = [ProgressPrinter(quiet.append, bars=True, interval_s=0.0),
-           ProgressPrinter(chatty.append, bars=False, interval_s=0.0)]  # fmt: skip
+    cbs = [
+        ProgressPrinter(quiet.append, bars=True, interval_s=0.0),
+        ProgressPrinter(chatty.append, bars=False, interval_s=0.0),
+    ]
     train(_config(shapes_dir, tmp_path / "run", progress="false", log_interval=3), callbacks=cbs)
     assert [line.split()[:2] for line in quiet] == [["epoch", "1/2"], ["epoch", "2/2"]]
     steps = [line for line in chatty if " step " in line]

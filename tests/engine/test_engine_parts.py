@@ -79,9 +79,17 @@ def fake_clock(monkeypatch, seconds_per_forward, model):
 
 def tiny_parts(model, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return StepParts(model=model, net=model, criterion=nn.CrossEntropyLoss(ignore_index=255), optimizer=opt,
-                     scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=kw.pop("schedule", Schedule("constant", 100)),
-                     base_lr=0.1, device=torch.device("cpu"), **kw)  # fmt: skip
+    return StepParts(
+        model=model,
+        net=model,
+        criterion=nn.CrossEntropyLoss(ignore_index=255),
+        optimizer=opt,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        schedule=kw.pop("schedule", Schedule("constant", 100)),
+        base_lr=0.1,
+        device=torch.device("cpu"),
+        **kw,
+    )
 
 
 def batches(n, size=4, seed=0):
@@ -98,8 +106,9 @@ def test_an_epoch_stops_within_one_step_of_the_time_limit_and_the_schedule_ends_
     parts = tiny_parts(model, schedule=Schedule("poly", total_steps=1000, time_limit=5.5))
     state, budget = TrainState(), Budget(5.5)
     lrs = []
-    stats = train_one_epoch(parts, batches(20), state, budget, epoch=0, log_interval=1,
-                            on_log=lambda s: lrs.append(s["lr"]))  # fmt: skip
+    stats = train_one_epoch(
+        parts, batches(20), state, budget, epoch=0, log_interval=1, on_log=lambda s: lrs.append(s["lr"])
+    )
     assert stats.out_of_time and state.step == 6 and stats.images == 24  # 6 s > 5.5 s: stopped after the 6th
     # step k is taken k seconds in: its rate follows the time spent, and the last one, past the limit, is 0
     assert lrs == pytest.approx([0.1 * (1 - k / 5.5) ** 0.9 for k in range(1, 6)] + [0.0])
@@ -117,9 +126,18 @@ def test_the_time_limit_ends_a_whole_run_with_a_final_checkpoint(monkeypatch, sh
         return real(*a, **k)
 
     monkeypatch.setattr(loop_module, "forward_loss", forward_loss)
-    cfg = Config().override([f"data.root={shapes_dir}", f"train.out_dir={tmp_path / 'run'}", "train.epochs=50",
-                             "train.batch_size=8", "model.params={depth: 2, base_channels: 4}",
-                             "train.progress=false", "train.time_limit=10s", "train.log_interval=1"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={shapes_dir}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.epochs=50",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "train.time_limit=10s",
+            "train.log_interval=1",
+        ]
+    )
     result = train(cfg)
     steps = result.history[-1]["steps"]
     assert steps == 10 and result.history[-1]["stopped"] == "time limit"  # 4 steps an epoch: 2.5 epochs
@@ -135,9 +153,16 @@ def test_a_time_limit_spent_on_set_up_is_a_clear_error_and_leaves_no_run(monkeyp
         return clock["t"]
 
     monkeypatch.setattr(optim_module, "now", now)
-    cfg = Config().override([f"data.root={shapes_dir}", f"train.out_dir={tmp_path / 'run'}", "train.epochs=5",
-                             "model.params={depth: 2, base_channels: 4}", "train.progress=false",
-                             "train.time_limit=10s"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={shapes_dir}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.epochs=5",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "train.time_limit=10s",
+        ]
+    )
     with pytest.raises(ConfigError, match=r"train.time_limit \(10 s\) ran out before the first step"):
         train(cfg)
     assert not (tmp_path / "run").exists()
@@ -238,9 +263,17 @@ def test_amp_auto_probe_leaves_the_model_and_random_streams_untouched(monkeypatc
     )
 
     def cfg(name, amp):
-        return Config().override([f"data.root={shapes_dir}", f"train.out_dir={tmp_path / name}", "train.epochs=1",
-                                  "train.batch_size=8", "model.params={depth: 2, base_channels: 4, dropout: 0.2}",
-                                  "train.progress=false", f"train.amp={amp}"])  # fmt: skip
+        return Config().override(
+            [
+                f"data.root={shapes_dir}",
+                f"train.out_dir={tmp_path / name}",
+                "train.epochs=1",
+                "train.batch_size=8",
+                "model.params={depth: 2, base_channels: 4, dropout: 0.2}",
+                "train.progress=false",
+                f"train.amp={amp}",
+            ]
+        )
 
     auto, off = train(cfg("auto", "auto")), train(cfg("off", "off"))
     assert auto.history[0]["amp"] == "off"
@@ -266,8 +299,15 @@ def test_epoch_sampler_draws_depend_only_on_seed_and_epoch():
 
 def test_batches_do_not_depend_on_the_number_of_workers(shapes_dir):
     def first_batch(workers):
-        cfg = Config().override([f"data.root={shapes_dir}", "train.batch_size=4", f"data.num_workers={workers}",
-                                 "data.rotation=20", "data.scale=[0.7, 1.3]"])  # fmt: skip
+        cfg = Config().override(
+            [
+                f"data.root={shapes_dir}",
+                "train.batch_size=4",
+                f"data.num_workers={workers}",
+                "data.rotation=20",
+                "data.scale=[0.7, 1.3]",
+            ]
+        )
         data = build_data(cfg, torch.device("cpu"))
         data.sampler.set_epoch(1)
         torch.manual_seed(123)  # the global stream (dropout) does not reach the augmentation
@@ -284,11 +324,21 @@ def test_the_trainer_learns(shapes_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shapes_dir, data)
     stems = sorted(p.stem for p in (data / "images").iterdir())[:4]
-    cfg = Config().override([
-        f"data.root={data}", f"train.out_dir={tmp_path / 'run'}", "train.epochs=30", "data.repeat=4",
-        "train.batch_size=4", "model.params={depth: 3, base_channels: 16}", "train.progress=false", "train.lr=0.01",
-        "data.hflip=false", "data.vflip=false", f"data.splits={{train: {stems}, val: {stems}, test: {stems}}}",
-    ])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.epochs=30",
+            "data.repeat=4",
+            "train.batch_size=4",
+            "model.params={depth: 3, base_channels: 16}",
+            "train.progress=false",
+            "train.lr=0.01",
+            "data.hflip=false",
+            "data.vflip=false",
+            f"data.splits={{train: {stems}, val: {stems}, test: {stems}}}",
+        ]
+    )
     result = train(cfg)
     assert result.best_metrics["miou"] >= 0.95
     report = evaluate(result.best_checkpoint, data, "test", progress=False)
@@ -299,9 +349,18 @@ def test_tensorboard_event_files_hold_scalars_and_overlays(shapes_dir, tmp_path)
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = Config().override([f"data.root={shapes_dir}", f"train.out_dir={tmp_path / 'run'}", "train.epochs=2",
-                             "train.batch_size=8", "model.params={depth: 2, base_channels: 4}",
-                             "train.progress=false", "train.tensorboard=true", "train.log_interval=2"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={shapes_dir}",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "train.tensorboard=true",
+            "train.log_interval=2",
+        ]
+    )
     train(cfg)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()

@@ -92,15 +92,30 @@ def test_blocked_output_paths_fail_in_one_line(ckpt, tmp_path, run_cli, shapes_d
     cases = [  # argv, what the one line must say
         (["predict", ckpt, src, "--out", blocker], f"output folder {blocker} is blocked by a file"),
         (["predict", ckpt, src, "--out", blocker / "sub"], f"output folder {blocker / 'sub'}"),
-        (["evaluate", ckpt, "--data", shapes_dir, "--out", blocker / "r.json"], f"report folder {blocker} is blocked"),
-        (["evaluate", ckpt, "--data", shapes_dir, "--out", blocker / "a" / "r.json"], f"report folder {blocker / 'a'}"),
+        (
+            ["evaluate", ckpt, "--data", shapes_dir, "--out", blocker / "r.json"],
+            f"report folder {blocker} is blocked",
+        ),
+        (
+            ["evaluate", ckpt, "--data", shapes_dir, "--out", blocker / "a" / "r.json"],
+            f"report folder {blocker / 'a'}",
+        ),
         (["evaluate", ckpt, "--data", shapes_dir, "--out", tmp_path], f"--out {tmp_path} is a folder"),
-        (["data", "synth", "--out", blocker, "--num", 2, "--size", 16], f"data folder {blocker} is blocked by a file"),
-        (["data", "synth", "--out", blocker / "d", "--num", 2, "--size", 16], f"parent folder {blocker} is blocked"),
-        (["benchmark", "unet", "--out", blocker, "--size", 16], f"output folder {blocker} is blocked by a file"),
+        (
+            ["data", "synth", "--out", blocker, "--num", 2, "--size", 16],
+            f"data folder {blocker} is blocked by a file",
+        ),
+        (
+            ["data", "synth", "--out", blocker / "d", "--num", 2, "--size", 16],
+            f"parent folder {blocker} is blocked",
+        ),
+        (
+            ["benchmark", "unet", "--out", blocker, "--size", 16],
+            f"output folder {blocker} is blocked by a file",
+        ),
         (["export", ckpt, "--out", blocker / "m.onnx"], f"output folder {blocker} is blocked by a file"),
         (["export", ckpt, "--out", tmp_path], f"export --out {tmp_path} is a folder"),
-    ]  # fmt: skip
+    ]
     for argv, message in cases:
         code, out, err = run_cli(*argv)
         assert code == 2 and err.startswith("seglab: error: ") and err.count("\n") == 1, (argv, err)
@@ -128,8 +143,10 @@ def reference_tiled(model, image, tile, overlap):
     return out
 
 
-@pytest.mark.parametrize("h, w, tile, overlap", [(45, 61, 16, 5), (7, 50, 16, 6), (30, 30, 64, 8), (5, 3, 4, 2),
-                                                 (1, 9, 4, 2), (40, 33, 10, 0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "h, w, tile, overlap",
+    [(45, 61, 16, 5), (7, 50, 16, 6), (30, 30, 64, 8), (5, 3, 4, 2), (1, 9, 4, 2), (40, 33, 10, 0)],
+)
 def test_tiles_equal_the_former_whole_image_mirroring(h, w, tile, overlap):
     torch.manual_seed(0)
     model = create_model("unet", num_classes=3, in_channels=2, depth=2, base_channels=4).eval()

@@ -26,8 +26,11 @@ from seglab.inference import predict_probs, predict_tiled, upsample_rows
 from seglab.uncertainty.predictors import TTA
 
 # (h, w) per stem: train 0-7, val 8-10, test 11-14; val and test hold two images of one size each
-SIZES = [(40, 56), (56, 40), (48, 48), (36, 50)] * 2 + [(40, 56), (40, 56), (56, 40)] + [(40, 56), (36, 50),
-         (40, 56), (56, 40)]  # fmt: skip
+SIZES = (
+    [(40, 56), (56, 40), (48, 48), (36, 50)] * 2
+    + [(40, 56), (40, 56), (56, 40)]
+    + [(40, 56), (36, 50), (40, 56), (56, 40)]
+)
 COLOURS = np.array([[40, 40, 40], [200, 60, 60], [60, 60, 200]])
 
 
@@ -57,10 +60,19 @@ def mixed(tmp_path_factory):
 
 
 def config(data, out, *extra):
-    return Config().override([
-        f"data.root={data}", f"train.out_dir={out}", "train.epochs=6", "train.batch_size=4", "train.lr=0.03",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", "data.cache=false", *extra,
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={out}",
+            "train.epochs=6",
+            "train.batch_size=4",
+            "train.lr=0.03",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "data.cache=false",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +82,15 @@ def runs(mixed, tmp_path_factory):
     from seglab.engine.train import train
 
     out = tmp_path_factory.mktemp("runs")
-    half = train(config(mixed, out / "half", "data.resize={scale: 0.5}", "train.class_weights=median_frequency",
-                        "train.freeze_bn=true"))  # fmt: skip
+    half = train(
+        config(
+            mixed,
+            out / "half",
+            "data.resize={scale: 0.5}",
+            "train.class_weights=median_frequency",
+            "train.freeze_bn=true",
+        )
+    )
     full = train(config(mixed, out / "full"))
     return half, full
 
@@ -85,8 +104,11 @@ def reference_confusion(run_dir, root, split):
     """Per image: the eval transform (image resized, mask not), the model, the logits upsampled bilinearly to the
     mask's size, the argmax, a NumPy confusion matrix over the labelled pixels."""
     model, meta = load_checkpoint(run_dir)
-    ds = FolderDataset(root, split, build_transform(DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), 3,
-                                                    train=False))  # fmt: skip
+    ds = FolderDataset(
+        root,
+        split,
+        build_transform(DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), 3, train=False),
+    )
     cm = np.zeros((3, 3), np.int64)
     with torch.no_grad():
         for i in range(len(ds)):
@@ -194,13 +216,23 @@ def test_predict_with_tiles_tiles_the_resized_image(runs, mixed):
 def test_uncertainty_evaluation_upsamples_logits_before_the_softmax(runs, mixed, tmp_path):
     half, _ = runs
     plain = evaluate(half.run_dir, mixed, "test", batch_size=4, progress=False, out=tmp_path / "a.json")
-    report = evaluate(half.run_dir, mixed, "test", batch_size=4, progress=False, out=tmp_path / "b.json",
-                      uncertainty="deterministic")  # fmt: skip
+    report = evaluate(
+        half.run_dir,
+        mixed,
+        "test",
+        batch_size=4,
+        progress=False,
+        out=tmp_path / "b.json",
+        uncertainty="deterministic",
+    )
     assert report["confusion_matrix"] == plain["confusion_matrix"]
     # the NLL of softmax(upsampled logits) over the full-resolution labelled pixels
     model, meta = load_checkpoint(half.run_dir)
-    ds = FolderDataset(mixed, "test", build_transform(DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), 3,
-                                                      train=False))  # fmt: skip
+    ds = FolderDataset(
+        mixed,
+        "test",
+        build_transform(DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize), 3, train=False),
+    )
     nll, n = 0.0, 0
     with torch.no_grad():
         for i in range(len(ds)):
@@ -259,10 +291,12 @@ def test_old_checkpoints_without_resize_and_bad_sidecars(tiny_ckpt, tmp_path):
 
 def test_class_weights_are_the_training_splits_median_frequency_and_recorded(runs, mixed):
     half, _ = runs
-    counts = np.stack([
-        np.bincount(np.asarray(Image.open(mixed / "masks" / f"{s:02d}.png")).ravel(), minlength=256)[:3]
-        for s in range(8)
-    ])  # fmt: skip
+    counts = np.stack(
+        [
+            np.bincount(np.asarray(Image.open(mixed / "masks" / f"{s:02d}.png")).ravel(), minlength=256)[:3]
+            for s in range(8)
+        ]
+    )
     freq = counts.sum(0) / ((counts > 0) * counts.sum(1, keepdims=True)).sum(0)
     expected = np.median(freq) / freq
     lines = [json.loads(line) for line in (half.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -302,11 +336,19 @@ def test_class_weights_and_freeze_bn_errors(mixed, tmp_path):
 
     cases = [
         (["train.class_weights=[1, 2]"], "train.class_weights has 2 weights but .* has 3 classes"),
-        (["train.class_weights=balanced", "train.loss=dice"], "cross-entropy term, but train.loss dice has none"),
-        (["train.class_weights=balanced", "train.loss={dice_ce: {weight: 1, class_weights: [1, 1, 1]}}"],
-         "both weight the cross-entropy"),
-        (["train.freeze_bn=true", "model.params.norm=none"], "train.freeze_bn is set but the .* has no batch-norm"),
-    ]  # fmt: skip
+        (
+            ["train.class_weights=balanced", "train.loss=dice"],
+            "cross-entropy term, but train.loss dice has none",
+        ),
+        (
+            ["train.class_weights=balanced", "train.loss={dice_ce: {weight: 1, class_weights: [1, 1, 1]}}"],
+            "both weight the cross-entropy",
+        ),
+        (
+            ["train.freeze_bn=true", "model.params.norm=none"],
+            "train.freeze_bn is set but the .* has no batch-norm",
+        ),
+    ]
     for i, (extra, match) in enumerate(cases):
         with pytest.raises(ConfigError, match=match):
             train(config(mixed, tmp_path / str(i), *extra))
@@ -341,9 +383,17 @@ def test_freeze_bn_in_one_epoch_keeps_encoder_statistics_only():
     torch.manual_seed(0)
     model = create_model("unet", num_classes=3, in_channels=3, depth=2, base_channels=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    parts = StepParts(model=model, net=model, criterion=make_loss("ce"), optimizer=build_optimizer(Config().train, model),
-                      scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=Schedule("constant", 2),
-                      base_lr=0.01, device=torch.device("cpu"), freeze_bn=True)  # fmt: skip
+    parts = StepParts(
+        model=model,
+        net=model,
+        criterion=make_loss("ce"),
+        optimizer=build_optimizer(Config().train, model),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        schedule=Schedule("constant", 2),
+        base_lr=0.01,
+        device=torch.device("cpu"),
+        freeze_bn=True,
+    )
     batches = [(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))) for _ in range(2)]
     train_one_epoch(parts, batches, TrainState(), Budget(None), epoch=0)
     after = model.state_dict()

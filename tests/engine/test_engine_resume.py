@@ -28,11 +28,18 @@ class Killed(BaseException):
 
 
 def make_config(data_dir, out_dir, epochs=3, ema=0.0):
-    return Config().override([
-        f"data.root={data_dir}", f"train.out_dir={out_dir}", f"train.epochs={epochs}", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", "data.val_ratio=0",
-        f"train.ema={ema}",
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data_dir}",
+            f"train.out_dir={out_dir}",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "data.val_ratio=0",
+            f"train.ema={ema}",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +268,15 @@ def test_bad_files_in_any_split_stop_training_before_the_run_folder_exists(shape
         image.write_bytes(image.read_bytes()[:60])
         match = rf"{stem}.* (corrupt|truncated|cannot)"
     out = tmp_path / "run"
-    cfg = Config().override([f"data.root={data}", f"train.out_dir={out}", "train.epochs=1", "train.progress=false",
-                             "model.params={depth: 2, base_channels: 4}"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={data}",
+            f"train.out_dir={out}",
+            "train.epochs=1",
+            "train.progress=false",
+            "model.params={depth: 2, base_channels: 4}",
+        ]
+    )
     with pytest.raises(SeglabError, match=match):
         train(cfg)
     assert not out.exists()

@@ -22,8 +22,13 @@ def test_tile_starts_cover_the_image():
 def test_no_seams_for_a_local_network(tile, overlap):
     """Three 3x3 convs see 3 pixels each way: with overlap >= 3, tiling equals one pass over the mirrored image."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(4, 3, 3, padding=1)).eval()  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3, padding=1),
+    ).eval()
     image = torch.randn(2, 2, 45, 61)
     whole = model(F.pad(image, (overlap,) * 4, mode="reflect"))[..., overlap:-overlap, overlap:-overlap]
     tiled = predict_tiled(model, image, tile=tile, overlap=overlap)

@@ -16,11 +16,19 @@ from seglab.errors import ConfigError, DataError
 
 
 def tiny_config(data_dir, out_dir, epochs=2):
-    return Config().override([
-        f"data.root={data_dir}", f"train.out_dir={out_dir}", f"train.epochs={epochs}", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", "data.scale=[0.8, 1.2]",
-        "data.rotation=10", "model.params.dropout=0.2",
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data_dir}",
+            f"train.out_dir={out_dir}",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            "data.scale=[0.8, 1.2]",
+            "data.rotation=10",
+            "model.params.dropout=0.2",
+        ]
+    )
 
 
 def test_train_writes_run_folder_and_logs(shapes_dir, tmp_path):
@@ -28,8 +36,15 @@ def test_train_writes_run_folder_and_logs(shapes_dir, tmp_path):
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     from seglab.engine.callbacks import tensorboard_available
 
-    assert names == ["best.safetensors", "best.yaml", "config.yaml", "last.safetensors", "last.state.pt", "last.yaml",
-                     "metrics.jsonl"] + (["tensorboard"] if tensorboard_available() else [])  # fmt: skip
+    assert names == [
+        "best.safetensors",
+        "best.yaml",
+        "config.yaml",
+        "last.safetensors",
+        "last.state.pt",
+        "last.yaml",
+        "metrics.jsonl",
+    ] + (["tensorboard"] if tensorboard_available() else [])
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == result.history
     assert all(0 <= r["val_miou"] <= 1 and r["images_per_s"] > 0 for r in lines)

@@ -21,11 +21,23 @@ def learned_run(nuclei_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from seglab.engine.train import train
 
     out = tmp_path_factory.mktemp("learned") / "run"
-    cfg = Config().override([
-        f"data.root={nuclei_dir}", "data.target=interior_boundary", "data.boundary_width=1", "data.val_ratio=0",
-        "model.arch=unet", "model.params={depth: 2, base_channels: 8}", "train.epochs=4", "data.repeat=6", "train.batch_size=4",
-        "train.lr=0.01", f"train.out_dir={out}", "train.progress=false", "train.amp=off",
-    ])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={nuclei_dir}",
+            "data.target=interior_boundary",
+            "data.boundary_width=1",
+            "data.val_ratio=0",
+            "model.arch=unet",
+            "model.params={depth: 2, base_channels: 8}",
+            "train.epochs=4",
+            "data.repeat=6",
+            "train.batch_size=4",
+            "train.lr=0.01",
+            f"train.out_dir={out}",
+            "train.progress=false",
+            "train.amp=off",
+        ]
+    )
     train(cfg)
     return out
 
@@ -39,8 +51,19 @@ def test_training_records_the_target_and_three_classes(learned_run):
 
 
 def test_evaluate_scores_exactly_what_predict_writes(learned_run, nuclei_dir, run_cli, tmp_path):
-    code, out, err = run_cli("evaluate", learned_run, "--data", nuclei_dir, "--split", "test", "--instances",
-                             "learned", "--out", tmp_path / "eval.json", "--no-progress")  # fmt: skip
+    code, out, err = run_cli(
+        "evaluate",
+        learned_run,
+        "--data",
+        nuclei_dir,
+        "--split",
+        "test",
+        "--instances",
+        "learned",
+        "--out",
+        tmp_path / "eval.json",
+        "--no-progress",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "eval.json").read_text())
     inst = report["instances"]
@@ -49,8 +72,9 @@ def test_evaluate_scores_exactly_what_predict_writes(learned_run, nuclei_dir, ru
 
     stems = (nuclei_dir / "splits" / "test.txt").read_text().split()
     images = [nuclei_dir / "images" / f"{s}.png" for s in stems]
-    code, out, err = run_cli("predict", learned_run, *images, "--out", tmp_path / "pred", "--instances",
-                             "learned", "--no-progress")  # fmt: skip
+    code, out, err = run_cli(
+        "predict", learned_run, *images, "--out", tmp_path / "pred", "--instances", "learned", "--no-progress"
+    )
     assert code == 0, err
     meter = InstanceMeter()
     for s in stems:
@@ -69,19 +93,41 @@ def test_evaluate_scores_exactly_what_predict_writes(learned_run, nuclei_dir, ru
     assert "instance maps (learned" in out
 
     # the semantic scores of the per-image path are those of the batched evaluation
-    code, _, err = run_cli("evaluate", learned_run, "--data", nuclei_dir, "--split", "test", "--out",
-                           tmp_path / "plain.json", "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        "evaluate",
+        learned_run,
+        "--data",
+        nuclei_dir,
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "plain.json",
+        "--no-progress",
+    )
     assert code == 0, err
     plain = json.loads((tmp_path / "plain.json").read_text())
     assert plain["confusion_matrix"] == report["confusion_matrix"]
 
 
-def test_evaluate_without_instance_maps_scores_components_of_the_class(tiny_ckpt, nuclei_dir, run_cli, tmp_path):
+def test_evaluate_without_instance_maps_scores_components_of_the_class(
+    tiny_ckpt, nuclei_dir, run_cli, tmp_path
+):
     root = tmp_path / "no-instances"
     shutil.copytree(nuclei_dir, root)
     shutil.rmtree(root / "instances")
-    code, _, err = run_cli("evaluate", tiny_ckpt, "--data", root, "--instances", "watershed", "--instance-param",
-                           "h=3", "--out", tmp_path / "e.json", "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        "evaluate",
+        tiny_ckpt,
+        "--data",
+        root,
+        "--instances",
+        "watershed",
+        "--instance-param",
+        "h=3",
+        "--out",
+        tmp_path / "e.json",
+        "--no-progress",
+    )
     assert code == 0, err
     inst = json.loads((tmp_path / "e.json").read_text())["instances"]
     assert inst["truth"] == "connected components of fg" and inst["params"]["h"] == 3.0
@@ -100,8 +146,17 @@ def test_evaluate_without_instance_maps_scores_components_of_the_class(tiny_ckpt
 )
 def test_bad_instance_flags_are_one_line_errors(tiny_ckpt, nuclei_dir, run_cli, tmp_path, args, message):
     image = nuclei_dir / "images" / "n00.png"
-    code, _, err = run_cli("predict", tiny_ckpt, image, "--out", tmp_path / "p", "--instances", "components",
-                           *args, "--no-progress")  # fmt: skip
+    code, _, err = run_cli(
+        "predict",
+        tiny_ckpt,
+        image,
+        "--out",
+        tmp_path / "p",
+        "--instances",
+        "components",
+        *args,
+        "--no-progress",
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p").exists()
 
@@ -116,8 +171,14 @@ def test_learned_separation_beats_components_on_touching_nuclei(learned_run, nuc
     them (the same probabilities, two post-processings)."""
     from seglab.engine.evaluate import evaluate
 
-    scores = {m: evaluate(learned_run, nuclei_dir, "test", out=tmp_path / f"{m}.json", progress=False,
-                          instances=m)["instances"] for m in ("components", "learned")}  # fmt: skip
-    assert scores["components"]["num_pred"] < scores["learned"]["num_pred"] <= scores["learned"]["num_true"] + 4
+    scores = {
+        m: evaluate(learned_run, nuclei_dir, "test", out=tmp_path / f"{m}.json", progress=False, instances=m)[
+            "instances"
+        ]
+        for m in ("components", "learned")
+    }
+    assert (
+        scores["components"]["num_pred"] < scores["learned"]["num_pred"] <= scores["learned"]["num_true"] + 4
+    )
     assert scores["learned"]["dsb_score"] > scores["components"]["dsb_score"] + 0.2
     assert scores["learned"]["f1"] > scores["components"]["f1"] + 0.2

@@ -23,11 +23,16 @@ from seglab.instances.postprocess import interior_boundary_target
 def test_scan_counts_objects_and_data_check_reports_them(nuclei_dir):
     scan = scan_folder(nuclei_dir, deep=True)
     assert not scan.problems
-    truth = {p.stem: len(np.unique(np.array(Image.open(p)))) - 1 for p in (nuclei_dir / "instances").iterdir()}
+    truth = {
+        p.stem: len(np.unique(np.array(Image.open(p)))) - 1 for p in (nuclei_dir / "instances").iterdir()
+    }
     assert scan.objects == truth
     counts = sorted(truth.values())
     text = format_check(scan)
-    assert f"instances: 24 label maps (instances/), {sum(counts)} objects, {counts[0]}..{counts[-1]} per image" in text
+    assert (
+        f"instances: 24 label maps (instances/), {sum(counts)} objects, {counts[0]}..{counts[-1]} per image"
+        in text
+    )
 
 
 def _copy(nuclei_dir: Path, tmp_path: Path) -> Path:
@@ -64,7 +69,9 @@ def test_transforms_carry_instance_maps_with_ids_and_geometry_of_the_mask(nuclei
         image, mask, inst = ds[i]
         raw = ds.load_instances(i)
         assert inst.dtype == torch.int64 and inst.shape == mask.shape == image.shape[-2:]
-        assert set(inst.unique().tolist()) <= set(np.unique(raw).tolist()) | {0}  # nearest neighbour: ids kept
+        assert set(inst.unique().tolist()) <= set(np.unique(raw).tolist()) | {
+            0
+        }  # nearest neighbour: ids kept
         labelled = mask != 255
         # the instance map moved exactly as the mask: an object wherever the mask says nucleus, 0 where filled in
         assert torch.equal(inst[labelled] > 0, mask[labelled] == 1)

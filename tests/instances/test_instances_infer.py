@@ -40,7 +40,10 @@ def test_interior_boundary_probabilities_use_one_minus_background():
     assert instances_from_probs(probs, "components", target="interior_boundary").max() == 1
     labels = instances_from_probs(probs, "learned", target="interior_boundary")
     assert labels.max() == 2
-    assert {tuple(np.unique(labels[inst == k])) for k in (1, 2)} == {(1,), (2,)}  # each box exactly one object
+    assert {tuple(np.unique(labels[inst == k])) for k in (1, 2)} == {
+        (1,),
+        (2,),
+    }  # each box exactly one object
 
 
 @pytest.mark.parametrize(

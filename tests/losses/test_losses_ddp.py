@@ -42,9 +42,11 @@ def _worker(rank: int, world: int, port: int) -> None:
     binary_logits, binary_target = torch.randn(4, 1, 6, 7), torch.randint(0, 2, (4, 6, 7))
     binary_target[2, :3] = 255
     part = slice(2 * rank, 2 * rank + 2)
-    cases = {**{k: (*v, logits, target) for k, v in CASES.items()},
-             "bce": ("bce", {}, binary_logits, binary_target),
-             "binary_dice": ("dice", {}, binary_logits, binary_target)}  # fmt: skip
+    cases = {
+        **{k: (*v, logits, target) for k, v in CASES.items()},
+        "bce": ("bce", {}, binary_logits, binary_target),
+        "binary_dice": ("dice", {}, binary_logits, binary_target),
+    }
     for name, (spec, options, x, y) in cases.items():
         loss = make_loss(spec, ignore_index=255, **options) if isinstance(spec, str) else make_loss(spec)
         full = x.clone().requires_grad_()

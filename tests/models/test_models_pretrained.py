@@ -34,13 +34,39 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # ImageNet-1k classes (timm.data.ImageNetInfo indices) whose photos show building exteriors, shop fronts or parts
 # of a facade: what a street-level facade photo may be taken for. 32 of 1000: 3.2 % of a uniform guess.
 FACADE_CLASSES = {
-    415: "bakery", 424: "barbershop", 425: "barn", 442: "bell cote", 449: "boathouse", 454: "bookshop",
-    467: "butcher shop", 483: "castle", 497: "church", 498: "cinema", 509: "confectionery", 538: "dome",
-    580: "greenhouse", 582: "grocery store", 624: "library", 660: "mobile home", 663: "monastery",
-    668: "mosque", 698: "palace", 706: "patio", 743: "prison", 762: "restaurant", 788: "shoe shop",
-    799: "sliding door", 832: "stupa", 853: "thatch", 858: "tile roof", 860: "tobacco shop", 865: "toyshop",
-    873: "triumphal arch", 904: "window screen", 905: "window shade",
-}  # fmt: skip
+    415: "bakery",
+    424: "barbershop",
+    425: "barn",
+    442: "bell cote",
+    449: "boathouse",
+    454: "bookshop",
+    467: "butcher shop",
+    483: "castle",
+    497: "church",
+    498: "cinema",
+    509: "confectionery",
+    538: "dome",
+    580: "greenhouse",
+    582: "grocery store",
+    624: "library",
+    660: "mobile home",
+    663: "monastery",
+    668: "mosque",
+    698: "palace",
+    706: "patio",
+    743: "prison",
+    762: "restaurant",
+    788: "shoe shop",
+    799: "sliding door",
+    832: "stupa",
+    853: "thatch",
+    858: "tile roof",
+    860: "tobacco shop",
+    865: "toyshop",
+    873: "triumphal arch",
+    904: "window screen",
+    905: "window shade",
+}
 
 
 @pytest.fixture(scope="module")

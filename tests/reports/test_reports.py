@@ -23,10 +23,17 @@ def run(shapes_dir, tmp_path_factory):
     from seglab.engine.train import train
 
     out = tmp_path_factory.mktemp("run") / "run"
-    cfg = Config().override([
-        f"data.root={shapes_dir}", f"train.out_dir={out}", "train.epochs=2", "train.batch_size=8",
-        "train.lr=0.01", "model.params={depth: 2, base_channels: 4}", "train.progress=false",
-    ])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={shapes_dir}",
+            f"train.out_dir={out}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.lr=0.01",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+        ]
+    )
     return train(cfg).run_dir
 
 
@@ -140,8 +147,17 @@ def test_cli_report_and_evaluate_report(run, shapes_dir, tmp_path, run_cli):
     code, out, err = run_cli("report", run, "--data", shapes_dir, "--out", tmp_path / "a", "--no-progress")
     assert code == 0, err
     assert f"report: {tmp_path / 'a' / 'report.html'}" in out and "(deterministic)" in out
-    code, out, err = run_cli("evaluate", run, "--data", shapes_dir, "--out", tmp_path / "e.json", "--report",
-                             tmp_path / "b", "--no-progress")  # fmt: skip
+    code, out, err = run_cli(
+        "evaluate",
+        run,
+        "--data",
+        shapes_dir,
+        "--out",
+        tmp_path / "e.json",
+        "--report",
+        tmp_path / "b",
+        "--no-progress",
+    )
     assert code == 0, err
     assert "calibration, deterministic" in out and str(tmp_path / "b" / "report.html") in out
     evaluated = json.loads((tmp_path / "e.json").read_text())

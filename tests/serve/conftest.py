@@ -19,7 +19,15 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     params = {**TINY, "dropout": 0.3}
     model = create_model("unet", num_classes=3, in_channels=3, **params).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=3, in_channels=3, model_params=params,
-                          class_names=["bg", "cat", "dog"], palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]],
-                          mean=[0.5] * 3, std=[0.25] * 3, metrics={"miou": 0.5})  # fmt: skip
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=3,
+        in_channels=3,
+        model_params=params,
+        class_names=["bg", "cat", "dog"],
+        palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        metrics={"miou": 0.5},
+    )
     return save_checkpoint(tmp_path_factory.mktemp("serve") / "best", model, meta)

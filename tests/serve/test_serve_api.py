@@ -22,7 +22,6 @@ from seglab.serve.app import ServeConfig, create_app  # noqa: E402
 TINY = {"depth": 2, "base_channels": 4}
 
 
-
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
@@ -69,10 +68,20 @@ def predicted(ckpt: Path, image_file: Path, tmp_path_factory: pytest.TempPathFac
     (tta,) = predict(
         ckpt, [image_file], out / "tta", progress=False, uncertainty=UncertaintyConfig(method="tta")
     )
-    (mc,) = predict(ckpt, [image_file], out / "mc", progress=False,
-                    uncertainty=UncertaintyConfig(method="mc-dropout", samples=8))  # fmt: skip
-    return {"mask": Path(plain["mask"]), "overlay": Path(plain["overlay"]), "tta": Path(tta["uncertainty"]),
-            "tta_mask": Path(tta["mask"]), "mc": Path(mc["uncertainty"])}  # fmt: skip
+    (mc,) = predict(
+        ckpt,
+        [image_file],
+        out / "mc",
+        progress=False,
+        uncertainty=UncertaintyConfig(method="mc-dropout", samples=8),
+    )
+    return {
+        "mask": Path(plain["mask"]),
+        "overlay": Path(plain["overlay"]),
+        "tta": Path(tta["uncertainty"]),
+        "tta_mask": Path(tta["mask"]),
+        "mc": Path(mc["uncertainty"]),
+    }
 
 
 def test_png_answers_are_the_files_seglab_predict_writes(client, image_file, predicted) -> None:
@@ -158,8 +167,15 @@ def test_mc_dropout_needs_dropout(tmp_path, image_file) -> None:
     from seglab.models.factory import create_model
 
     model = create_model("unet", num_classes=2, in_channels=3, **TINY)
-    meta = CheckpointMeta(arch="unet", num_classes=2, in_channels=3, model_params=TINY, class_names=["a", "b"],
-                          mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=2,
+        in_channels=3,
+        model_params=TINY,
+        class_names=["a", "b"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     client = local(create_app(save_checkpoint(tmp_path / "best", model, meta)))
     r = post(client, image_file.read_bytes(), "?uncertainty=mc-dropout")
     assert r.status_code == 400 and "no dropout layers" in r.json()["detail"]
@@ -208,8 +224,13 @@ def test_busy_service_answers_503_and_runs_off_the_event_loop(ckpt, image_file) 
             release.set()
             done = await first
             again = await c.post("/predict", content=data, headers=headers)
-            return [health.status_code, health.json()["active"], second.status_code, done.status_code,
-                    again.status_code]  # fmt: skip
+            return [
+                health.status_code,
+                health.json()["active"],
+                second.status_code,
+                done.status_code,
+                again.status_code,
+            ]
 
     assert asyncio.run(scenario()) == [200, 1, 503, 200, 200]
 

@@ -54,9 +54,18 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,820", "--force-device-scale-factor=1"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,820",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -80,9 +89,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     params = {"depth": 2, "base_channels": 4, "dropout": 0.3}
     model = create_model("unet", num_classes=3, in_channels=3, **params).eval()
-    meta = CheckpointMeta(arch="unet", num_classes=3, in_channels=3, model_params=params,
-                          class_names=["background", "circle", "square"], mean=[0.5] * 3, std=[0.25] * 3,
-                          palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75]])  # fmt: skip
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=3,
+        in_channels=3,
+        model_params=params,
+        class_names=["background", "circle", "square"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        palette=[[0, 0, 0], [230, 25, 75], [60, 180, 75]],
+    )
     return save_checkpoint(tmp_path_factory.mktemp("viewer") / "best", model, meta)
 
 
@@ -101,8 +117,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(checkpoint: Path):
     """``seglab serve`` on a free port of 127.0.0.1, up until the module's tests end."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seglab", "serve", str(checkpoint), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seglab", "serve", str(checkpoint), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while True:
@@ -158,8 +177,10 @@ def test_viewer_uploads_shows_overlay_legend_uncertainty_and_download(
         browser, "document.body.dataset.state === 'done' && document.getElementById('layer').naturalWidth > 0"
     )
     w, h = Image.open(image).size
-    assert browser.execute_script("return [document.getElementById('layer').naturalWidth, "
-                                  "document.getElementById('layer').naturalHeight]") == [w, h]  # fmt: skip
+    assert browser.execute_script(
+        "return [document.getElementById('layer').naturalWidth, "
+        "document.getElementById('layer').naturalHeight]"
+    ) == [w, h]
     # the legend now carries each class's share of the predicted pixels; together 100 %
     shares = [
         li.find_element(By.CSS_SELECTOR, ".share").text
@@ -178,17 +199,22 @@ def test_viewer_uploads_shows_overlay_legend_uncertainty_and_download(
     assert [float(s.rstrip(" %")) for s in shares] == pytest.approx(list(100 * counts), abs=0.051)
 
     # the opacity slider drives the layer's opacity
-    browser.execute_script("const s = document.getElementById('opacity'); s.value = 25; "
-                           "s.dispatchEvent(new Event('input'));")  # fmt: skip
+    browser.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 25; s.dispatchEvent(new Event('input'));"
+    )
     assert float(browser.find_element(By.ID, "layer").value_of_css_property("opacity")) == pytest.approx(0.25)
-    browser.execute_script("const s = document.getElementById('opacity'); s.value = 60; "
-                           "s.dispatchEvent(new Event('input'));")  # fmt: skip
+    browser.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 60; s.dispatchEvent(new Event('input'));"
+    )
     _screenshot(browser, tmp_path, "viewer.png")
 
     # the uncertainty toggle asks for the TTA entropy map and shows it instead of the classes
     browser.find_element(By.ID, "show-uncertainty").click()
-    _wait(browser, "document.body.dataset.state === 'done' && !document.getElementById('uncertainty').hidden "
-                   "&& document.getElementById('uncertainty').naturalWidth > 0")  # fmt: skip
+    _wait(
+        browser,
+        "document.body.dataset.state === 'done' && !document.getElementById('uncertainty').hidden "
+        "&& document.getElementById('uncertainty').naturalWidth > 0",
+    )
     assert "mean entropy" in browser.find_element(By.ID, "status").text
     _screenshot(browser, tmp_path, "viewer-uncertainty.png")
 
@@ -212,8 +238,15 @@ def report_html(shapes_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from seglab.reports.report import write_report
 
     out = tmp_path_factory.mktemp("report")
-    cfg = Config().override([f"data.root={shapes_dir}", f"train.out_dir={out / 'run'}", "train.epochs=1",
-                             "model.params={depth: 2, base_channels: 4}", "train.progress=false"])  # fmt: skip
+    cfg = Config().override(
+        [
+            f"data.root={shapes_dir}",
+            f"train.out_dir={out / 'run'}",
+            "train.epochs=1",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+        ]
+    )
     return Path(write_report(train(cfg).run_dir, out=out / "report", progress=False)["html"])
 
 

@@ -54,16 +54,30 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 def tiled_tiff(w: int, h: int, tile: int) -> bytes:
     """A deflate-compressed RGB TIFF of w x h whose header declares tile x tile tiles (and 11 bytes of data)."""
     data = zlib.compress(b"\x00" * 10)
-    entries = [(256, 4, w), (257, 4, h), (258, 3, "bps"), (259, 3, 8), (262, 3, 2), (277, 3, 3), (284, 3, 1),
-               (322, 4, tile), (323, 4, tile), (324, 4, "data"), (325, 4, len(data))]  # fmt: skip
+    entries = [
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, "bps"),
+        (259, 3, 8),
+        (262, 3, 2),
+        (277, 3, 3),
+        (284, 3, 1),
+        (322, 4, tile),
+        (323, 4, tile),
+        (324, 4, "data"),
+        (325, 4, len(data)),
+    ]
     bps = 8 + 2 + 12 * len(entries) + 4
     offsets = {"bps": bps, "data": bps + 6}
     out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
     for tag, kind, value in entries:
         value = offsets.get(value, value)  # type: ignore[arg-type]
         count = 3 if tag == 258 else 1
-        out += struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1 else \
-            struct.pack("<HHII", tag, kind, count, value)  # fmt: skip
+        out += (
+            struct.pack("<HHIHH", tag, kind, count, value, 0)
+            if kind == 3 and count == 1
+            else struct.pack("<HHII", tag, kind, count, value)
+        )
     return out + struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + data
 
 
@@ -102,8 +116,9 @@ def test_multi_frame_uploads_predict_the_first_frame_and_say_so(client, fmt) -> 
     assert "note" not in single.json() and "x-seglab-note" not in single.headers
 
 
-@pytest.mark.parametrize("query", ["?format=png&format=json", "?format=bogus&format=json",
-                                   "?overlay=1&overlay=0&format=json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "query", ["?format=png&format=json", "?format=bogus&format=json", "?overlay=1&overlay=0&format=json"]
+)
 def test_repeated_parameters_are_refused(client, query) -> None:
     """Only the last value was checked and used: ?format=bogus&format=json answered 200."""
     r = post(client, encode(noise(0), "PNG"), query)
@@ -125,8 +140,15 @@ def test_bearer_scheme_is_case_insensitive_and_other_tokens_still_fail(ckpt) -> 
     token = "tökén".encode()
     for good in (b"Bearer " + token, b"bearer " + token, b"BEARER  " + token):
         assert status(good) == 200, good
-    for bad in (b"Bearer t\xc3\xb6k\xc3\xa9", b"Bearer " + token + b"x", b"Basic " + token, token,
-                b"Bearer" + token, b"Bearer", b"Token " + token):  # fmt: skip
+    for bad in (
+        b"Bearer t\xc3\xb6k\xc3\xa9",
+        b"Bearer " + token + b"x",
+        b"Basic " + token,
+        token,
+        b"Bearer" + token,
+        b"Bearer",
+        b"Token " + token,
+    ):
         assert status(bad) == 401, bad
 
 
@@ -152,11 +174,21 @@ def test_model_does_not_show_server_paths(ckpt) -> None:
     """``model_params`` may hold the encoder weights file a run started from: /model named its directories."""
     app = create_app(ckpt, ServeConfig())
     meta = app.state.service.meta
-    meta.model_params = {**TINY, "weights": "/home/alice/secret/enc.pth", "encoder": {"weights": "C:\\a\\b.pt"},
-                         "names": ["x/y"], "pkg": "pkg:some_module/models/w.pth"}  # fmt: skip
+    meta.model_params = {
+        **TINY,
+        "weights": "/home/alice/secret/enc.pth",
+        "encoder": {"weights": "C:\\a\\b.pt"},
+        "names": ["x/y"],
+        "pkg": "pkg:some_module/models/w.pth",
+    }
     doc = TestClient(app, base_url="http://localhost").get("/model").json()
-    assert doc["model_params"] == {**TINY, "weights": "enc.pth", "encoder": {"weights": "b.pt"}, "names": ["y"],
-                                   "pkg": "pkg:some_module/models/w.pth"}  # fmt: skip
+    assert doc["model_params"] == {
+        **TINY,
+        "weights": "enc.pth",
+        "encoder": {"weights": "b.pt"},
+        "names": ["y"],
+        "pkg": "pkg:some_module/models/w.pth",
+    }
     assert doc["checkpoint"] == ckpt.name and "/" not in str(doc["checkpoint"])
 
 
@@ -179,8 +211,12 @@ def _png_header(w: int, h: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", b"x") + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", b"x")
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_an_image_above_pillows_limit_names_the_service_limit_not_a_server_variable(ckpt) -> None:
@@ -196,8 +232,11 @@ def test_an_image_above_pillows_limit_names_the_service_limit_not_a_server_varia
 
 def test_a_form_field_file_without_a_filename_is_named(client) -> None:
     """``curl -F file=<img.png`` sends the image as a text field: the answer said the form held no file 'file'."""
-    body = (b'--B\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + encode(noise(0), "PNG")[:200]
-            + b"\r\n--B--\r\n")  # fmt: skip
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+        + encode(noise(0), "PNG")[:200]
+        + b"\r\n--B--\r\n"
+    )
     r = post(client, body, kind="multipart/form-data; boundary=B")
     assert r.status_code == 400 and "field 'file' has no filename" in r.json()["detail"]
     assert "curl -F file=@image.png" in r.json()["detail"]

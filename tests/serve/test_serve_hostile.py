@@ -27,7 +27,6 @@ from seglab.serve.app import FORMATS, ServeConfig, create_app, host_check, serve
 TINY = {"depth": 2, "base_channels": 4}
 
 
-
 def encode(shape: tuple[int, int], fmt: str = "PNG", seed: int = 0) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -51,8 +50,23 @@ def server(ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """``seglab serve --port 0 --concurrency 1 --queue 1 --body-timeout 2``: (port, log file)."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with log.open("wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "seglab", "serve", str(ckpt), "--port", "0", "--queue", "1",
-                                 "--body-timeout", "2"], stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "seglab",
+                "serve",
+                str(ckpt),
+                "--port",
+                "0",
+                "--queue",
+                "1",
+                "--body-timeout",
+                "2",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 120
     while not (found := re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -74,8 +88,11 @@ def server(ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
 def slow_upload(port: int, sent: bytes = b"\x89PNG" + b"\x00" * 96, length: int = 100_000) -> socket.socket:
     """A client that announces ``length`` bytes, sends ``sent`` and then waits."""
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
-              f"Content-Length: {length}\r\n\r\n".encode() + sent)  # fmt: skip
+    s.sendall(
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+        + sent
+    )
     return s
 
 
@@ -144,8 +161,12 @@ def test_over_limit_bodies_get_413_not_a_reset(server) -> None:
 
 def test_bad_host_header_on_the_wire(server) -> None:
     port, _ = server
-    for host, status in (("evil.example", 400), (f"evil.example:{port}", 400), (f"localhost:{port}", 200),
-                         (f"[::1]:{port}", 200)):  # fmt: skip
+    for host, status in (
+        ("evil.example", 400),
+        (f"evil.example:{port}", 400),
+        (f"localhost:{port}", 200),
+        (f"[::1]:{port}", 200),
+    ):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         c.request("GET", "/health", headers={"Host": host})
         r = c.getresponse()
@@ -195,8 +216,9 @@ def test_large_images_are_predicted_in_tiles(ckpt, tmp_path) -> None:
 # ---- formats, forms, names ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["EPS", "TGA", "SGI", "PCX", "DDS", "ICO", "GIF", "PPM", "JPEG2000", "XBM",
-                                 "SPIDER", "QOI"])  # fmt: skip
+@pytest.mark.parametrize(
+    "fmt", ["EPS", "TGA", "SGI", "PCX", "DDS", "ICO", "GIF", "PPM", "JPEG2000", "XBM", "SPIDER", "QOI"]
+)
 def test_decoders_outside_the_allowlist_are_refused(ckpt, fmt) -> None:
     img = Image.new("RGB", (20, 16), (10, 200, 30))
     buf = io.BytesIO()

@@ -25,11 +25,18 @@ LOG4 = math.log(4)
 
 
 def tiny_config(data_dir, out_dir, seed=0, dropout=0.2):
-    return Config().override([
-        f"data.root={data_dir}", f"train.out_dir={out_dir}", "train.epochs=1", "train.batch_size=8",
-        "model.params={depth: 2, base_channels: 4}", "train.progress=false", f"model.params.dropout={dropout}",
-        f"train.seed={seed}",
-    ])  # fmt: skip
+    return Config().override(
+        [
+            f"data.root={data_dir}",
+            f"train.out_dir={out_dir}",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "model.params={depth: 2, base_channels: 4}",
+            "train.progress=false",
+            f"model.params.dropout={dropout}",
+            f"train.seed={seed}",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +56,29 @@ def run(capsys, *argv):
 
 def test_predict_mc_dropout_writes_heatmaps_and_maps(runs, shapes_dir, tmp_path, capsys):
     inputs = sorted((shapes_dir / "images").iterdir())[:2]
-    code, out, err = run(capsys, "predict", runs["a"], *inputs, "--out", tmp_path / "p", "--uncertainty",
-                         "mc-dropout", "--samples", 3, "--save-maps", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "predict",
+        runs["a"],
+        *inputs,
+        "--out",
+        tmp_path / "p",
+        "--uncertainty",
+        "mc-dropout",
+        "--samples",
+        3,
+        "--save-maps",
+        "--no-progress",
+    )
     assert code == 0, err
     assert "entropy heatmaps (mc-dropout (3 samples)) and .npz maps" in out
     stem = inputs[0].stem
     names = sorted(p.name for p in (tmp_path / "p").iterdir())
-    assert names == sorted(f"{s.stem}_{k}" for s in inputs for k in
-                           ("mask.png", "overlay.png", "uncertainty.png", "uncertainty.npz"))  # fmt: skip
+    assert names == sorted(
+        f"{s.stem}_{k}"
+        for s in inputs
+        for k in ("mask.png", "overlay.png", "uncertainty.png", "uncertainty.npz")
+    )
     heat = np.array(Image.open(tmp_path / "p" / f"{stem}_uncertainty.png"))
     assert heat.shape == (32, 32, 3) and heat.dtype == np.uint8
     maps = np.load(tmp_path / "p" / f"{stem}_uncertainty.npz")
@@ -81,8 +103,14 @@ def test_predict_mc_dropout_writes_heatmaps_and_maps(runs, shapes_dir, tmp_path,
 
 def test_predict_ensemble_and_its_errors(runs, shapes_dir, tmp_path, capsys):
     image = sorted((shapes_dir / "images").iterdir())[0]
-    results = predict(runs["a"], [image], tmp_path / "e", progress=False, write_overlay=False,
-                      uncertainty=_cfg("ensemble", ensemble=[str(runs["b"])], heatmap="mi", save_maps=True))  # fmt: skip
+    results = predict(
+        runs["a"],
+        [image],
+        tmp_path / "e",
+        progress=False,
+        write_overlay=False,
+        uncertainty=_cfg("ensemble", ensemble=[str(runs["b"])], heatmap="mi", save_maps=True),
+    )
     assert results[0]["mean_mutual_information"] > 0
     maps = np.load(results[0]["maps"])
     ma, meta = load_checkpoint(runs["a"])
@@ -97,8 +125,17 @@ def test_predict_ensemble_and_its_errors(runs, shapes_dir, tmp_path, capsys):
     model, meta = load_checkpoint(runs["a"])
     meta.class_names = ["bg", "circle", "rectangle", "triangle"]
     save_checkpoint(tmp_path / "other", model, meta)
-    code, _, err = run(capsys, "predict", runs["a"], image, "--out", tmp_path / "x", "--ensemble",
-                       tmp_path / "other.safetensors", "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "predict",
+        runs["a"],
+        image,
+        "--out",
+        tmp_path / "x",
+        "--ensemble",
+        tmp_path / "other.safetensors",
+        "--no-progress",
+    )
     assert code == 2 and "ensemble member" in err and "same task" in err and err.count("\n") == 1
     code, _, err = run(
         capsys, "predict", runs["a"], image, "--out", tmp_path / "x", "--uncertainty", "ensemble"
@@ -115,18 +152,43 @@ def _cfg(method, **kw):
 
 def test_mc_dropout_on_a_model_without_dropout(runs, shapes_dir, tmp_path, capsys):
     image = sorted((shapes_dir / "images").iterdir())[0]
-    code, _, err = run(capsys, "predict", runs["plain"], image, "--out", tmp_path / "p", "--uncertainty",
-                       "mc-dropout", "--samples", 2, "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "predict",
+        runs["plain"],
+        image,
+        "--out",
+        tmp_path / "p",
+        "--uncertainty",
+        "mc-dropout",
+        "--samples",
+        2,
+        "--no-progress",
+    )
     assert code == 2 and "has no dropout layers" in err and "--add-dropout" in err
-    code, _, err = run(capsys, "predict", runs["plain"], image, "--out", tmp_path / "p", "--uncertainty",
-                       "mc-dropout", "--samples", 2, "--add-dropout", 0.2, "--no-progress")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "predict",
+        runs["plain"],
+        image,
+        "--out",
+        tmp_path / "p",
+        "--uncertainty",
+        "mc-dropout",
+        "--samples",
+        2,
+        "--add-dropout",
+        0.2,
+        "--no-progress",
+    )
     assert code == 0, err
 
 
 def test_evaluate_with_uncertainty_reports_calibration(runs, shapes_dir, tmp_path, capsys):
     plain = evaluate(runs["a"], shapes_dir, "test", progress=False, out=tmp_path / "plain.json")
-    det = evaluate(runs["a"], shapes_dir, "test", progress=False, out=tmp_path / "det.json",
-                   uncertainty="deterministic")  # fmt: skip
+    det = evaluate(
+        runs["a"], shapes_dir, "test", progress=False, out=tmp_path / "det.json", uncertainty="deterministic"
+    )
     assert det["miou"] == plain["miou"] and det["confusion_matrix"] == plain["confusion_matrix"]
     u = det["uncertainty"]
     assert u["pixels"] == 4 * 32 * 32 and u["mean_mutual_information"] == 0
@@ -142,8 +204,21 @@ def test_evaluate_with_uncertainty_reports_calibration(runs, shapes_dir, tmp_pat
     assert u["ece"] == pytest.approx(expected_calibration_error(probs, torch.stack(y)), abs=1e-6)
     assert u["nll"] == pytest.approx(negative_log_likelihood(probs, torch.stack(y)), rel=1e-5)
 
-    code, out, err = run(capsys, "evaluate", runs["a"], "--data", shapes_dir, "--uncertainty", "tta",
-                         "--tta-flips", "none", "h", "--out", tmp_path / "tta.json", "--no-progress")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        runs["a"],
+        "--data",
+        shapes_dir,
+        "--uncertainty",
+        "tta",
+        "--tta-flips",
+        "none",
+        "h",
+        "--out",
+        tmp_path / "tta.json",
+        "--no-progress",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "tta.json").read_text())
     assert report["uncertainty"]["method"] == "tta" and "ece_adaptive" in report["uncertainty"]
