@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, memory_kb, png, run_threads, start  # noqa: E402
+from serve_load import demo_checkpoint, free_port, memory_kb, png, run_threads, start  # noqa: E402
 
 TOKEN = "abuse-benchmark-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -290,24 +290,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-abuse-"))
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from seglab.checkpoint import CheckpointMeta, save_checkpoint
-        from seglab.data.synthetic import CLASSES, PALETTE
-        from seglab.models.factory import create_model
-
-        params = {"depth": 4, "base_channels": 16}  # the demo's U-Net
-        torch.manual_seed(0)
-        model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
-        meta = CheckpointMeta(
-            arch="unet",
-            num_classes=len(CLASSES),
-            in_channels=3,
-            model_params=params,
-            class_names=list(CLASSES),
-            palette=[list(c) for c in PALETTE],
-            mean=[0.5] * 3,
-            std=[0.25] * 3,
-        )
-        checkpoint = str(save_checkpoint(tmp / "model" / "best", model, meta))
+        checkpoint = demo_checkpoint(tmp / "model")
     from seglab.data.synthetic import write_folder
 
     image_path = next((write_folder(tmp / "data", num_images=1, size=256) / "images").iterdir())

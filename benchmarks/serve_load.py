@@ -86,6 +86,30 @@ def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
     sys.exit(f"server {' '.join(command)} did not start: {log.read_text()[-2000:]}")
 
 
+def demo_checkpoint(folder: Path) -> str:
+    """The demo's U-Net (depth 4, width 16) with random weights, saved as ``folder/best``: the served model."""
+    import torch
+
+    from seglab.checkpoint import CheckpointMeta, save_checkpoint
+    from seglab.data.synthetic import CLASSES, PALETTE
+    from seglab.models.factory import create_model
+
+    params = {"depth": 4, "base_channels": 16}
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=len(CLASSES),
+        in_channels=3,
+        model_params=params,
+        class_names=list(CLASSES),
+        palette=[list(c) for c in PALETTE],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    return str(save_checkpoint(folder / "best", model, meta))
+
+
 def run_threads(threads: list[threading.Thread]) -> float:
     """Start every thread, wait for all of them, and return the seconds that took."""
     started = time.perf_counter()
@@ -257,24 +281,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from seglab.checkpoint import CheckpointMeta, save_checkpoint
-        from seglab.data.synthetic import CLASSES, PALETTE
-        from seglab.models.factory import create_model
-
-        params = {"depth": 4, "base_channels": 16}
-        torch.manual_seed(0)
-        model = create_model("unet", num_classes=len(CLASSES), in_channels=3, **params)
-        meta = CheckpointMeta(
-            arch="unet",
-            num_classes=len(CLASSES),
-            in_channels=3,
-            model_params=params,
-            class_names=list(CLASSES),
-            palette=[list(c) for c in PALETTE],
-            mean=[0.5] * 3,
-            std=[0.25] * 3,
-        )
-        checkpoint = str(save_checkpoint(tmp / "model" / "best", model, meta))  # not beside the data
+        checkpoint = demo_checkpoint(tmp / "model")  # not beside the data
     image_path = Path(args.image) if args.image else None
     if image_path is None:
         from seglab.data.synthetic import write_folder
