@@ -107,8 +107,11 @@ def train(
     cfg, t0 = config.validate(), time.perf_counter()  # a config changed after it was built is checked too
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    with process_group(resolve_device(cfg.train.device), cfg.train.dist_timeout) as (dist, device):
-        return _train(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks)
+    with (
+        process_group(resolve_device(cfg.train.device), cfg.train.dist_timeout) as (dist, device),
+        contextlib.ExitStack() as stack,  # rank 0: the run folder's lock, held to the end
+    ):
+        return _train(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks, stack)
 
 
 def _train(
@@ -120,24 +123,9 @@ def _train(
     overwrite: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None,
     callbacks: Sequence[Callback],
-) -> TrainResult:
-    run_dir = Path(cfg.train.out_dir)
-    with contextlib.ExitStack() as stack:  # rank 0: the run folder's lock, held to the end
-        return _train_run(cfg, dist, device, t0, resume, overwrite, on_epoch_end, callbacks, run_dir, stack)
-
-
-def _train_run(
-    cfg: Config,
-    dist: Dist,
-    device: torch.device,
-    t0: float,
-    resume: bool,
-    overwrite: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None,
-    callbacks: Sequence[Callback],
-    run_dir: Path,
     stack: contextlib.ExitStack,
 ) -> TrainResult:
+    run_dir = Path(cfg.train.out_dir)
     budget = SharedBudget(cfg.train.time_limit, dist)  # the whole run counts, data checks included
     stage: Path | None = None  # rank 0, --overwrite of a run: where the new run writes until its first commit
 
