@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -28,6 +29,7 @@ from torch.utils.data import Sampler
 
 from seglab.engine.optim import Budget
 from seglab.errors import ConfigError, SeglabError
+from seglab.files import atomic_write
 
 T = TypeVar("T")
 
@@ -249,8 +251,10 @@ def record_error(error: BaseException) -> None:
             },
         }
     }
-    with contextlib.suppress(OSError), open(path, "w") as f:
-        json.dump(data, f)
+    # written whole or not at all: torchrun stops the other workers when one fails, and a worker stopped in the
+    # middle of this write left a cut file that made torchrun itself fail on reading it
+    with contextlib.suppress(OSError, SeglabError):
+        atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data)), durable=False)
 
 
 def launch(nproc: int, command: Sequence[str], max_restarts: int = 0) -> None:

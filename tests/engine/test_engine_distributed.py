@@ -574,3 +574,29 @@ def test_dist_timeout_is_a_duration():
     assert Config().override(["train.dist_timeout=90s"]).train.dist_timeout == 90.0
     with pytest.raises(ConfigError, match="train.dist_timeout"):
         Config().override(["train.dist_timeout=soon"])
+
+
+def test_error_file_is_whole_or_absent(monkeypatch, tmp_path):
+    """A worker stopped while recording its error (torchrun stops the others when one fails) leaves no cut file:
+    torchrun parses it with json.load and its own agent died of the JSONDecodeError."""
+    import json
+
+    from seglab.engine import distributed
+
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+
+    def stopped(data, f=None, **kwargs):  # the write is cut after its first bytes
+        if f is not None:
+            f.write('{"message": {"mess')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed.json, "dump", stopped)
+    monkeypatch.setattr(distributed.json, "dumps", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.record_error(RuntimeError("boom"))
+    assert not path.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    distributed.record_error(RuntimeError("boom"))
+    assert json.loads(path.read_text())["message"]["message"] == "RuntimeError: boom"
