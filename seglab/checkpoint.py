@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +24,9 @@ from seglab.config import check_resize
 from seglab.errors import CheckpointError, ConfigError
 from seglab.files import atomic_write
 from seglab.models.torch_files import torch_load_problem  # noqa: F401  (re-exported: seglab.engine.state)
+
+if TYPE_CHECKING:
+    from seglab.data.normalize import Normalization
 
 FORMAT = "seglab-checkpoint/1"
 
@@ -56,6 +59,18 @@ class CheckpointMeta:
     target: str = "mask"
     boundary_width: int = 2
     stretch: list[float] | None = None  # data.stretch: percentiles of each image spread over 0..255 first
+    # the resolved data.normalize (seglab.data.normalize.Normalization.to_dict); None in checkpoints written
+    # before it existed: those normalise as ``mean``, ``std`` and ``stretch`` say (Normalization.legacy)
+    normalize: dict[str, Any] | None = None
+
+    @property
+    def normalization(self) -> Normalization:
+        """How images are normalised for this model (the one object every inference path applies)."""
+        from seglab.data.normalize import Normalization
+
+        if self.normalize:
+            return Normalization.from_dict(self.normalize)
+        return Normalization.legacy(self.mean, self.std, self.stretch)
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:

@@ -1,17 +1,24 @@
 """Reading images and masks, writing PNGs atomically. Every failure is a DataError naming the file.
 
-Every image and mask is read through ``load_image``: one pixel limit (``max_pixels()``, checked from the header
-before decoding), EXIF orientation applied, and for images one mode policy (``image_channels``: 8-bit only)."""
+Every image is read through ``read_image`` (its header through ``image_header``): 8-bit images through Pillow,
+as they always were; 16-bit, float and multi-band images (TIFF through ``tifffile``, 16-bit colour PNG through
+``imagecodecs``, ``.npy`` through NumPy) in their own type, uint16 or float32, never mapped to 8 bits here (that
+is the normalisation's job, ``seglab.data.normalize``). Masks are read through ``load_image`` (Pillow). The
+limits hold for all of them, from the header, before any pixel is decoded: ``max_pixels()`` (a pixel count) and
+``max_bytes()`` (pixels x bands x bytes per sample), and the EXIF/TIFF orientation is applied."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -19,8 +26,10 @@ from PIL import ExifTags, Image, ImageOps
 from seglab.errors import ConfigError, DataError
 from seglab.files import PNG_SOFTWARE, atomic_write
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 MAX_PIXELS = 2**28  # the default of ``max_pixels()``: 268 M pixels, e.g. 16384 x 16384
+MAX_BYTES = 2**30  # the default of ``max_bytes()``: 1 GiB decoded, e.g. MAX_PIXELS of 8-bit RGB (and RGBA)
+IMAGE_DTYPES = ("uint8", "uint16", "float32")  # what ``read_image`` gives; other numbers become float32
 _OPEN_LOCK = threading.Lock()
 
 # Distinct colours for classes without a palette; index 0 (usually background) is black.
@@ -95,6 +104,18 @@ def max_pixels() -> int:
     return int(value)
 
 
+def max_bytes() -> int:
+    """The most bytes a decoded image may take (pixels x bands x bytes per sample): ``$SEGLAB_MAX_BYTES`` if set,
+    else ``MAX_BYTES`` (1 GiB: ``MAX_PIXELS`` of 8-bit RGB fits, so the pixel limit stays the one that binds for
+    photos). It bounds what the pixel count alone does not: 13 bands of float32 take 52 bytes a pixel."""
+    value = os.environ.get("SEGLAB_MAX_BYTES", "").strip().replace("_", "")
+    if not value:
+        return MAX_BYTES
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"SEGLAB_MAX_BYTES={value!r} must be a whole number of bytes, e.g. {MAX_BYTES}")
+    return int(value)
+
+
 class ImageTooLarge(DataError):
     """An image above ``max_pixels()`` (the service answers it with 413, other bad images with 400)."""
 
@@ -116,7 +137,9 @@ def check_pixels(path: Path | NamedBytes, size: tuple[int, int]) -> None:
         raise _too_large(path, f"{w}x{h} = {w * h:,} pixels", limit)
 
 
-def open_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) -> Image.Image:
+def open_image(
+    path: Path | NamedBytes, formats: Sequence[str] | None = None, check_bits: bool = True
+) -> Image.Image:
     """Open an image lazily (header only); DataError if missing, unreadable, empty or above ``max_pixels()``, or
     with ``formats`` (Pillow format names, e.g. the service's allowlist) in any other format: checked from the
     header, so no other decoder ever runs on the data."""
@@ -142,7 +165,8 @@ def open_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) ->
                 f"convert it to PNG"
             )
         check_pixels(path, img.size)
-        check_sample_bits(img, path)
+        if check_bits:
+            check_sample_bits(img, path)
         check_tiff_tiles(img, path)
     except DataError:
         img.close()
@@ -226,40 +250,334 @@ def load_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) ->
 
 
 def image_channels(img: Image.Image, path: Path | NamedBytes) -> int:
-    """1 for grayscale modes, 3 for colour modes; DataError for modes we do not read (16-bit, 32-bit, float).
-
-    The policy for 16-bit and float images is to refuse them, here, in the one place all readers go through:
-    mapping their values to 8 bits has no single right answer (full range? the data's own range?), so the user
-    chooses it when converting."""
+    """1 for Pillow's grayscale modes, 3 for its colour modes (the 8-bit images read through Pillow); DataError
+    for the modes ``read_image`` does not take from Pillow (they are read in their own type, see there)."""
     if img.mode in ("L", "1", "LA", "La"):
         return 1
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "PA", "RGBX", "RGBa"):
         return 3
-    depth = {"F": "32-bit float", "I": "32-bit integer"}.get(img.mode, "16-bit" if "16" in img.mode else "")
+    if img.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
+        return 1
     raise DataError(
-        f"image {path} has mode {img.mode}{f' ({depth})' if depth else ''}; seglab reads 8-bit grayscale or RGB "
-        f"images: convert it to 8 bits (choosing how its values map to 0..255)"
+        f"image {path} has mode {img.mode}, which seglab does not read; convert it to PNG or TIFF"
     )
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file holds, from its header: (w, h) as seglab reads it (orientation applied), its bands,
+    and the type ``read_image`` gives (one of ``IMAGE_DTYPES``); ``reader``: "pillow", "tiff", "png16" or "npy"."""
+
+    size: tuple[int, int]
+    bands: int
+    dtype: str
+    format: str
+    reader: str = "pillow"
+    orientation: int = 1
+    axes: str = "YXS"  # the tifffile series axes of a TIFF read by tifffile
+    frames: int = 1  # an animation's frames, a TIFF's pages of several samples each: the first is read
+
+    @property
+    def nbytes(self) -> int:
+        return self.size[0] * self.size[1] * self.bands * np.dtype(self.dtype).itemsize
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def _head(path: Path | NamedBytes, n: int = 8) -> bytes:
+    if isinstance(path, NamedBytes):
+        return path.getvalue()[:n]
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except FileNotFoundError:
+        raise DataError(f"file {path} does not exist") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _own_dtype(dtype: np.dtype, path: Path | NamedBytes) -> str:
+    """The type ``read_image`` gives for samples of ``dtype``: uint8 and uint16 as they are, bool as uint8,
+    every other real number as float32; DataError for complex numbers and anything else."""
+    if dtype.kind == "c":
+        raise DataError(
+            f"image {path} holds complex numbers ({dtype}); seglab reads real-valued images: save the magnitude "
+            f"(np.abs) or the real part"
+        )
+    if dtype in (np.uint8, np.bool_):
+        return "uint8"
+    if dtype == np.uint16:
+        return "uint16"
+    if dtype.kind in "uif":
+        return "float32"
+    raise DataError(f"image {path} holds samples of type {dtype}, not numbers seglab reads")
+
+
+def _check_bytes(path: Path | NamedBytes, header: ImageHeader) -> None:
+    check_pixels(path, header.size)
+    limit = max_bytes()
+    if header.nbytes > limit:
+        w, h = header.size
+        raise ImageTooLarge(
+            f"{path} is {w}x{h} pixels of {header.bands} band(s) of {header.dtype}, {header.nbytes:,} bytes "
+            f"decoded, above the limit of {limit:,} bytes; shrink or tile it, or raise the limit with the "
+            f"environment variable SEGLAB_MAX_BYTES"
+        )
+
+
+def _tiff_layout(axes: str, shape: Sequence[int], path: Path | NamedBytes) -> tuple[int, int, int, int]:
+    """(h, w, bands, frames) of a tifffile series: the Y and X axes, and at most one other axis of length > 1
+    (samples, channels, pages ...) as the bands; pages of several samples each are frames (the first is read, as
+    for an animation). DataError for any other stack (e.g. time x channels of one sample)."""
+    extra = [(a, n) for a, n in zip(axes, shape) if a not in "YX" and n > 1]
+    frames = 1
+    if len(extra) == 2 and extra[1][0] == "S":
+        frames, extra = extra[0][1], extra[1:]
+    if "Y" not in axes or "X" not in axes or len(extra) > 1:
+        raise DataError(
+            f"image {path} is a TIFF of shape {tuple(shape)} (axes {axes}); seglab reads one 2-D image of one or "
+            f"more bands per file: save each image of the stack as its own file"
+        )
+    h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    return h, w, extra[0][1] if extra else 1, frames
+
+
+def _tiff_header(path: Path | NamedBytes) -> ImageHeader:
+    """The header of a TIFF through tifffile. 8-bit TIFFs of at most three bands (or RGBA, CMYK) go on to Pillow,
+    which applies their photometric interpretation (palette, YCbCr, CMYK) as it always did."""
+    import tifffile
+
+    if isinstance(path, NamedBytes):
+        path.seek(0)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = series.pages[0] if len(series.pages) else tif.pages.first
+            axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+            tiled = page.is_tiled
+            tile = (page.tilewidth, page.tilelength)
+            orientation = int(page.tags.valueof(274, 1) or 1)
+            samples, photometric = page.samplesperpixel, int(page.photometric)
+            alpha = bool(page.extrasamples) and page.extrasamples[0] in (1, 2)
+    except DataError:
+        raise
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, KeyError ... on a broken file
+        raise DataError(f"cannot read {path}: {e.__class__.__name__}: {e}; is it a valid TIFF?") from None
+    own = _own_dtype(dtype, path)
+    h, w, bands, frames = _tiff_layout(axes, shape, path)
+    if tiled and tile[0] * tile[1] > max(w * h, 2**20):
+        raise DataError(
+            f"{path} is a {w}x{h} TIFF with {tile[0]}x{tile[1]} tiles, larger than the image; rewrite it without "
+            f"tiles or with small ones (e.g. 256 x 256)"
+        )
+    pillow = (
+        own == "uint8"
+        and bands == samples
+        and (samples <= 3 or (samples == 4 and (alpha or photometric == 5)))
+    )
+    orientation = orientation if 1 <= orientation <= 8 else 1
+    size = (h, w) if orientation >= 5 else (w, h)
+    bands = 3 if pillow and bands > 1 else bands
+    return ImageHeader(size, bands, own, "TIFF", "pillow" if pillow else "tiff", orientation, axes, frames)
+
+
+def _npy_header(path: Path | NamedBytes) -> ImageHeader:
+    """The header of a ``.npy`` array, (H, W) or (H, W, bands), read without its data (no pickles, ever)."""
+    try:
+        f = path if isinstance(path, NamedBytes) else open(path, "rb")  # noqa: SIM115 - closed below
+        try:
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version[0] == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+        finally:
+            if f is not path:
+                f.close()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}; is it a NumPy .npy file?") from None
+    if dtype.hasobject:
+        raise DataError(f"image {path} is a NumPy array of Python objects; save it as numbers")
+    if len(shape) not in (2, 3):
+        raise DataError(
+            f"image {path} is a NumPy array of shape {shape}; seglab reads (H, W) or (H, W, bands) arrays (bands "
+            f"last)"
+        )
+    bands = shape[2] if len(shape) == 3 else 1
+    if bands < 1:
+        raise DataError(f"image {path} is a NumPy array of shape {shape}, with no band")
+    return ImageHeader((int(shape[1]), int(shape[0])), int(bands), _own_dtype(dtype, path), "NPY", "npy")
+
+
+def image_header(path: Path | NamedBytes, formats: Sequence[str] | None = None) -> ImageHeader:
+    """The header of an image (nothing is decoded), with every check ``read_image`` makes before decoding: the
+    file exists and is readable, its format is in ``formats`` (Pillow's format names, and "NPY"), its size is
+    within ``max_pixels()`` and ``max_bytes()``, its samples are real numbers, its tiles are sane."""
+    head = _head(path)
+    if head.startswith(_TIFF_MAGIC):
+        fmt = "TIFF"
+    elif head.startswith(b"\x93NUMPY"):
+        fmt = "NPY"
+    else:
+        fmt = None
+    if formats is not None and fmt is not None and fmt not in formats:
+        raise DataError(
+            f"{path} is in {fmt} format; only {', '.join(formats)} are accepted here: convert it to PNG"
+        )
+    if fmt == "TIFF":
+        header = _tiff_header(path)
+    elif fmt == "NPY":
+        header = _npy_header(path)
+    else:
+        with open_image(path, formats, check_bits=False) as img:
+            bits = sample_bits(img)
+            if (
+                img.format == "PNG" and bits > 8 and img.mode in _EIGHT_BIT_MODES
+            ):  # 16-bit colour: imagecodecs
+                bands = 1 if img.mode in ("LA", "La", "L") else 3
+                size, turn = oriented_size(img), _orientation(img)
+                header = ImageHeader(size, bands, "uint16", "PNG", "png16", turn)
+            else:
+                check_sample_bits(img, path)
+                own = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I": "float32", "F": "float32"}
+                dtype = own.get(img.mode, "uint8")
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                size, bands = oriented_size(img), image_channels(img, path)
+                header = ImageHeader(size, bands, dtype, str(img.format), "pillow", frames=frames)
+    _check_bytes(path, header)
+    return header
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) turned as EXIF/TIFF ``orientation`` (1..8) says, as Pillow's ``ImageOps.exif_transpose`` turns
+    an image (FLIP_LEFT_RIGHT, ROTATE_180, FLIP_TOP_BOTTOM, TRANSPOSE, ROTATE_270, TRANSVERSE, ROTATE_90)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def _decode(path: Path | NamedBytes, header: ImageHeader) -> np.ndarray:
+    """The samples of a file that Pillow does not read in its own type, as (H, W, bands)."""
+    if isinstance(path, NamedBytes):
+        path.seek(0)
+    if header.reader == "npy":
+        arr = np.load(path, allow_pickle=False)
+        return arr[..., None] if arr.ndim == 2 else arr
+    if header.reader == "png16":
+        import imagecodecs
+
+        data = path.getvalue() if isinstance(path, NamedBytes) else Path(path).read_bytes()
+        arr = imagecodecs.png_decode(data)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        arr = arr[..., :1] if arr.shape[2] == 2 else arr[..., :3]  # alpha dropped, as for 8-bit images
+        return _orient(arr, header.orientation)
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        arr = tif.series[0].asarray()
+    if header.frames > 1:  # the first page of several samples
+        first = next(i for i, (a, n) in enumerate(zip(header.axes, arr.shape)) if a not in "YXS" and n > 1)
+        arr = np.take(arr, 0, axis=first)
+        header = dataclasses.replace(header, axes=header.axes[:first] + header.axes[first + 1 :])
+    keep = [i for i, (a, n) in enumerate(zip(header.axes, arr.shape)) if a in "YX" or n > 1]
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(header.axes[i] for i in keep)
+    arr = np.moveaxis(arr, [axes.index("Y"), axes.index("X")], [0, 1])
+    return _orient(arr[..., None] if arr.ndim == 2 else arr, header.orientation)
 
 
 def read_image(
     path: Path | NamedBytes, channels: int | None = None, formats: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Image as uint8 (H, W, C) with C = ``channels`` (1 or 3) or, if None, the file's own channel count.
+    """The one reading function for images: (H, W, C) in the file's own type, uint8, uint16 or float32 (other
+    integers and floats as float32), C = the file's bands. Train, evaluate, predict, serve, the report and
+    ``data check`` all read images here, with the header checks of ``image_header`` first.
 
-    Training, evaluation and prediction all read images here: the mode is always checked (``image_channels``),
-    whatever ``channels`` asks for, and the EXIF orientation is applied (``load_image``). ``formats``: accept
-    only these Pillow formats (``open_image``)."""
-    if channels not in (None, 1, 3):
-        raise ConfigError(f"images are read with 1 or 3 channels, not {channels}")
-    img = load_image(path, formats)
-    own = image_channels(img, path)
-    c = own if channels is None else channels
-    if img.mode == "P" and "transparency" in img.info:  # the same pixels, without Pillow's two-line warning
-        img = img.convert("RGBA")
-    img = img.convert("L" if c == 1 else "RGB")
-    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
-    return arr[..., None] if arr.ndim == 2 else arr
+    ``channels`` (the data set's or the model's band count): 8-bit images are converted between grayscale
+    and RGB as before (``channels`` 1 or 3); any other image must have exactly that many bands (DataError)."""
+    header = image_header(path, formats)
+    if header.reader == "pillow":
+        if channels not in (None, 1, 3) and header.dtype == "uint8":
+            raise _band_mismatch(path, header, channels)
+        img = load_image(path, formats)
+        if header.dtype != "uint8":  # 16-bit and float single-band images Pillow reads in their own type
+            arr = np.array(img).astype(header.dtype)[..., None]
+        else:
+            c = header.bands if channels is None else channels
+            if img.mode == "P" and "transparency" in img.info:  # the same pixels, without Pillow's warning
+                img = img.convert("RGBA")
+            img = img.convert("L" if c == 1 else "RGB")
+            arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
+            return arr[..., None] if arr.ndim == 2 else arr
+    else:
+        try:
+            arr = _decode(path, header)
+        except DataError:
+            raise
+        except MemoryError:
+            raise _too_large(path, "too large to decode", max_pixels()) from None
+        except Exception as e:
+            raise DataError(
+                f"cannot decode {path}: {e.__class__.__name__}: {e}; the file is corrupt or truncated"
+            ) from None
+        arr = np.array(arr, dtype=header.dtype)  # a writable, native-order copy in the type seglab uses
+    if channels is not None and arr.shape[2] != channels:
+        raise _band_mismatch(path, header, channels)
+    return arr
+
+
+def _band_mismatch(path: Path | NamedBytes, header: ImageHeader, channels: int) -> DataError:
+    return DataError(
+        f"image {path} has {header.bands} band(s) of {header.dtype}, but {channels} are expected (the data set's "
+        f"other images, or the model's input); every image must have the same bands"
+    )
+
+
+# the GeoTIFF tags that place an image on the earth: pixel scale, tie points, transformation, the GeoKey
+# directory with its double and ASCII parameters, and GDAL's metadata (its nodata value belongs to the image)
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112)
+
+
+def read_geotags(path: Path | NamedBytes) -> list[tuple[int, int, int, Any]]:
+    """The GeoTIFF tags of a TIFF as tifffile ``extratags`` (code, type, count, value), to write them back on a
+    mask of the same grid (``save_geotiff``); [] for any other file or a TIFF without them."""
+    if not _head(path).startswith(_TIFF_MAGIC):
+        return []
+    import tifffile
+
+    if isinstance(path, NamedBytes):
+        path.seek(0)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages.first.tags
+            return [(t.code, t.dtype, t.count, t.value) for t in tags.values() if t.code in GEOTIFF_TAGS]
+    except Exception:  # read_image has said what is wrong with the file
+        return []
+
+
+def save_geotiff(path: Path, array: np.ndarray, geotags: Sequence[tuple[int, int, int, Any]]) -> None:
+    """Write a uint8 (H, W) mask as a deflate-compressed TIFF with ``geotags`` (``read_geotags`` of its image):
+    the mask opens in QGIS on the image's grid and CRS."""
+    import tifffile
+
+    arr = np.ascontiguousarray(np.asarray(array, dtype=np.uint8))
+    atomic_write(
+        path,
+        lambda tmp: tifffile.imwrite(
+            tmp, arr, compression="zlib", extratags=list(geotags), software=PNG_SOFTWARE, metadata=None
+        ),
+    )
 
 
 def read_mask_raw(path: Path) -> np.ndarray:

@@ -21,16 +21,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from seglab.config import DataConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def default_normalization(in_channels: int) -> tuple[list[float], list[float]]:
-    """ImageNet statistics for RGB; their average for single-channel images."""
-    if in_channels == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [float(np.mean(IMAGENET_MEAN))] * in_channels, [float(np.mean(IMAGENET_STD))] * in_channels
+from seglab.data.normalize import (  # noqa: F401 - their home is seglab.data.normalize
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_normalization,
+    stretch_image,
+)
 
 
 def resized_size(h: int, w: int, resize: dict[str, Any] | None) -> tuple[int, int]:
@@ -74,22 +70,6 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     return v2.functional.resize(image, list(size), InterpolationMode.BILINEAR, antialias=True)
-
-
-def stretch_image(image: np.ndarray, percentiles: Any = None) -> np.ndarray:
-    """uint8 (H, W, C) with the intensities from the ``lo``-th to the ``hi``-th percentile of the whole image
-    (all channels together, so colours keep their balance) spread linearly over 0..255, clipped (``data.stretch``;
-    a contrast stretch, as microscopy tools normalise each image by its percentiles). None, or an image whose two
-    percentiles coincide, comes back as it is. Percentiles of the 256-bin histogram: exact and fast for uint8."""
-    if not percentiles:
-        return image
-    cumulative = np.cumsum(np.bincount(image.reshape(-1), minlength=256))
-    # the smallest value v with at least q % of the pixels <= v (NumPy's percentile, method="inverted_cdf")
-    lo, hi = (int(np.searchsorted(cumulative, max(q / 100 * cumulative[-1], 1))) for q in percentiles)
-    if hi <= lo:
-        return image
-    lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-    return lut[image]
 
 
 class Resize(v2.Transform):
