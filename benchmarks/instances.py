@@ -74,16 +74,24 @@ def normalised(image: np.ndarray) -> torch.Tensor:
 
 def train_smp(ds, budget: float, seed: int = 0) -> tuple[torch.nn.Module, int]:
     """The issue's smp protocol on the folder split ``ds`` (binary masks: class 1 is the object)."""
-    import segmentation_models_pytorch as smp
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     items = []
     for i in range(len(ds)):
         image, mask = ds.load(i)
         image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
         items.append((normalised(image), torch.from_numpy((mask == 1).astype(np.float32))))
-    model = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=1).train()
+    return train_smp_items(items, budget, seed)
+
+
+def train_smp_items(
+    items: list, budget: float, seed: int = 0, in_channels: int = 3
+) -> tuple[torch.nn.Module, int]:
+    """The smp protocol on (image float (C, H, W) as the network sees it, object mask float (H, W)) pairs, so
+    that each benchmark prepares its images as its practitioner would (benchmarks/bbbc039.py: tifffile / 65535)."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = smp.Unet("resnet18", encoder_weights=None, in_channels=in_channels, classes=1).train()
     dice = smp.losses.DiceLoss("binary")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     start, steps = time.perf_counter(), 0
@@ -119,7 +127,13 @@ def train_smp(ds, budget: float, seed: int = 0) -> tuple[torch.nn.Module, int]:
 def smp_probs(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
     """(2, H, W): [1 - p, p] of smp's sigmoid output, reflect-padded to multiples of 32 and cropped back."""
     image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    x = normalised(image)[None]
+    return smp_tensor_probs(model, normalised(image))
+
+
+@torch.inference_mode()
+def smp_tensor_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(2, H, W) of smp's sigmoid output for the prepared image ``x`` (C, H, W), as in :func:`smp_probs`."""
+    x = x[None]
     h, w = x.shape[2:]
     p = model(F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect"))[0, 0, :h, :w].sigmoid()
     return torch.stack([1 - p, p])
@@ -163,6 +177,10 @@ def score(rows: dict, name: str, methods: list[tuple[str, str, dict]], probs_of,
         rows[(name, label)] = {
             **meters[label].compute(),
             "fg_dice": dice[label][0] / dice[label][1],
+            "fg_iou": dice[label][0] / 2 / (dice[label][1] - dice[label][0] / 2),  # |P n T| / |P u T|
+            "matched": sum(int(r["tp"]) for r in meters[label].rows),
+            "false": sum(int(r["fp"]) for r in meters[label].rows),
+            "missed": sum(int(r["fn"]) for r in meters[label].rows),
             "images": n,
         }
 

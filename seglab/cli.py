@@ -180,7 +180,14 @@ def _evaluate_and_report(args: argparse.Namespace, unc: Any) -> None:
     if args.report:
         from seglab.reports.report import render_report
 
-        written = render_report(r, args.report, uncertainty=unc, device=args.device, overwrite=args.overwrite)
+        written = render_report(
+            r,
+            args.report,
+            uncertainty=unc,
+            device=args.device,
+            overwrite=args.overwrite,
+            display_bands=args.display_bands,
+        )
         print(f"HTML report: {written['html']}")
 
 
@@ -196,6 +203,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         uncertainty=_uncertainty_config(args, predict=False),
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        display_bands=args.display_bands,
     )
     u = r["uncertainty"]
     print(
@@ -224,6 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         threshold=args.threshold,
         log=lambda line: print(f"seglab: {line}", file=sys.stderr),
         overwrite=args.overwrite,
+        display_bands=args.display_bands,
         **_instance_args(args),
     )
     what = "" if args.no_overlay else " and overlays"
@@ -347,6 +356,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         token=token,
         max_upload_bytes=max(1, int(mib * 2**20)),
         max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
         max_work=args.max_work,
         tile=args.tile,
         tile_above=args.tile_above,
@@ -437,6 +447,27 @@ def _instance_flags(sp: argparse.ArgumentParser, what: str) -> None:
         metavar="KEY=VALUE",
         help="post-processing setting: "
         "threshold, min_size, h, seed_threshold, fill (see seglab.instances.infer.InstanceParams)",
+    )
+
+
+def display_bands(text: str) -> tuple[int, ...]:
+    """``--display-bands`` (argparse ``type=``): "4,3,2" or "1" (1-based) -> 0-based band indices, one or three,
+    else one line and exit 2. Whether each image has those bands is checked against the model before any work."""
+    parts = [t.strip() for t in text.split(",")]
+    if len(parts) not in (1, 3) or not all(t.isdigit() and int(t) >= 1 for t in parts):
+        raise argparse.ArgumentTypeError(
+            f"must be one or three 1-based band numbers separated by commas (e.g. 4,3,2 or 1), got {text!r}"
+        )
+    return tuple(int(t) - 1 for t in parts)
+
+
+def _display_bands_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--display-bands",
+        type=display_bands,
+        metavar="B[,G,R]",
+        help="the bands pictures show of a multi-band image, 1-based: one (grey) or three as red,green,blue, "
+        "e.g. 4,3,2 (default: the first three, or the first)",
     )
 
 
@@ -554,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=V.positive_int, default=8)
     e.add_argument("--out", help="JSON report path (default: eval-<split>.json beside the checkpoint)")
     _tile_flags(e)
+    _display_bands_flag(e)
     e.add_argument(
         "--rand-class",
         metavar="CLASS",
@@ -583,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     rp.add_argument("--out", required=True, help="report folder (report.html, report.json, PNG figures)")
     _overwrite_flag(rp)
+    _display_bands_flag(rp)
     _uncertainty_flags(rp, predict=False)
     common(rp)
     rp.set_defaults(func=_cmd_report)
@@ -607,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="label the (single) --prob class wherever its probability is at least this (default: argmax)",
     )
     _instance_flags(pr, "write")
+    _display_bands_flag(pr)
     _uncertainty_flags(pr, predict=True)
     common(pr)
     pr.set_defaults(func=_cmd_predict)
@@ -689,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=V.positive_int,
         default=4096 * 4096,
         help="largest image in pixels (default: 4096 x 4096); 413 above",
+    )
+    sv.add_argument(
+        "--max-bytes",
+        type=V.positive_int,
+        help="largest decoded image in bytes, pixels x bands x bytes per sample (default: --max-pixels x 4, "
+        "so RGB and RGBA uploads of --max-pixels fit); 413 above",
     )
     sv.add_argument(
         "--concurrency", type=V.positive_int, default=1, help="images predicted at a time (default: 1)"

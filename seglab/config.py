@@ -82,7 +82,13 @@ class DataConfig:
     invert: float = (
         0.0  # probability of inverting a training image (255 - x): dark-on-bright and bright-on-dark
     )
-    mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale)
+    # how raw values become the model's input (recorded in the checkpoint; see seglab.data.normalize): auto
+    # (imagenet for 8-bit images, dataset for 16-bit and float), imagenet (/255, ImageNet mean/std), dataset (per
+    # band, the training images' 0.5..99.5th percentiles -> 0..1, then their mean/std), image (each image's own
+    # percentiles: data.stretch), range (a fixed {mode: range, range: [0, 4095]}); a mapping {mode: ...,
+    # percentiles: [lo, hi], range: [lo, hi], clip: bool} sets the details
+    normalize: str | dict[str, Any] = "auto"
+    mean: list[float] | None = None  # None: ImageNet statistics (their average for grayscale), or the data's
     std: list[float] | None = None
     repeat: int = 1  # passes over the training split per epoch (fresh random augmentation each time)
     cache: bool = True  # keep decoded images in memory after the first epoch
@@ -324,6 +330,7 @@ def _check_data(d: DataConfig) -> None:
             "[lo, hi] percentiles with 0 <= lo < hi <= 100 (or null)",
             d.stretch,
         )
+    parse_normalize_spec(d.normalize, d.stretch)
     for name in ("mean", "std"):
         values = getattr(d, name)
         _require(
@@ -642,3 +649,66 @@ def _coerce_scalar(value: Any, hint: Any, key: str) -> Any:
         else ""
     )
     raise ConfigError(f"config key {key} must be {_type_name(hint)}, got {value!r}{quote}")
+
+
+NORMALIZE_MODES = ("auto", "imagenet", "dataset", "image", "range")  # data.normalize (seglab.data.normalize)
+# percentiles every statistics pass keeps (data check prints them; the modes' defaults are among them)
+STAT_PERCENTILES = (0.1, 0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5, 99.8, 99.9)
+
+
+def percentile_key(q: float) -> str:
+    """How a percentile is named in statistics records: 99.5 -> "99.5", 1.0 -> "1"."""
+    return f"{float(q):g}"
+
+
+def parse_normalize_spec(
+    spec: Any, stretch: list[float] | tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """``data.normalize`` (a mode name or a mapping with ``mode``, ``percentiles``, ``range``, ``clip``) as a
+    checked mapping; ``data.stretch`` [lo, hi] is ``{mode: image, percentiles: [lo, hi]}``. ConfigError, naming
+    the key, for anything else."""
+    if spec is None:
+        spec = "auto"
+    d = {"mode": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else None
+    if d is None or d.get("mode", "auto") not in NORMALIZE_MODES:
+        raise ConfigError(
+            f"data.normalize must be one of {', '.join(NORMALIZE_MODES)} or a mapping {{mode: ..., percentiles: [lo, hi], "
+            f"range: [lo, hi], clip: bool}}, not {spec!r}"
+        )
+    d.setdefault("mode", "auto")
+    unknown = set(d) - {"mode", "percentiles", "range", "clip"}
+    if unknown:
+        raise ConfigError(f"data.normalize has unknown key(s) {', '.join(sorted(unknown))}")
+    if stretch:
+        if d["mode"] not in ("auto", "image"):
+            raise ConfigError(
+                f"data.stretch is data.normalize {{mode: image, percentiles: {list(stretch)}}}; it cannot be "
+                f"combined with data.normalize mode {d['mode']}"
+            )
+        d.update(mode="image", percentiles=list(stretch))
+    p = d.get("percentiles")
+    if p is not None and not (
+        isinstance(p, list | tuple)
+        and len(p) == 2
+        and all(isinstance(v, int | float) for v in p)
+        and 0 <= p[0] < p[1] <= 100
+    ):
+        raise ConfigError(f"data.normalize.percentiles must be [lo, hi] with 0 <= lo < hi <= 100, not {p!r}")
+    if (
+        d["mode"] == "dataset"
+        and p is not None
+        and any(percentile_key(q) not in map(percentile_key, STAT_PERCENTILES) for q in p)
+    ):
+        raise ConfigError(
+            f"data.normalize.percentiles for mode dataset are two of {', '.join(map(str, STAT_PERCENTILES))}, not {p}"
+        )
+    r = d.get("range")
+    if d["mode"] == "range":
+        flat_ok = isinstance(r, list | tuple) and len(r) == 2 and all(isinstance(v, int | float) for v in r)
+        if not flat_ok or not r[0] < r[1]:
+            raise ConfigError(f"data.normalize mode range needs range: [lo, hi] with lo < hi, not {r!r}")
+    elif r is not None:
+        raise ConfigError("data.normalize.range is for mode range")
+    if not isinstance(d.get("clip", False), bool):
+        raise ConfigError(f"data.normalize.clip must be true or false, not {d['clip']!r}")
+    return d

@@ -6,15 +6,50 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.scan import FolderScan, scan_folder
+from seglab.data.scan import FolderScan, band_stats_of, scan_folder
+from seglab.errors import DataError
 
 MAX_CLASS_LINES = 32  # beyond this, list only the classes that hold pixels (at most this many)
 
 
 def check(root: str | Path, ignore_index: int = 255) -> FolderScan:
     """Decode every image and mask of ``root`` (or take what an earlier deep scan of the unchanged files found,
-    from the scan cache); the returned scan lists all problems and class pixel counts."""
-    return scan_folder(root, ignore_index, deep=True)
+    from the scan cache); the returned scan lists all problems and class pixel counts, and (``scan.stats``) the
+    band statistics of the training split's images (splits/train.txt when the folder lists one, else of every
+    image; cached, see ``band_stats_of``), unless an image could not be read (a problem already)."""
+    scan = scan_folder(root, ignore_index, deep=True)
+    listed = (scan.split_lists or {}).get("train")
+    try:
+        scan.stats = band_stats_of(scan, listed or scan.stems)
+    except DataError:  # an unreadable image, or one of other bands: the scan's problems say which
+        scan.stats = None
+    return scan
+
+
+def format_bands(scan: FolderScan) -> list[str]:
+    """Per band: the range actually used, percentiles, mean and std of ``scan.stats``; then what the default
+    normalisation (``data.normalize`` auto) does with them."""
+    from seglab.data.normalize import describe, parse_spec, resolve
+
+    stats = scan.stats
+    if stats is None:
+        return []
+    listed = (scan.split_lists or {}).get("train")
+    over = f"splits/train.txt, {stats.images} images" if listed else f"all {stats.images} images"
+    lines = [f"bands: {stats.bands} of {scan.dtype} ({over}, {stats.pixels:,} pixels per band):"]
+    qs = (1, 50, 99, 99.9)
+    head = "".join(f"{'p' + format(q, 'g'):>10}" for q in qs)
+    lines.append(f"  {'band':<5} {'dtype':<8} {'range used':>22}{head} {'mean':>10} {'std':>10}")
+    columns = [stats.percentile(q) for q in qs]
+    for b in range(stats.bands):
+        used = f"{stats.min[b]:.6g}..{stats.max[b]:.6g}"
+        pct = "".join(f"{col[b]:>10.6g}" for col in columns)
+        lines.append(
+            f"  {b + 1:<5} {scan.dtype:<8} {used:>22}{pct} {stats.mean[b]:>10.6g} {stats.std[b]:>10.6g}"
+        )
+    norm = resolve(parse_spec("auto"), scan.dtype, stats.bands, stats)
+    lines.append(f"default normalisation (data.normalize auto): {describe(norm, scan.dtype)}")
+    return lines
 
 
 def median_frequency_of(scan: FolderScan) -> tuple[np.ndarray, str]:
@@ -46,6 +81,7 @@ def format_check(scan: FolderScan) -> str:
             else ""
         )
         lines.append(f"instances: {len(scan.instances)} label maps (instances/){per}")
+    lines += format_bands(scan)
     if spec is not None and scan.class_pixels is not None:
         total = int(scan.class_pixels.sum()) + scan.ignored_pixels
         weights, over = median_frequency_of(scan)

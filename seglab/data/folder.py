@@ -42,7 +42,8 @@ __all__ = [
 
 
 class FolderDataset:
-    """A split of a folder data set: ``ds[i]`` -> ``transform(image uint8 (H, W, C), mask int64 (H, W))``.
+    """A split of a folder data set: ``ds[i]`` -> ``transform(image (H, W, C), mask int64 (H, W))``, the image
+    as ``read_image`` gives it (uint8, uint16 or float32: the transform normalises it).
 
     Without a transform the numpy arrays come back as they are. ``num_classes`` (e.g. from a checkpoint)
     overrides the inferred class count for index masks. Decoded arrays are cached in memory when ``cache``.
@@ -116,7 +117,7 @@ class FolderDataset:
         return len(self.stems)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded (image uint8 (H, W, C), mask int64 (H, W)) of item ``index``, before any transform."""
+        """Decoded (image (H, W, C) in its own type, mask int64 (H, W)) of item ``index``, before any transform."""
         if index in self._cache:
             return self._cache[index]
         stem = self.stems[index]

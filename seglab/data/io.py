@@ -375,6 +375,8 @@ def _tiff_header(path: Path | NamedBytes) -> ImageHeader:
         own == "uint8"
         and bands == samples
         and (samples <= 3 or (samples == 4 and (alpha or photometric == 5)))
+        and orientation
+        < 5  # Pillow decodes a TIFF turned a quarter (5..8) into scrambled pixels: tifffile does
     )
     orientation = orientation if 1 <= orientation <= 8 else 1
     size = (h, w) if orientation >= 5 else (w, h)

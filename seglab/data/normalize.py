@@ -32,15 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from seglab.config import NORMALIZE_MODES as MODES  # noqa: F401 - the config checks data.normalize on load
+from seglab.config import STAT_PERCENTILES
+from seglab.config import parse_normalize_spec as parse_spec  # noqa: F401 - (re-exported, as MODES)
+from seglab.config import percentile_key as _key
 from seglab.errors import ConfigError
 
-MODES = ("auto", "imagenet", "dataset", "image", "range")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASET_PERCENTILES = (0.5, 99.5)
 IMAGE_PERCENTILES = (1.0, 99.8)
-# percentiles every statistics pass keeps (data check prints them; the modes' defaults are among them)
-STAT_PERCENTILES = (0.1, 0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5, 99.8, 99.9)
 FLOAT_SAMPLE = (
     1 << 20
 )  # pixels per band kept, spread evenly over the images, for the percentiles of float data
@@ -87,10 +88,6 @@ class BandStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BandStats:
         return cls(**d)
-
-
-def _key(q: float) -> str:
-    return f"{float(q):g}"
 
 
 def band_stats(images: Iterable[np.ndarray], percentiles: Sequence[float] = STAT_PERCENTILES) -> BandStats:
@@ -251,57 +248,6 @@ def stretch_image(image: np.ndarray, percentiles: Any = None) -> np.ndarray:
         return image
     lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
     return lut[image]
-
-
-def parse_spec(spec: Any, stretch: Sequence[float] | None = None) -> dict[str, Any]:
-    """``data.normalize`` (a mode name or a mapping with ``mode``, ``percentiles``, ``range``, ``clip``) as a
-    checked mapping; ``data.stretch`` [lo, hi] is ``{mode: image, percentiles: [lo, hi]}``. ConfigError, naming
-    the key, for anything else."""
-    if spec is None:
-        spec = "auto"
-    d = {"mode": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else None
-    if d is None or d.get("mode", "auto") not in MODES:
-        raise ConfigError(
-            f"data.normalize must be one of {', '.join(MODES)} or a mapping {{mode: ..., percentiles: [lo, hi], "
-            f"range: [lo, hi], clip: bool}}, not {spec!r}"
-        )
-    d.setdefault("mode", "auto")
-    unknown = set(d) - {"mode", "percentiles", "range", "clip"}
-    if unknown:
-        raise ConfigError(f"data.normalize has unknown key(s) {', '.join(sorted(unknown))}")
-    if stretch:
-        if d["mode"] not in ("auto", "image"):
-            raise ConfigError(
-                f"data.stretch is data.normalize {{mode: image, percentiles: {list(stretch)}}}; it cannot be "
-                f"combined with data.normalize mode {d['mode']}"
-            )
-        d.update(mode="image", percentiles=list(stretch))
-    p = d.get("percentiles")
-    if p is not None and not (
-        isinstance(p, list | tuple)
-        and len(p) == 2
-        and all(isinstance(v, int | float) for v in p)
-        and 0 <= p[0] < p[1] <= 100
-    ):
-        raise ConfigError(f"data.normalize.percentiles must be [lo, hi] with 0 <= lo < hi <= 100, not {p!r}")
-    if (
-        d["mode"] == "dataset"
-        and p is not None
-        and any(_key(q) not in map(_key, STAT_PERCENTILES) for q in p)
-    ):
-        raise ConfigError(
-            f"data.normalize.percentiles for mode dataset are two of {', '.join(map(str, STAT_PERCENTILES))}, not {p}"
-        )
-    r = d.get("range")
-    if d["mode"] == "range":
-        flat_ok = isinstance(r, list | tuple) and len(r) == 2 and all(isinstance(v, int | float) for v in r)
-        if not flat_ok or not r[0] < r[1]:
-            raise ConfigError(f"data.normalize mode range needs range: [lo, hi] with lo < hi, not {r!r}")
-    elif r is not None:
-        raise ConfigError("data.normalize.range is for mode range")
-    if not isinstance(d.get("clip", False), bool):
-        raise ConfigError(f"data.normalize.clip must be true or false, not {d['clip']!r}")
-    return d
 
 
 def needs_stats(spec: dict[str, Any], dtype: str, mean: Any = None) -> bool:

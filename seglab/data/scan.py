@@ -25,7 +25,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,14 +33,18 @@ from seglab.data.classes import ClassSpec, bad_value_message, read_classes_yaml,
 from seglab.data.io import (
     IMAGE_SUFFIXES,
     check_pixels,
-    image_channels,
-    load_image,
+    image_header,
+    max_bytes,
     open_image,
     oriented_size,
+    read_image,
     read_mask_raw,
 )
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.files import atomic_write
+
+if TYPE_CHECKING:
+    from seglab.data.normalize import BandStats
 
 SPLITS = ("train", "val", "test")
 
@@ -67,6 +71,9 @@ class FolderScan:
     class_problems: list[str] = field(default_factory=list)
     instances: dict[str, Path] | None = None  # instance label maps (instances/), if the folder has them
     objects: dict[str, int] | None = None  # objects per instance map, from a deep scan
+    # the images' type as read: "uint8" when every image is 8-bit, else "float32" if any is float, else "uint16"
+    dtype: str = "uint8"
+    stats: BandStats | None = None  # of the training split's images (``band_stats_of``), set by `data check`
 
     @property
     def stems(self) -> list[str]:
@@ -209,7 +216,7 @@ def _value_counts(raw: np.ndarray) -> Counter:
 # ---------------------------------------------------------------------------------------------------------------
 # The scan cache: what decoding a file found, so that a second deep scan decodes nothing.
 
-SCAN_CACHE_VERSION = 2  # 2: 16-bit RGB images are refused (check_sample_bits); older caches passed them
+SCAN_CACHE_VERSION = 3  # 2: 16-bit RGB images refused; 3: an image's bands and dtype (16-bit, float)
 MAX_SCAN_CACHES = 64  # data roots with a cache file; the least recently used are dropped
 
 
@@ -227,7 +234,8 @@ class _FileInfo:
     """What reading one file found: its (w, h) as seglab reads it, and an image's channels or a mask's values."""
 
     size: tuple[int, int] = (0, 0)
-    channels: int = 0
+    channels: int = 0  # an image's bands
+    dtype: str = "uint8"  # an image's type as ``read_image`` gives it
     objects: int = 0  # an instance map's objects (distinct non-zero ids)
     under: Counter | None = None  # an instance map's object pixels per value of its mask, from a deep scan
     counts: Counter | None = None
@@ -281,7 +289,7 @@ class _ScanCache:
         try:  # a malformed entry is a miss
             info = _FileInfo((int(entry["w"]), int(entry["h"])))
             if kind == "image":
-                info.channels = int(entry["channels"])
+                info.channels, info.dtype = int(entry["channels"]), str(entry["dtype"])
             elif kind == "instances":
                 info.objects = int(entry["objects"])
                 if "under" in entry:
@@ -318,20 +326,64 @@ class _ScanCache:
                 old.unlink(missing_ok=True)
 
 
+STATS_CACHE_VERSION = 1  # of the band statistics files in scan_cache_dir() / "stats"
+
+
+def band_stats_of(scan: FolderScan, stems: list[str]) -> BandStats:
+    """``BandStats`` of the images of ``stems`` (``normalize.band_stats`` over ``read_image`` of each, with the
+    data set's bands): the statistics of ``data.normalize`` dataset, and what `data check` prints.
+
+    Cached in ``scan_cache_dir() / "stats"``, keyed by every image's (absolute path, size, mtime_ns), the bands
+    and a version: a second run, or `data check` after training, reads no image again; any change reads them all.
+    An unreadable cache is ignored, an unwritable one just means no caching."""
+    from seglab.data.normalize import BandStats, band_stats
+
+    if not stems:
+        raise DataError(
+            f"no images in {scan.root} to compute the band statistics of (an empty training split?)"
+        )
+    paths = [scan.images[s] for s in stems]
+    keys = [_ScanCache.stat(p) for p in paths]
+    text = json.dumps([STATS_CACHE_VERSION, scan.in_channels, keys])
+    file = scan_cache_dir() / "stats" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+    if None not in keys:
+        try:
+            data = json.loads(file.read_text())
+            if data.get("key") == json.loads(text):
+                os.utime(file)  # used: the last to be dropped
+                return BandStats.from_dict(data["stats"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass
+    stats = band_stats([read_image(p, scan.in_channels) for p in paths])
+    if None not in keys:
+        out = json.dumps({"key": json.loads(text), "stats": stats.to_dict()})
+        with contextlib.suppress(OSError, SeglabError):
+            atomic_write(file, lambda tmp: tmp.write_text(out))
+            caches = sorted(file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            for old in caches[MAX_SCAN_CACHES:]:
+                old.unlink(missing_ok=True)
+    return stats
+
+
 def _image_info(path: Path, decode: bool, cache: _ScanCache) -> tuple[_FileInfo, Record]:
-    """Channels and size of an image: from the cache, by decoding it (``decode``), or from its header."""
+    """Bands, type and size of an image: from the cache, by decoding it (``decode``), or from its header."""
     key = cache.stat(path)
     try:
         hit = cache.get(key, "image")
         if hit is not None:
-            check_pixels(path, hit[0].size)  # the limit may have changed since
+            info = hit[0]
+            check_pixels(path, info.size)  # the limits may have changed since
+            if info.size[0] * info.size[1] * info.channels * np.dtype(info.dtype).itemsize > max_bytes():
+                image_header(path)  # raises, naming the bytes limit
             return hit
-        if decode:
-            img = load_image(path)
-            info = _FileInfo(img.size, image_channels(img, path))
-            return info, cache.record(key, "image", w=img.size[0], h=img.size[1], channels=info.channels)
-        with open_image(path) as img:
-            return _FileInfo(oriented_size(img), image_channels(img, path)), None
+        header = image_header(path)
+        info = _FileInfo(header.size, header.bands, header.dtype)
+        if not decode:
+            return info, None
+        arr = read_image(path)  # decoding finds corrupt and truncated files
+        info = _FileInfo((arr.shape[1], arr.shape[0]), arr.shape[2], str(arr.dtype))
+        w, h = info.size
+        return info, cache.record(key, "image", w=w, h=h, channels=info.channels, dtype=info.dtype)
     except DataError as e:
         return _FileInfo(error=str(e)), None
 
@@ -551,7 +603,7 @@ def _check_probes(
     """Step 3: each probe's error is a problem, its result a cache entry; an image (and an instance map) must
     have the size of its mask. Sets the scan's sizes, channels and (deep) objects."""
     found = _Probed()
-    channels: set[int] = set()
+    bands: dict[str, tuple[int, str]] = {}  # stem -> (bands, dtype) of the images read
     for stem, result in zip(scan.stems, results):
         for info, record in result:
             if info.error is not None:
@@ -563,7 +615,7 @@ def _check_probes(
             _check_instance_probe(scan, stem, result[2][0], msk, deep, found)
         if img.error is not None or msk.error is not None:
             continue
-        channels.add(img.channels)
+        bands[stem] = (img.channels, img.dtype)
         if img.size != msk.size:
             scan.problems.append(
                 f"image {scan.images[stem]} is {img.size[0]}x{img.size[1]} but mask {scan.masks[stem]} is "
@@ -573,10 +625,31 @@ def _check_probes(
         scan.sizes[img.size] += 1
         if msk.counts is not None and need_masks:
             found.value_counts[stem] = msk.counts
-    scan.in_channels = 3 if 3 in channels else 1
+    _set_bands(scan, bands)
     if scan.instances is not None and deep:
         scan.objects = found.objects
     return found
+
+
+def _set_bands(scan: FolderScan, bands: dict[str, tuple[int, str]]) -> None:
+    """The scan's ``dtype`` and ``in_channels``: 8-bit images as always (3 if any is colour, else 1: grayscale and
+    RGB convert); any other set must have one band count, and the first image that differs is a problem."""
+    dtypes = {d for _, d in bands.values()}
+    scan.dtype = "uint8" if dtypes <= {"uint8"} else "float32" if "float32" in dtypes else "uint16"
+    counts = Counter(c for c, _ in bands.values())
+    if scan.dtype == "uint8":
+        scan.in_channels = 3 if 3 in counts else 1
+        return
+    common = counts.most_common(1)[0][0]
+    scan.in_channels = common
+    example = next(stem for stem, (c, _) in bands.items() if c == common)
+    for stem, (c, dtype) in bands.items():
+        if c != common:
+            scan.problems.append(
+                f"image {scan.images[stem]} has {c} band(s) of {dtype} but the data set's images have {common} (e.g. "
+                f"{scan.images[example]}); every image of a data set must have the same bands: fix or remove it"
+            )
+            break
 
 
 def _check_instance_probe(

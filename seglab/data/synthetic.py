@@ -215,3 +215,53 @@ def is_synthetic_folder(path: str | Path) -> bool:
     doc = read_yaml_file(path / "classes.yaml")
     expected = {"names": list(CLASSES), "colors": [list(c) for c in PALETTE], "mask_format": "index"}
     return doc == expected and all((path / n).is_dir() for n in names - {"classes.yaml"})
+
+
+def write_multiband(
+    out: str | Path,
+    num_images: int = 24,
+    size: int = 48,
+    bands: int = 5,
+    signal_band: int = 3,
+    seed: int = 0,
+    dtype: str = "uint16",
+) -> Path:
+    """A binary folder data set of ``bands``-band TIFFs (``dtype`` uint16 or float32) in which the objects of the
+    masks are visible only in band ``signal_band`` (0-based): every band holds the same kind of bright
+    rectangles on the same noise, but those of the other bands are decoys drawn independently of the mask. So
+    every band has the same statistics, and a pipeline that drops, reorders or averages bands scores at chance
+    (tests/data/test_data_multiband.py). Split 2/3 train, 1/6 val, 1/6 test (splits/)."""
+    import tifffile
+
+    from seglab.data.io import save_png
+    from seglab.files import ensure_dir
+
+    out = Path(out)
+    for sub in ("images", "masks", "splits"):
+        ensure_dir(out / sub)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+
+    def rectangles() -> np.ndarray:
+        area = np.zeros((size, size), bool)
+        for _ in range(rng.integers(2, 5)):
+            h, w = rng.integers(size // 6, size // 3, 2)
+            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+            area |= (yy >= y) & (yy < y + h) & (xx >= x) & (xx < x + w)
+        return area
+
+    stems = [f"{i:03d}" for i in range(num_images)]
+    for stem in stems:
+        mask = rectangles()
+        layers = [mask if b == signal_band else rectangles() for b in range(bands)]
+        image = np.stack([1000.0 + 800.0 * m + rng.normal(0, 120, m.shape) for m in layers], axis=0)
+        data = image.astype(np.float32) if dtype == "float32" else np.clip(image, 0, 65535).astype(np.uint16)
+        tifffile.imwrite(
+            out / "images" / f"{stem}.tif", data, photometric="minisblack", planarconfig="separate"
+        )
+        save_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
+    n_eval = max(1, num_images // 6)
+    parts = {"test": stems[:n_eval], "val": stems[n_eval : 2 * n_eval], "train": stems[2 * n_eval :]}
+    for name, part in parts.items():
+        (out / "splits" / f"{name}.txt").write_text("".join(s + "\n" for s in part))
+    return out

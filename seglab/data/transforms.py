@@ -1,5 +1,10 @@
 """Paired image + mask transforms on torchvision transforms v2: geometry moves both, colour touches the image.
 
+Images of any type and band count: the run's ``Normalization`` first maps raw values to the unit range (8-bit
+images stay uint8 in the 8-bit modes, through exactly the pipeline seglab always had; any other image becomes
+float32, never 8-bit), geometry then moves every band alike, and photometric changes are per band (``BandJitter``)
+where ColorJitter's colour model does not apply.
+
 Masks are ``tv_tensors.Mask``, so v2 resamples them with nearest neighbour and fills new border pixels with
 ``ignore_index`` (excluded from loss and metrics).
 
@@ -24,9 +29,14 @@ from seglab.config import DataConfig
 from seglab.data.normalize import (  # noqa: F401 - their home is seglab.data.normalize
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Normalization,
     default_normalization,
+    needs_stats,
+    parse_spec,
+    resolve,
     stretch_image,
 )
+from seglab.errors import ConfigError
 
 
 def resized_size(h: int, w: int, resize: dict[str, Any] | None) -> tuple[int, int]:
@@ -130,8 +140,50 @@ class InstanceMap(tv_tensors.Mask):
     where geometry brings pixels in from outside (v2 looks fills up by exact type)."""
 
 
+class BandJitter(v2.Transform):
+    """Photometric augmentation of a float image on the unit range, for any band count: per band a random gamma
+    (sign-preserving ``|x| ** g``, g = e ** U(-s, s)), contrast about the band's mean and brightness (factors
+    U(1 - s, 1 + s)), and for three bands a colour saturation (a blend with the luminance). Nothing is clipped:
+    the unit range of ``dataset`` normalisation holds values beyond 0..1, and they stay finite."""
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = float(strength)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        images = [x for x in flat_inputs if isinstance(x, tv_tensors.Image)]
+        c = images[0].shape[-3] if images else 1
+        s = self.strength
+
+        def factors() -> torch.Tensor:
+            return torch.empty(c).uniform_(max(0.0, 1 - s), 1 + s)
+
+        return {
+            "gamma": torch.exp(torch.empty(c).uniform_(-s, s)),
+            "contrast": factors(),
+            "brightness": factors(),
+            "saturation": float(torch.empty(()).uniform_(max(0.0, 1 - s), 1 + s)) if c == 3 else None,
+        }
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image) or not inpt.is_floating_point():
+            return inpt
+        x = inpt.as_subclass(torch.Tensor)
+        shape = (-1, 1, 1)
+        x = torch.sign(x) * x.abs().pow(params["gamma"].view(shape).to(x))
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        x = (x - mean) * params["contrast"].view(shape).to(x) + mean
+        x = x * params["brightness"].view(shape).to(x)
+        if params["saturation"] is not None:
+            gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(shape).to(x)).sum(-3, keepdim=True)
+            x = gray + params["saturation"] * (x - gray)
+        return tv_tensors.wrap(x, like=inpt)
+
+
 class PairedTransform:
-    """Callable (image uint8 (H, W, C), mask int64 (H, W)) -> (image float32 (C, H, W), mask int64 (H, W)).
+    """Callable (image (H, W, C) raw, uint8, uint16 or float32; mask int64 (H, W)) -> (image float32 (C, H, W),
+    mask int64 (H, W)): ``normalization.unit`` first, then ``ops`` (resize, geometry, inversion), the photometric
+    ops for the unit image's type (``photometric[torch.uint8]`` or ``[torch.float32]``), then standardisation.
 
     An optional per-pixel weight map (H, W) moves with the mask (nearest neighbour) and comes back third,
     float32, with weight 0 wherever the mask is ``ignore_index``. An optional instance map (``instances``, H, W)
@@ -141,15 +193,26 @@ class PairedTransform:
     def __init__(
         self,
         ops: list[v2.Transform],
-        mean: list[float],
-        std: list[float],
+        normalization: Normalization,
         ignore_index: int = 255,
         resize: dict[str, Any] | None = None,
-        stretch: Any = None,
+        photometric: dict[torch.dtype, list[v2.Transform]] | None = None,
     ) -> None:
-        self.pipeline = v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        photometric = photometric or {}
+        mean, std = normalization.mean, normalization.std
+        self.pipelines = {
+            torch.uint8: v2.Compose(
+                [
+                    *ops,
+                    *photometric.get(torch.uint8, []),
+                    v2.ToDtype(torch.float32, scale=True),
+                    v2.Normalize(mean, std),
+                ]
+            ),
+            torch.float32: v2.Compose([*ops, *photometric.get(torch.float32, []), v2.Normalize(mean, std)]),
+        }
+        self.normalization = normalization
         self.mean, self.std, self.ignore_index, self.resize = mean, std, ignore_index, resize
-        self.stretch = stretch
 
     def __call__(
         self,
@@ -158,31 +221,44 @@ class PairedTransform:
         weight: np.ndarray | None = None,
         instances: np.ndarray | None = None,
     ) -> tuple:
-        image = stretch_image(image, self.stretch)
+        image = self.normalization.unit(image)  # uint8 (8-bit modes) or float32: never 8-bit from more bits
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         items: list[Any] = [img, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)).long())]
         if weight is not None:
             items.append(tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))))
         if instances is not None:
             items.append(InstanceMap(torch.from_numpy(np.ascontiguousarray(instances)).long()))
-        out = [t.as_subclass(torch.Tensor) for t in self.pipeline(*items)]
+        out = [t.as_subclass(torch.Tensor) for t in self.pipelines[img.dtype](*items)]
         if weight is not None:
             out[2] = torch.where(out[1] == self.ignore_index, 0.0, out[2])
         return tuple(out)
 
 
 def build_transform(
-    cfg: DataConfig, in_channels: int, train: bool, ignore_index: int | None = None
+    cfg: DataConfig,
+    in_channels: int,
+    train: bool,
+    ignore_index: int | None = None,
+    normalization: Normalization | None = None,
 ) -> PairedTransform:
-    """``cfg.stretch`` (of the whole image) and ``cfg.resize`` first, then for training the augmentation (scale,
-    rotation, elastic, crop, flips, rot90, inversion, colour jitter; sizes such as ``crop_size`` are in pixels of the resized image); then scaling to 0..1 and
-    normalisation. For evaluation (``train`` False) only the image is resized: the mask keeps its own size.
+    """``normalization`` (the run's, or a checkpoint's) to the unit range and ``cfg.resize`` first, then for
+    training the augmentation (scale, rotation, elastic, crop, flips, rot90, inversion, colour jitter; sizes such
+    as ``crop_size`` are in pixels of the resized image); then standardisation. For evaluation (``train`` False)
+    only the image is resized: the mask keeps its own size. ``normalization`` None resolves ``cfg.normalize``
+    (with ``cfg.stretch``, ``cfg.mean``, ``cfg.std``) for 8-bit images, as before it existed.
 
     Mask pixels that geometry brings in from outside are ``ignore_index``: pass the data set's own (its
     classes.yaml may declare one other than ``cfg.ignore_index``, see ``ClassSpec``); None takes the config's."""
-    mean, std = default_normalization(in_channels)
-    mean, std = cfg.mean or mean, cfg.std or std
+    if normalization is None:
+        spec = parse_spec(cfg.normalize, cfg.stretch)
+        if needs_stats(spec, "uint8", cfg.mean):
+            raise ConfigError(
+                f"data.normalize {spec['mode']} needs the training images' statistics: pass build_transform the "
+                f"run's normalization (seglab.engine.data resolves it)"
+            )
+        normalization = resolve(spec, "uint8", in_channels, None, cfg.mean, cfg.std)
     ignore = cfg.ignore_index if ignore_index is None else ignore_index
+    photometric: dict[torch.dtype, list[v2.Transform]] = {}
     ops: list[v2.Transform] = [Resize(cfg.resize, masks=train)] if cfg.resize else []
     if train:
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore, InstanceMap: 0}
@@ -202,8 +278,13 @@ def build_transform(
             ops.append(v2.RandomInvert(cfg.invert))
         if cfg.color_jitter:
             j = cfg.color_jitter
-            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None))
-    return PairedTransform(ops, mean, std, ignore, cfg.resize, cfg.stretch)
+            photometric = {
+                torch.uint8: [
+                    v2.ColorJitter(brightness=j, contrast=j, saturation=j if in_channels == 3 else None)
+                ],
+                torch.float32: [BandJitter(j)],
+            }
+    return PairedTransform(ops, normalization, ignore, cfg.resize, photometric)
 
 
 def pad_collate(ignore_index: int, sizes: bool = False):

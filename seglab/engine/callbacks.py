@@ -204,6 +204,7 @@ class TensorBoardLogger(Callback):
 
         from seglab.engine.evaluate import upsample_logits
         from seglab.inference import overlay
+        from seglab.inference import shown as picture
 
         model = run.evaluated
         was_training = model.training
@@ -217,6 +218,7 @@ class TensorBoardLogger(Callback):
             logits = upsample_logits(model(x[None].to(run.device)), truth.shape)
             pred = logits.argmax(1)[0].cpu().numpy()
             shown = np.clip(truth, 0, len(palette) - 1)
+            raw = picture(raw, run.meta)  # 16-bit, float, N bands: through the model's normalisation
             rgb = raw if raw.shape[2] == 3 else np.repeat(raw, 3, axis=2)
             rows.append(
                 np.concatenate([rgb, overlay(raw, shown, palette), overlay(raw, pred, palette)], axis=1)

@@ -20,7 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seglab.config import Config, check_class_weights
-from seglab.data.folder import ClassSpec, FolderDataset, scan_folder
+from seglab.data.folder import ClassSpec, FolderDataset, FolderScan, scan_folder
+from seglab.data.normalize import Normalization, needs_stats, parse_spec, resolve
+from seglab.data.scan import band_stats_of
 from seglab.data.transforms import build_transform, crop_padding_note, pad_collate
 from seglab.engine.distributed import Dist, ShardSampler
 from seglab.errors import ConfigError, DataError
@@ -92,13 +94,24 @@ class TrainData:
     spec: ClassSpec
     in_channels: int
     class_names: list[str]
-    mean: list[float]
+    mean: list[float]  # the normalisation's (``normalization.mean``)
     std: list[float]
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: EpochSampler
     batch_size: int  # per process (the global batch over the processes of a distributed run)
     batches_per_epoch: int
+    normalization: Normalization | None = None  # the run's: in the checkpoint, and every transform's
+
+
+def run_normalization(cfg: Config, scan: FolderScan, train_stems: list[str]) -> Normalization:
+    """The run's ``Normalization``: ``data.normalize`` (with ``data.stretch``, ``data.mean``, ``data.std``) for
+    images of the scan's type and bands; the band statistics of ``train_stems`` (the training split: never the
+    validation or test images) only when the mode needs them (cached, see ``band_stats_of``)."""
+    d = cfg.data
+    spec = parse_spec(d.normalize, d.stretch)
+    stats = band_stats_of(scan, train_stems) if needs_stats(spec, scan.dtype, d.mean) else None
+    return resolve(spec, scan.dtype, scan.in_channels, stats, d.mean, d.std)
 
 
 def class_weights(spec: str | list[float] | None, data: TrainData) -> np.ndarray | None:
@@ -145,6 +158,7 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     if not cfg.data.root:
         raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
     d = cfg.data
+    parse_spec(d.normalize, d.stretch)  # a bad data.normalize is refused before the scan
     scan = scan_folder(d.root, d.ignore_index, deep=True)  # every file, once, before any work
     scan.raise_problems()
     assert scan.classes is not None  # (no classes is a problem, raised above)
@@ -171,9 +185,11 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
         if values is not None and len(values) != in_ch:
             raise ConfigError(
                 f"data.{name} has {len(values)} values but the images of {d.root} have {in_ch} channels; give "
-                f"one per channel (or null for ImageNet's statistics)"
+                f"one per channel (or null: ImageNet's for 8-bit images, else the data's)"
             )
-    eval_transform = build_transform(d, in_ch, train=False, ignore_index=ignore)
+    train_stems = scan.split("train", d.val_ratio, d.test_ratio, d.split_seed, d.splits)
+    norm = run_normalization(cfg, scan, train_stems)
+    eval_transform = build_transform(d, in_ch, train=False, ignore_index=ignore, normalization=norm)
     weight_fn = None
     if d.border_weights:
         from seglab.losses.weights import unet_weight_map
@@ -184,7 +200,7 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     train_ds = FolderDataset(
         d.root,
         "train",
-        build_transform(d, in_ch, train=True, ignore_index=ignore),
+        build_transform(d, in_ch, train=True, ignore_index=ignore, normalization=norm),
         weight_fn=weight_fn,
         **common,
     )
@@ -245,11 +261,12 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
         spec,
         in_ch,
         names,
-        list(eval_transform.mean),
-        list(eval_transform.std),
+        list(norm.mean),
+        list(norm.std),
         train_loader,
         val_loader,
         sampler,
         local,
         samples // batch_size,
+        norm,
     )

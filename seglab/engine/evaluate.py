@@ -188,9 +188,10 @@ def _split_loader(
     from seglab.data.transforms import build_transform, pad_collate
 
     transform = build_transform(
-        DataConfig(mean=meta.mean, std=meta.std, resize=meta.resize, stretch=meta.stretch),
+        DataConfig(resize=meta.resize),
         meta.in_channels,
         train=False,
+        normalization=meta.normalization,  # the checkpoint's (old ones: their mean, std and stretch)
     )
     ds = split_dataset(meta, data, split, transform)
     sampler = ShardSampler(len(ds), dist.rank, dist.world_size) if dist is not None and dist.enabled else None

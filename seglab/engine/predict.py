@@ -2,6 +2,11 @@
 (and, with ``uncertainty``, per-pixel uncertainty heatmaps; see ``seglab.uncertainty``). Files in, files out:
 each image goes through ``seglab.inference`` (the per-image path that evaluate, serve and the report share).
 
+Any image kind ``read_image`` reads goes in (8/16-bit, float, N bands; PNG, TIFF, .npy). A GeoTIFF's mask is
+written as ``<stem>_mask.tif`` with the image's GeoTIFF tags (geotransform and CRS), so it opens aligned in
+QGIS; every other mask, and every picture (overlays, maps), is a PNG. Pictures of 16-bit, float or multi-band
+images show them through the checkpoint's normalisation (``seglab.inference.shown``; ``display_bands``).
+
 Every output has the input image's size. A checkpoint trained with ``data.resize`` sees the image resized as in
 training; its logits are upsampled bilinearly to the image's size before the softmax and the argmax.
 
@@ -21,18 +26,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from seglab.data.io import IMAGE_SUFFIXES, class_index, read_image, save_png
+from seglab.data.io import IMAGE_SUFFIXES, class_index, read_geotags, read_image, save_geotiff, save_png
 from seglab.errors import ConfigError, DataError
-from seglab.files import OutputKind, guard_file, is_seglab_png
-from seglab.inference import instance_object_class, overlay, palette_of, predict_image
+from seglab.files import PNG_SOFTWARE, OutputKind, guard_file, is_seglab_png
+from seglab.inference import (
+    check_display_bands,
+    instance_object_class,
+    overlay,
+    palette_of,
+    predict_image,
+    shown,
+)
 
 if TYPE_CHECKING:
     from seglab.uncertainty.config import UncertaintyConfig
 
-# The files predict writes: <stem>_mask.png, _overlay.png, _prob_<class>.png, _uncertainty.png / .npz,
-# _instances.png, _instances_overlay.png
+# The files predict writes: <stem>_mask.png (a GeoTIFF's: _mask.tif), _overlay.png, _prob_<class>.png,
+# _uncertainty.png / .npz, _instances.png, _instances_overlay.png
 OUTPUT_NAME = re.compile(
-    r".+_(mask|overlay|uncertainty|instances|instances_overlay|prob_[A-Za-z0-9_.-]+)\.(png|npz)"
+    r".+_(mask|overlay|uncertainty|instances|instances_overlay|prob_[A-Za-z0-9_.-]+)\.(png|npz)|.+_mask\.tif"
 )
 
 
@@ -99,9 +111,10 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     instance_class: str | int | None = None,
     instance_params: Any = None,
     overwrite: bool = False,
+    display_bands: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` per input image, both
-    of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
+    """Write ``<stem>_mask.png`` (palette PNG of class indices; for a GeoTIFF input ``<stem>_mask.tif``, the
+    indices with the image's GeoTIFF tags) and ``<stem>_overlay.png`` per input image, both of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
     upsampled to the image's size before the softmax; probability and uncertainty maps too).
 
     ``prob_maps`` (class names or indices): also ``<stem>_prob_<class>.png``, the probability of that class as
@@ -117,6 +130,9 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     an instance label map: ``<stem>_instances.png`` (16-bit, 0 = no object, 1..K) and
     ``<stem>_instances_overlay.png`` (a colour per object, outlined). ``instance_class``: the object class of a
     model of more than two classes; ``instance_params``: an ``InstanceParams``.
+
+    Pictures (overlays) of a 16-bit, float or multi-band image show it through the checkpoint's normalisation;
+    ``display_bands`` (0-based, one or three) picks the bands shown (``--display-bands 4,3,2``).
 
     Returns one record (the input and its output paths) per image. An image that cannot be read is skipped:
     ``log`` (default: standard error) gets one line naming it, the other images are predicted, and at the end
@@ -155,15 +171,17 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             f"--threshold needs one --prob class and a value in (0, 1), got {threshold} with "
             f"{len(prob_idx)} classes"
         )
+    check_display_bands(meta, display_bands)
     files = collect_inputs(inputs, out_dir)
-    suffixes = ["_mask.png", *(f"_prob_{_safe(meta.class_names[c])}.png" for c in prob_idx)]
+    geotags = {path: read_geotags(path) for path in files}  # GeoTIFFs: the mask is a GeoTIFF of the same grid
+    suffixes = [*(f"_prob_{_safe(meta.class_names[c])}.png" for c in prob_idx)]
     suffixes += ["_overlay.png"] * write_overlay + ["_instances.png", "_instances_overlay.png"] * (
         instances is not None
     )
     if uncertainty is not None:
         suffixes += ["_uncertainty.png"] + ["_uncertainty.npz"] * bool(uncertainty.save_maps)
     for path in files:
-        for suffix in suffixes:
+        for suffix in [_mask_suffix(geotags[path]), *suffixes]:
             guard_file(Path(out_dir) / f"{path.stem}{suffix}", PREDICTION, overwrite)
     out = ensure_dir(out_dir)  # after every check of the arguments, before the first image
     palette = palette_of(meta)
@@ -195,15 +213,22 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             need_probs=instances is not None,
         )
         labels, maps, probs, result = p.labels, p.maps, p.probs, p.result
-        record: dict[str, Any] = {"input": str(path), "mask": str(out / f"{path.stem}_mask.png")}
-        save_png(Path(record["mask"]), labels, palette)
+        record: dict[str, Any] = {
+            "input": str(path),
+            "mask": str(out / f"{path.stem}{_mask_suffix(geotags[path])}"),
+        }
+        if geotags[path]:
+            save_geotiff(Path(record["mask"]), labels, geotags[path])
+        else:
+            save_png(Path(record["mask"]), labels, palette)
+        picture = shown(image, meta, display_bands) if write_overlay or instances is not None else image
         for c, prob in zip(prob_idx, maps):
             name = _safe(meta.class_names[c])
             record[f"prob_{name}"] = str(out / f"{path.stem}_prob_{name}.png")
             save_png(Path(record[f"prob_{name}"]), prob)
         if write_overlay:
             record["overlay"] = str(out / f"{path.stem}_overlay.png")
-            save_png(Path(record["overlay"]), overlay(image, labels, palette))
+            save_png(Path(record["overlay"]), overlay(picture, labels, palette))
         if instances is not None:
             objects = instances_from_probs(
                 probs, instances, target=meta.target, object_class=obj, params=instance_params
@@ -216,20 +241,25 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             record["objects"] = int(objects.max(initial=0))
             save_png(Path(record["instances"]), objects.astype(np.uint16))
             record["instances_overlay"] = str(out / f"{path.stem}_instances_overlay.png")
-            save_png(Path(record["instances_overlay"]), instance_overlay(image, objects))
+            save_png(Path(record["instances_overlay"]), instance_overlay(picture, objects))
         if predictor is not None:
             record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)
     if failures:
-        shown = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
+        listed = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
         more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
         raise PredictError(
             f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
-            f"{shown}{more}",
+            f"{listed}{more}",
             results,
             failures,
         )
     return results
+
+
+def _mask_suffix(geotags: Sequence[Any]) -> str:
+    """A GeoTIFF's mask is a GeoTIFF (its tags place it on the image's grid); any other image's a palette PNG."""
+    return "_mask.tif" if geotags else "_mask.png"
 
 
 def _safe(name: str) -> str:
@@ -238,9 +268,12 @@ def _safe(name: str) -> str:
 
 
 def _is_prediction(path: Path) -> bool:
-    """An earlier output of predict: a PNG seglab wrote, or an NPZ of uncertainty maps (``--save-maps``)."""
+    """An earlier output of predict: a PNG or a GeoTIFF mask seglab wrote, or an NPZ of uncertainty maps
+    (``--save-maps``)."""
     if path.suffix == ".png":
         return is_seglab_png(path)
+    if path.suffix == ".tif":
+        return _is_seglab_tiff(path)
     try:
         with zipfile.ZipFile(path) as z:
             return {"entropy.npy", "probs.npy"} <= set(z.namelist())
@@ -248,7 +281,19 @@ def _is_prediction(path: Path) -> bool:
         return False
 
 
-PREDICTION = OutputKind("prediction", (".png", ".npz"), _is_prediction)
+def _is_seglab_tiff(path: Path) -> bool:
+    """A TIFF whose Software tag says seglab wrote it (``save_geotiff``)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(305)  # Software
+            return tag is not None and tag.value == PNG_SOFTWARE
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+PREDICTION = OutputKind("prediction", (".png", ".npz", ".tif"), _is_prediction)
 
 
 def _log(log: Callable[[str], None] | None, line: str, bar: Any = None) -> None:

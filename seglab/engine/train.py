@@ -361,6 +361,7 @@ def _build_ema(decay: float, model: torch.nn.Module) -> Any:
 
 
 def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
+    norm = data.normalization
     return CheckpointMeta(
         arch=cfg.model.arch,
         num_classes=data.spec.num_classes,
@@ -380,7 +381,11 @@ def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
         resize=cfg.data.resize,
         target=cfg.data.target,
         boundary_width=cfg.data.boundary_width,
-        stretch=list(cfg.data.stretch) if cfg.data.stretch else None,
+        # (what code before data.normalize reads: the same for the 8-bit modes, imagenet and image)
+        stretch=list(norm.percentiles)
+        if norm is not None and norm.mode == "image" and norm.percentiles
+        else None,
+        normalize=norm.to_dict() if norm is not None else None,
     )
 
 

@@ -8,7 +8,8 @@ path turns an image into probabilities.
   it (``tests/test_imports.py``).
 * ``image``: one image -> probabilities (:func:`predict_probs`, :func:`image_probs`, with resize and size
   restore) -> labels (:func:`predict_labels`, :func:`predict_image`, :func:`threshold_labels`).
-* ``palette``: a checkpoint's palette (:func:`palette_of`) and the colour overlay (:func:`overlay`).
+* ``palette``: a checkpoint's palette (:func:`palette_of`), the colour overlay (:func:`overlay`) and what
+  pictures show of a 16-bit, float or multi-band image (:func:`shown`, ``--display-bands``).
 * ``predictor``: checkpoints -> an uncertainty predictor (:func:`build_predictor`), the entry all consumers
   call; the predictors themselves live in ``seglab.uncertainty``.
 """
@@ -27,7 +28,7 @@ from seglab.inference.image import (
     threshold_labels,
     upsample_rows,
 )
-from seglab.inference.palette import overlay, palette_of
+from seglab.inference.palette import check_display_bands, overlay, palette_of, shown
 from seglab.inference.predictor import build_predictor
 from seglab.inference.tiling import TiledModel, iter_tiles, predict_tiled, tile_starts, tile_window
 
@@ -35,6 +36,7 @@ __all__ = [
     "ImagePrediction",
     "TiledModel",
     "build_predictor",
+    "check_display_bands",
     "image_probs",
     "image_tensor",
     "instance_object_class",
@@ -46,6 +48,7 @@ __all__ = [
     "predict_labels",
     "predict_probs",
     "predict_tiled",
+    "shown",
     "threshold_labels",
     "tile_starts",
     "tile_window",

@@ -19,15 +19,19 @@ import numpy as np
 import torch
 
 from seglab.data.io import class_index
-from seglab.data.transforms import resize_image, resized_size, stretch_image
+from seglab.data.transforms import resize_image, resized_size
 from seglab.inference.tiling import iter_tiles
 
 
 def normalise(
     x: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> torch.Tensor:
-    """uint8 (..., C, H, W) -> float on ``device``, scaled to 0..1 and normalised with ``mean`` and ``std``."""
-    x = x.to(device).to(torch.float32, copy=True).div_(255)
+    """A unit-range image (..., C, H, W) (``Normalization.unit``'s: uint8 for 0..255, else float) -> the model's
+    float input on ``device``: uint8 divided by 255, then ``(u - mean) / std`` per band (the checkpoint's)."""
+    scale = x.dtype == torch.uint8
+    x = x.to(device).to(torch.float32, copy=True)
+    if scale:
+        x.div_(255)
     x.sub_(torch.tensor(mean, device=device)[:, None, None])
     return x.div_(torch.tensor(std, device=device)[:, None, None])
 
@@ -39,8 +43,9 @@ def image_tensor(
     device: torch.device,
     resize: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """One uint8 (H, W, C) image as the normalised float batch (1, C, H, W) a model takes; with ``resize`` (a
-    checkpoint's) resized first, as training resized it (``seglab.data.transforms.resize_image``)."""
+    """One unit-range (H, W, C) image (``Normalization.unit``'s, uint8 or float) as the normalised float batch
+    (1, C, H, W) a model takes; with ``resize`` (a checkpoint's) resized first, as training resized it
+    (``seglab.data.transforms.resize_image``: uint8 stays uint8, as in training; float is resized as float)."""
     src = torch.from_numpy(image).permute(2, 0, 1)
     if resize:
         src = resize_image(src, resized_size(*image.shape[:2], resize))
@@ -79,10 +84,10 @@ def _prob_windows(
     overlap: int,
     resize: dict[str, Any] | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(y0, x0, probabilities (C, h, w)) of the whole image at once, or tile by tile with ``tile`` (each tile is
-    normalised on its own: the uint8 image is the only full-size input). With ``resize`` the model sees the
-    resized image (whole or tile by tile) and its logits come back upsampled to the image's size, in blocks of
-    rows (y0, 0, probabilities)."""
+    """(y0, x0, probabilities (C, h, w)) of the unit-range ``image`` (``Normalization.unit``'s) at once, or tile
+    by tile with ``tile`` (each tile is standardised on its own: the unit image is the only full-size input).
+    With ``resize`` the model sees the resized image (whole or tile by tile) and its logits come back upsampled
+    to the image's size, in blocks of rows (y0, 0, probabilities)."""
     src = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # a view, no copy
     if resize:
         h, w = image.shape[:2]
@@ -121,7 +126,8 @@ def predict_probs(
     overlap: int = 32,
     resize: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """Class probabilities (C, H, W) for one uint8 (H, W, C) image of any size (the model pads and crops);
+    """Class probabilities (C, H, W) for one unit-range (H, W, C) image (``Normalization.unit``'s: an 8-bit image
+    as it is for ``imagenet``) of any size (the model pads and crops), standardised with ``mean`` and ``std``;
     the logits are divided by ``temperature`` (a checkpoint's fitted one) first. With ``tile`` the image is
     predicted tile by tile with ``overlap`` pixels of mirrored context (overlap-tile, for large images). With
     ``resize`` (a checkpoint's) the model sees the image resized and its logits are upsampled bilinearly to
@@ -142,18 +148,20 @@ def predict_probs(
 def image_probs(
     model: Any, meta: Any, image: np.ndarray, device: torch.device, tile: int | None = None, overlap: int = 32
 ) -> tuple[torch.Tensor, Any]:
-    """(probabilities (C, H, W), the predictor's result or None) of one uint8 (H, W, C) image, as ``predict``
-    computes them: ``model`` is a checkpoint's model (with ``meta``'s contrast stretch, normalisation, temperature
-    and resize; tiled with ``tile``) or an uncertainty predictor (its mean probabilities)."""
+    """(probabilities (C, H, W), the predictor's result or None) of one raw (H, W, C) image (``read_image``'s:
+    uint8, uint16 or float32), as ``predict`` computes them: ``model`` is a checkpoint's model (with ``meta``'s
+    normalisation, temperature and resize; tiled with ``tile``) or an uncertainty predictor (its mean
+    probabilities)."""
     from seglab.uncertainty.predictors import Predictor
 
-    image = stretch_image(image, meta.stretch)
+    norm = meta.normalization
+    image = norm.unit(image)
     if not isinstance(model, Predictor):
         probs = predict_probs(
-            model, image, meta.mean, meta.std, device, meta.temperature, tile, overlap, meta.resize
+            model, image, norm.mean, norm.std, device, meta.temperature, tile, overlap, meta.resize
         )
         return probs, None
-    x = image_tensor(image, meta.mean, meta.std, device, meta.resize)
+    x = image_tensor(image, norm.mean, norm.std, device, meta.resize)
     result = model(x, image.shape[:2] if meta.resize else None)
     return result.probs[0], result
 
@@ -191,7 +199,8 @@ def predict_labels(
     threshold: float | None = None,
     resize: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Labels uint8 (H, W) of one uint8 (H, W, C) image (the argmax, or with ``threshold`` see
+    """Labels uint8 (H, W) of one unit-range (H, W, C) image (``Normalization.unit``'s; standardised with
+    ``mean`` and ``std``) (the argmax, or with ``threshold`` see
     :func:`threshold_labels` on the one ``prob_idx`` class) and the 8-bit probability map (255 = 1.0) of each
     ``prob_idx`` class. With ``tile`` they are filled tile by tile: no full-image logits or probabilities. With
     ``resize`` (a checkpoint's) the model sees the image resized and its logits are upsampled bilinearly to
@@ -233,17 +242,20 @@ def predict_image(
     threshold: float | None = None,
     need_probs: bool = False,
 ) -> ImagePrediction:
-    """One uint8 (H, W, C) image through a checkpoint's model or an uncertainty predictor (``seglab.uncertainty``),
-    exactly as ``seglab predict`` and ``seglab serve`` do it: the one per-image path of both. A plain model
-    without ``need_probs`` goes tile by tile (:func:`predict_labels`), so no full-image probabilities exist."""
+    """One raw (H, W, C) image (``read_image``'s) through a checkpoint's model or an uncertainty predictor
+    (``seglab.uncertainty``), exactly as ``seglab predict`` and ``seglab serve`` do it: the one per-image path of
+    both. The image becomes its unit range once (``meta.normalization.unit``); each tile is standardised on its
+    own. A plain model without ``need_probs`` goes tile by tile (:func:`predict_labels`), so no full-image
+    probabilities exist."""
     from seglab.uncertainty.predictors import Predictor
 
     if not isinstance(model, Predictor) and not need_probs:
+        norm = meta.normalization
         labels, maps = predict_labels(
             model,
-            stretch_image(image, meta.stretch),
-            meta.mean,
-            meta.std,
+            norm.unit(image),
+            norm.mean,
+            norm.std,
             device,
             meta.temperature,
             tile,

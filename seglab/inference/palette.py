@@ -17,6 +17,28 @@ def palette_of(meta: Any) -> list[list[int]]:
     return [[int(v) for v in colour] for colour in palette[: meta.num_classes]]
 
 
+def shown(image: np.ndarray, meta: Any, bands: Sequence[int] | None = None) -> np.ndarray:
+    """uint8 (H, W, 1 or 3) that pictures (overlays, the report, the viewer) show of a raw (H, W, C) image: an
+    8-bit grayscale or RGB image as it is (as always), any other through the checkpoint's normalisation
+    (``Normalization.display``: the unit range over 0..255). ``bands``: 0-based, one or three (``--display-bands``
+    4,3,2 is (3, 2, 1), parsed by ``seglab.cli.display_bands``); ConfigError for a band the image lacks."""
+    if image.dtype == np.uint8 and image.shape[2] in (1, 3) and not bands:
+        return image
+    return meta.normalization.display(image, bands)
+
+
+def check_display_bands(meta: Any, bands: Sequence[int] | None) -> None:
+    """ConfigError, before any work, for ``--display-bands`` (0-based) beyond the model's input bands."""
+    from seglab.errors import ConfigError
+
+    bad = [b + 1 for b in bands or () if not 0 <= b < meta.in_channels]
+    if bad:
+        raise ConfigError(
+            f"--display-bands names band(s) {', '.join(map(str, bad))} but the model takes "
+            f"{meta.in_channels}-band images; give bands within 1..{meta.in_channels}"
+        )
+
+
 def overlay(
     image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
 ) -> np.ndarray:

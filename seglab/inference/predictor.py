@@ -4,6 +4,7 @@ the report call (the predictors themselves live in ``seglab.uncertainty.predicto
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -23,7 +24,7 @@ def build_predictor(
     overlap: int = 32,
 ) -> tuple[Predictor, CheckpointMeta]:
     """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
-    meta. Inputs are normalised with the main checkpoint's mean/std; each model divides its logits by its own
+    meta. Inputs are normalised with the main checkpoint's normalisation (each member's input is made from it); each model divides its logits by its own
     fitted temperature. With ``tile`` every model runs overlap-tile inference."""
 
     def tiled(m: nn.Module) -> nn.Module:
@@ -37,10 +38,7 @@ def build_predictor(
         )
     if config.method == "ensemble":
         models = [
-            m
-            if (mt.mean, mt.std) == (meta.mean, meta.std)
-            else Renormalize(m, meta.mean, meta.std, mt.mean, mt.std)
-            for m, mt in members
+            _renormalised(m, meta, mt, path) for (m, mt), path in zip(members, [checkpoint, *config.ensemble])
         ]
         return Ensemble([tiled(m.to(device)) for m in models], [mt.temperature for _, mt in members]), meta
     if config.method == "mc-dropout":
@@ -50,3 +48,29 @@ def build_predictor(
     if config.method == "tta":
         return TTA(tiled(model), config.flips, config.scales, meta.temperature), meta
     return Deterministic(tiled(model), meta.temperature), meta
+
+
+def _renormalised(
+    model: nn.Module, main: CheckpointMeta, meta: CheckpointMeta, path: str | Path
+) -> nn.Module:
+    """``model`` (of ``meta``) fed the main checkpoint's model input: as it is when both normalise alike, else
+    through :class:`Renormalize` (both steps are affine per band: the unit range, then mean/std; in raw values the
+    main input is ``x * std * (hi - lo) + lo + mean * (hi - lo)``). CheckpointError where no affine map exists
+    (a per-image stretch or clipping that differs between the two)."""
+    a, b = main.normalization, meta.normalization
+    unit = lambda n: (n.mode, n.lo, n.hi, n.percentiles, n.clip)  # noqa: E731
+    if unit(a) == unit(b):
+        return (
+            model if (a.mean, a.std) == (b.mean, b.std) else Renormalize(model, a.mean, a.std, b.mean, b.std)
+        )
+    if "image" in (a.mode, b.mode) or a.clip or b.clip:
+        raise CheckpointError(
+            f"ensemble member {path} normalises images as {b.mode} but the first as {a.mode}; members with a "
+            "per-image stretch or clipping must share the normalisation (train them with the same data.normalize)"
+        )
+
+    def raw(n: Any) -> tuple[list[float], list[float]]:
+        span = [h - lo for lo, h in zip(n.lo, n.hi)]
+        return [lo + m * d for lo, m, d in zip(n.lo, n.mean, span)], [s * d for s, d in zip(n.std, span)]
+
+    return Renormalize(model, *raw(a), *raw(b))

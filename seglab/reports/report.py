@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,17 +66,20 @@ def write_report(
     uncertainty: UncertaintyConfig | str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    display_bands: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a run folder or a .safetensors file) on ``split`` of ``data`` (default: the run's
     ``config.yaml`` data.root) with ``uncertainty`` (default: deterministic, one softmax pass) and write the report
     into folder ``out``: evaluate's own ``eval-<split>.json``, then :func:`render_report`. Returns the paths and
     the numbers. A folder this call created is removed again if it fails. ``out`` is checked before any work
-    (:func:`check_report_dir`); inside a run folder the run's lock is held throughout (one writer per run)."""
+    (:func:`check_report_dir`); inside a run folder the run's lock is held throughout (one writer per run).
+    ``display_bands`` (0-based, one or three): the bands the example pictures show of a multi-band image."""
     from seglab.checkpoint import read_meta
     from seglab.engine.evaluate import evaluate
+    from seglab.inference.palette import check_display_bands
 
     weights, run_dir = _run_files(checkpoint)
-    read_meta(weights)  # a clear CheckpointError before any work
+    check_display_bands(read_meta(weights), display_bands)  # a clear CheckpointError before any work
     cfg = _run_config(run_dir)
     if data is None:
         if cfg is None or not cfg.data.root:
@@ -99,7 +103,14 @@ def write_report(
                 per_image=True,
                 overwrite=overwrite,
             )
-            return render_report(evaluation, out, uncertainty=unc, device=device, overwrite=overwrite)
+            return render_report(
+                evaluation,
+                out,
+                uncertainty=unc,
+                device=device,
+                overwrite=overwrite,
+                display_bands=display_bands,
+            )
         except BaseException:
             if created:  # no half-made report folder
                 shutil.rmtree(out, ignore_errors=True)
@@ -139,6 +150,7 @@ def render_report(
     uncertainty: UncertaintyConfig | str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    display_bands: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Write the report of an evaluate report ``evaluation`` (computed with ``per_image=True`` and
     ``uncertainty``) into folder ``out``. ``uncertainty``: the predictor that evaluation used (default: its
@@ -152,27 +164,32 @@ def render_report(
         )
     out = check_report_dir(out, overwrite)
     with report_lock(out):
-        return _render_report(evaluation, out, uncertainty, device)
+        return _render_report(evaluation, out, uncertainty, device, display_bands)
 
 
 def _render_report(
-    evaluation: dict[str, Any], out: Path, uncertainty: UncertaintyConfig | str | None, device: str
+    evaluation: dict[str, Any],
+    out: Path,
+    uncertainty: UncertaintyConfig | str | None,
+    device: str,
+    display_bands: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, read_meta
     from seglab.files import atomic_write, ensure_dir, write_json
-    from seglab.inference import palette_of
+    from seglab.inference import check_display_bands, palette_of
     from seglab.reports import figures as F
     from seglab.reports.html import render_html
     from seglab.uncertainty.calibration import reliability_figure
 
     weights, _ = checkpoint_paths(evaluation["checkpoint"])
     meta = read_meta(weights)
+    check_display_bands(meta, display_bands)
     run_dir = weights.parent
     cfg = _run_config(run_dir)
     history = _history(run_dir)
     u = evaluation["uncertainty"]
     unc = _uncertainty(uncertainty or u["method"])
-    examples, first_size = _examples(evaluation, meta, unc, device)
+    examples, first_size = _examples(evaluation, meta, unc, device, display_bands)
 
     names = list(evaluation["classes"])
     cm = np.asarray(evaluation["confusion_matrix"], dtype=np.float64)
@@ -285,13 +302,19 @@ def pick_examples(images: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any
 
 
 def _examples(
-    evaluation: dict[str, Any], meta: CheckpointMeta, unc: UncertaintyConfig, device: str
+    evaluation: dict[str, Any],
+    meta: CheckpointMeta,
+    unc: UncertaintyConfig,
+    device: str,
+    display_bands: Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[int, int]]:
     """The best, median and worst images predicted again as evaluate predicted them (``image_probs``, the same
-    predictor): rows of panels image / truth / prediction / errors / entropy; and the split's first image size."""
+    predictor): rows of panels image / truth / prediction / errors / entropy; and the split's first image size.
+    The image panel of a 16-bit, float or multi-band image shows it through the checkpoint's normalisation
+    (``seglab.inference.shown``; ``display_bands``)."""
     from seglab.engine.device import resolve_device
     from seglab.engine.evaluate import split_dataset
-    from seglab.inference import build_predictor, image_probs, palette_of
+    from seglab.inference import build_predictor, image_probs, palette_of, shown
     from seglab.reports import figures as F
     from seglab.uncertainty.build import heatmap
 
@@ -306,7 +329,7 @@ def _examples(
         probs, result = image_probs(predictor, meta, image, dev, tile, overlap)
         pred = probs.argmax(0).cpu().numpy()
         panels = [
-            image,
+            shown(image, meta, display_bands),
             F.colour_mask(truth, palette, meta.ignore_index),
             F.colour_mask(pred, palette, meta.ignore_index),
             F.error_map(pred, truth, meta.ignore_index),

@@ -10,7 +10,8 @@ Hostile clients are bounded, each by one limit (see :class:`ServeConfig`):
 * time: a request's head and body must arrive within ``body_timeout`` seconds (408, connection closed; a
   connection that sends no request head in that time is closed), and a request waits for a prediction slot only
   once its body has arrived, so slow or idle clients never take the place of others;
-* bytes and pixels: a body above ``max_upload_bytes`` or an image above ``max_pixels`` (read from its header,
+* bytes and pixels: a body above ``max_upload_bytes``, an image above ``max_pixels`` or decoding to more than
+  ``max_bytes`` (pixels x bands x bytes per sample; all three read from its header,
   before decoding) gets 413;
 * work: pixels x passes (TTA: flips x scales; MC dropout: samples) above ``max_work`` gets 413, and an image
   above ``tile_above`` pixels is predicted in tiles of ``tile``, so its memory is bounded by the tile;
@@ -49,8 +50,9 @@ IMAGE_TYPES = ("image/", "application/octet-stream", "multipart/form-data")
 # an over-limit body of at most DRAIN x the byte limit is read to its end (and dropped) before the 413, so that a
 # client still sending reads the answer instead of a reset; a larger one is answered at once, the connection closed
 DRAIN = 4
-# the Pillow formats an upload may have (MPO: the multi-picture JPEG of many cameras); no other decoder runs
-FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP")
+# the formats an upload may have (MPO: the multi-picture JPEG of many cameras; TIFF through tifffile, 16-bit
+# colour PNG through imagecodecs, NPY: a NumPy array, never a pickle); no other decoder runs
+FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "BMP", "WEBP", "NPY")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 
@@ -59,7 +61,9 @@ ANY_ADDRESS = ("0.0.0.0", "::", "")
 class ServeConfig:
     """The service's limits and options (``seglab serve`` flags); every value is checked here (ConfigError).
 
-    ``max_work``: pixels x passes of one request (1 pass; TTA: flips x scales; MC dropout: ``samples``).
+    ``max_bytes``: the decoded image's bytes (pixels x bands x bytes per sample; default ``max_pixels`` x 4, so an
+    RGB or RGBA upload of ``max_pixels`` fits, a 16-bit or multi-band one of as many bytes). ``max_work``: pixels
+    x passes of one request (1 pass; TTA: flips x scales; MC dropout: ``samples``).
     ``tile``, ``tile_above``, ``overlap``: an image of more than ``tile_above`` pixels is predicted tile by tile
     (``tile`` 0: never). ``body_timeout``: seconds for a request's head and body to arrive. ``host``: the address
     bound; ``Host`` headers naming it or a local name are answered, and those of ``allowed_hosts`` (``*``: any,
@@ -70,6 +74,7 @@ class ServeConfig:
     token: str | None = None
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 4096 * 4096
+    max_bytes: int | None = None  # None: max_pixels x 4
     max_work: int = 4 * 2**20
     tile: int = 256
     tile_above: int = 512 * 512
@@ -83,9 +88,16 @@ class ServeConfig:
     allowed_hosts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if (
+            self.max_bytes is None
+            and isinstance(self.max_pixels, int)
+            and not isinstance(self.max_pixels, bool)
+        ):
+            self.max_bytes = self.max_pixels * 4
         lowest = {
             "max_upload_bytes": 1,
             "max_pixels": 1,
+            "max_bytes": 1,
             "max_work": 1,
             "tile": 0,
             "tile_above": 1,
@@ -170,6 +182,7 @@ class Service:
             "in_channels": m.in_channels,
             "mean": m.mean,
             "std": m.std,
+            "normalize": m.normalization.to_dict(),
             "resize": m.resize,
             "stretch": m.stretch,
             "temperature": m.temperature,
@@ -179,6 +192,7 @@ class Service:
             "limits": {
                 "max_upload_bytes": c.max_upload_bytes,
                 "max_pixels": c.max_pixels,
+                "max_bytes": c.max_bytes,
                 "max_work": c.max_work,
                 "passes": {k: self.passes(k) for k in UNCERTAINTY},
                 "formats": list(FORMATS),
@@ -225,30 +239,46 @@ class Service:
         return self.config.tile if self.config.tile and pixels > self.config.tile_above else None
 
     def check(self, body: bytes, name: str, method: str | None) -> tuple[int, bool]:
-        """The upload's pixel count, read from its header (nothing decoded), and whether it holds several frames
-        (an animation, a multi-page TIFF: the first is predicted): 400 if empty, not an image or not in
-        ``FORMATS``; 413 above ``max_pixels`` or, times the passes of ``method``, above ``max_work``."""
-        from seglab.data.io import ImageTooLarge, NamedBytes, max_pixels, open_image, oriented_size
+        """The upload's pixel count, read from its header (``image_header``: nothing decoded), and whether it holds
+        several frames (an animation, a multi-page TIFF of several samples a page: the first is predicted): 400 if
+        empty, not an image, not in ``FORMATS`` or of other bands than the model takes; 413 above ``max_pixels``,
+        above ``max_bytes`` decoded or, times the passes of ``method``, above ``max_work``."""
+        from seglab.data.io import ImageTooLarge, NamedBytes, image_header, max_pixels
 
         if not body:
             raise HTTPError(400, "the upload is empty; send an image file")
         try:
-            with open_image(NamedBytes(body, name), FORMATS) as img:
-                w, h = oriented_size(img)
-                several = bool(getattr(img, "is_animated", False))
-        except ImageTooLarge:  # above seglab's limit (SEGLAB_MAX_PIXELS, on the server): say the service's
+            header = image_header(NamedBytes(body, name), FORMATS)
+        except ImageTooLarge as e:  # above seglab's limits (SEGLAB_MAX_PIXELS/BYTES, on the server)
+            if "bytes" in str(e):
+                raise HTTPError(413, f"{e}".split("; shrink")[0] + "; send a smaller image") from None
             limit = min(self.config.max_pixels, max_pixels())
             raise HTTPError(
                 413, f"{name} is above this service's limit of {limit:,} pixels; send a smaller image"
             ) from None
         except DataError as e:
             raise HTTPError(400, str(e)) from None
+        (w, h), several = header.size, header.frames > 1
+        want = self.meta.in_channels
+        converts = header.reader == "pillow" and header.dtype == "uint8" and want in (1, 3)  # as read_image
+        if header.bands != want and not converts:
+            raise HTTPError(
+                400,
+                f"{name} has {header.bands} band(s) of {header.dtype}, but this model takes {want}-band images; "
+                f"send an image of {want} band(s)",
+            )
         c, passes = self.config, self.passes(method)
         if w * h > c.max_pixels:
             raise HTTPError(
                 413,
                 f"{name} is {w}x{h} = {w * h:,} pixels, above this service's limit of "
                 f"{c.max_pixels:,}; send a smaller image",
+            )
+        if c.max_bytes is not None and header.nbytes > c.max_bytes:
+            raise HTTPError(
+                413,
+                f"{name} is {w}x{h} pixels of {header.bands} band(s) of {header.dtype} = {header.nbytes:,} bytes "
+                f"decoded, above this service's limit of {c.max_bytes:,} (--max-bytes); send a smaller image",
             )
         if w * h * passes > c.max_work:
             raise HTTPError(
@@ -260,7 +290,8 @@ class Service:
         return w * h, several
 
     def decode(self, body: bytes, name: str) -> np.ndarray:
-        """The upload as uint8 (H, W, C), read as ``seglab predict`` reads files; HTTPError 400 / 413."""
+        """The upload as (H, W, C) in its own type (uint8, uint16, float32), read as ``seglab predict`` reads
+        files; HTTPError 400 / 413."""
         from seglab.data.io import ImageTooLarge, NamedBytes, read_image
 
         try:
@@ -282,7 +313,7 @@ class Service:
         tile by tile (as ``seglab predict --tile``)."""
         from seglab.data.io import png_bytes
         from seglab.inference import overlay as blend
-        from seglab.inference import predict_image
+        from seglab.inference import predict_image, shown
 
         tile, overlap = self.tile_for(image.shape[0] * image.shape[1]), self.config.overlap
         if uncertainty is None:
@@ -297,7 +328,7 @@ class Service:
                 ) from None
         pictures: dict[str, bytes] = {}
         if overlay:
-            pictures["overlay_png"] = png_bytes(blend(image, p.labels, self.palette))
+            pictures["overlay_png"] = png_bytes(blend(shown(image, self.meta), p.labels, self.palette))
         if p.result is not None:
             from seglab.uncertainty.build import heatmap
 
@@ -317,6 +348,11 @@ class Service:
             "color_png": png_bytes(self.color_layer(p.labels)),
             **pictures,
         }
+        if image.dtype != np.uint8 or image.shape[2] not in (
+            1,
+            3,
+        ):  # a browser cannot show it: send what to show
+            doc["image_png"] = base64.b64encode(png_bytes(shown(image, self.meta))).decode("ascii")
         if note:
             doc["note"] = note
         if p.result is not None:

@@ -1,5 +1,7 @@
 """16-bit RGB(A) images, which Pillow opens as 8-bit RGB (keeping the high byte: 12-bit camera data comes out
-near-black), are refused in one line by the one reader, as 16-bit grayscale is (issue 26)."""
+near-black), were refused in one line (issue 26); since issue 28 the one reader reads them exactly, in uint16
+(imagecodecs for PNG, tifffile for TIFF). 16-bit colour *masks* are still refused: a mask is class indices or
+8-bit colours."""
 
 import struct
 import zlib
@@ -41,21 +43,24 @@ def twelve_bit(channels, size=(8, 9)):
 
 
 @pytest.mark.parametrize("channels", [3, 4, 2], ids=["rgb", "rgba", "gray-alpha"])
-def test_16_bit_colour_pngs_are_refused_in_one_line(tmp_path, channels):
-    path = write_png(tmp_path / "a.png", twelve_bit(channels))
-    with pytest.raises(DataError, match=REFUSED) as info:
-        read_image(path)
-    assert str(info.value).startswith(f"image {path} has 16 bits per sample") and "\n" not in str(info.value)
-    with pytest.raises(DataError, match=REFUSED):  # the service opens uploads with the same reader
+def test_16_bit_colour_pngs_are_read_exactly(tmp_path, channels):
+    """Every 16-bit sample as written (the alpha dropped, as for 8-bit images); the service's uploads alike."""
+    arr = twelve_bit(channels)
+    path = write_png(tmp_path / "a.png", arr)
+    want = arr[..., :1] if channels == 2 else arr[..., :3]
+    for source in (path, NamedBytes(path.read_bytes(), "upload.png")):
+        out = read_image(source)
+        assert out.dtype == np.uint16 and out.shape == want.shape and (out == want).all()
+    with pytest.raises(DataError, match=REFUSED):  # Pillow alone would keep the high byte: refused
         open_image(NamedBytes(path.read_bytes(), "upload.png"))
 
 
-def test_16_bit_rgb_tiff_is_refused(tmp_path):
+def test_16_bit_rgb_tiff_is_read_exactly(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     path = tmp_path / "a.tif"
     tifffile.imwrite(path, twelve_bit(3), photometric="rgb")
-    with pytest.raises(DataError, match=REFUSED):
-        read_image(path)
+    out = read_image(path)
+    assert out.dtype == np.uint16 and (out == tifffile.imread(path)).all() and (out == twelve_bit(3)).all()
 
 
 def test_8_bit_rgb_and_16_bit_single_channel_masks_still_read(tmp_path):
@@ -70,26 +75,16 @@ def test_a_16_bit_rgb_colour_mask_is_refused(tmp_path):
         read_mask_raw(write_png(tmp_path / "m.png", twelve_bit(3)))
 
 
-def test_data_check_and_training_name_a_16_bit_rgb_image(tmp_path):
+def test_data_check_reads_a_16_bit_rgb_data_set(tmp_path):
+    """The scan's type follows the images (one 16-bit image makes the set uint16, read without a problem), and
+    data check prints the band statistics of the 16-bit values, not of their high bytes."""
     root = tmp_path / "d"
     for i in range(3):
         save_png(root / "images" / f"{i}.png", np.full((8, 9, 3), 120, np.uint8))
         save_png(root / "masks" / f"{i}.png", np.eye(8, 9, dtype=np.uint8))
-    assert check(root).problems == []
+    scan = check(root)
+    assert scan.problems == [] and scan.dtype == "uint8" and scan.stats.max == [120.0] * 3
     write_png(root / "images" / "1.png", twelve_bit(3))  # replaced: a new size and mtime
-    problems = check(root).problems
-    assert len(problems) == 1 and problems[0].startswith(f"image {root / 'images' / '1.png'} has 16 bits")
-    from seglab.data.folder import scan_folder
-
-    with pytest.raises(DataError, match="1.png has 16 bits per sample"):  # training's scan raises it
-        scan_folder(root).raise_problems()
-
-
-def test_predict_skips_and_names_a_16_bit_rgb_image(tiny_ckpt, tmp_path, run_cli):
-    src = tmp_path / "in"
-    src.mkdir()
-    save_png(src / "ok.png", np.full((16, 16, 3), 90, np.uint8))
-    write_png(src / "deep.png", twelve_bit(3, (16, 16)))
-    code, _, err = run_cli("predict", tiny_ckpt, src, "--out", tmp_path / "out", "--no-progress")
-    assert code == 2 and "skipped deep.png: image" in err and "has 16 bits per sample (PNG RGB)" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok_mask.png", "ok_overlay.png"]
+    scan = check(root)
+    assert scan.problems == [] and scan.dtype == "uint16" and scan.in_channels == 3
+    assert scan.stats.max == [float(v) for v in twelve_bit(3).reshape(-1, 3).max(0)]

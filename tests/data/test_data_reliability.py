@@ -107,17 +107,28 @@ def test_class_count_with_a_gap_is_flagged_but_a_full_range_is_not(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["I;16", "F"])
-def test_16_bit_and_float_images_are_refused_whatever_the_channels(tmp_path, mode):
+def test_16_bit_and_float_images_are_read_in_their_own_type(tmp_path, mode):
+    """Once refused ("convert it to 8 bits"): now read exactly, in their own type, and never to 8 bits; a band
+    count other than the data set's (or the model's) is what is refused, in one line naming the file."""
     path = tmp_path / ("x.png" if mode == "I;16" else "x.tif")
-    arr = np.full((3, 4), 40000, np.uint16 if mode == "I;16" else np.float32)
+    arr = (np.arange(12).reshape(3, 4) * 3333 + 7).astype(np.uint16 if mode == "I;16" else np.float32)
     Image.fromarray(arr).save(path)
     assert Image.open(path).mode == mode
-    for channels in (None, 1, 3):  # predict passes the checkpoint's channel count: it used to skip the check
-        with pytest.raises(DataError, match=f"image {path} has mode {mode} .*convert it to 8 bits"):
-            read_image(path, channels)
-    root = write(tmp_path / "d", [INDEX])
-    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(root / "images" / "00.png")
-    assert "images/00.png has mode I;16 (16-bit)" in check(root).problems[0]
+    for channels in (None, 1):
+        out = read_image(path, channels)
+        assert out.dtype == arr.dtype and out.shape == (3, 4, 1) and (out[..., 0] == arr).all()
+    with pytest.raises(DataError, match=f"image {path} has 1 band\\(s\\) of {arr.dtype}, but 3 are expected"):
+        read_image(path, 3)  # predict passes the checkpoint's channel count
+    root = write(tmp_path / "d", [INDEX] * 3)  # RGB images ...
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(
+        root / "images" / "00.png"
+    )  # ... and a 16-bit gray one
+    scan = check(root)
+    assert scan.dtype == "uint16" and len(scan.problems) == 1
+    assert scan.problems[0].startswith(
+        f"image {root / 'images' / '00.png'} has 1 band(s) of uint16 but the data "
+    )
+    assert f"have 3 (e.g. {root / 'images' / '01.png'})" in scan.problems[0]
 
 
 # 4. ignore_index must not be a class
@@ -297,7 +308,9 @@ def test_second_deep_scan_decodes_nothing_and_a_touched_file_is_read_again(tmp_p
     root = write(tmp_path / "d", [INDEX] * 3)
     decoded = count_decodes(monkeypatch)
     first = check(root)
-    assert sorted(decoded) == sorted(f"{d}/{i:02d}.png" for d in ("images", "masks") for i in range(3))
+    # the scan decodes every file; the band statistics (no splits/: of every image) read the images once more
+    images = [f"images/{i:02d}.png" for i in range(3)]
+    assert sorted(decoded) == sorted([*images, *images, *(f"masks/{i:02d}.png" for i in range(3))])
     decoded.clear()
     second = check(root)
     assert decoded == []
@@ -342,7 +355,7 @@ def test_corrupt_or_unwritable_cache_is_ignored(tmp_path, monkeypatch):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("SEGLAB_CACHE_DIR", str(blocker))
-    assert check(root).problems == [] and len(decoded) == 4
+    assert check(root).problems == [] and len(decoded) == 6  # 4 files, and the 2 images for the statistics
 
 
 def test_load_image_is_the_one_loading_function(tmp_path):

@@ -67,6 +67,21 @@ def test_forward_backward_reaches_the_first_layer(case):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad), "unused parameters"
 
 
+@pytest.mark.parametrize("bands", [1, 5])
+@pytest.mark.parametrize("case", CASES)
+def test_one_and_five_bands_each_reach_the_logits(case, bands):
+    """Any band count (grayscale microscopy, multispectral): the right logits shape, and every band's
+    gradient non-zero, so no band is dropped on the way in."""
+    arch, params = CASES[case]
+    torch.manual_seed(0)
+    model = seglab.create_model(arch, num_classes=NUM_CLASSES, in_channels=bands, **params).train()
+    x = torch.randn(2, bands, 32, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, NUM_CLASSES, 32, 32)
+    out.square().mean().backward()
+    assert (x.grad.abs().sum((0, 2, 3)) > 0).all()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_odd_sizes_give_logits_at_input_resolution(case):
     model = build(case).eval()

@@ -189,3 +189,60 @@ def test_bad_input_is_one_line_and_exit_2(run, shapes_dir, tmp_path, run_cli):
         assert not (tmp_path / "out").exists()
     code, _, err = run_cli("evaluate", run, "--data", shapes_dir, "--report", blocker, "--no-progress")
     assert code == 2 and "blocked by the file" in err and err.count("\n") == 1
+
+
+def test_example_pictures_of_a_multiband_data_set_go_through_the_normalisation(tmp_path, monkeypatch):
+    """A 5-band 16-bit data set: the report's image panels are ``Normalization.display`` of the raw images,
+    with ``display_bands`` choosing the bands; a band the model lacks is one line before any work."""
+    from PIL import Image
+
+    from seglab.checkpoint import CheckpointMeta, save_checkpoint
+    from seglab.data.io import read_image
+    from seglab.data.normalize import Normalization
+    from seglab.errors import ConfigError
+    from seglab.models.factory import create_model
+    from seglab.reports import figures
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for i in range(4):
+        np.save(
+            tmp_path / "data" / "images" / f"s{i}.npy", rng.integers(100, 4000, (32, 32, 5)).astype(np.uint16)
+        )
+        Image.fromarray((rng.random((32, 32)) > 0.5).astype(np.uint8)).save(
+            tmp_path / "data" / "masks" / f"s{i}.png"
+        )
+    norm = Normalization("range", [0.0] * 5, [4095.0] * 5, [0.5] * 5, [0.25] * 5)
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=2, in_channels=5, depth=2, base_channels=4).eval()
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=2,
+        in_channels=5,
+        model_params={"depth": 2, "base_channels": 4},
+        class_names=["bg", "fg"],
+        mean=norm.mean,
+        std=norm.std,
+        normalize=norm.to_dict(),
+    )
+    ckpt = save_checkpoint(tmp_path / "ck" / "best", model, meta)
+    rows = []
+    real = figures.examples_figure
+    monkeypatch.setattr(figures, "examples_figure", lambda r: rows.extend(r) or real(r))
+    r = write_report(
+        ckpt, tmp_path / "data", "all", out=tmp_path / "rep", progress=False, display_bands=(3, 2, 1)
+    )
+    assert len(rows) == 3 and r["num_images"] == 4
+    assert all(panels[0].dtype == np.uint8 and panels[0].shape == (32, 32, 3) for _, panels in rows)
+    shown = {panels[0].tobytes() for _, panels in rows}
+    expected = {
+        norm.display(read_image(p, 5), [3, 2, 1]).tobytes()
+        for p in sorted((tmp_path / "data" / "images").glob("*.npy"))
+    }
+    assert shown <= expected
+    with pytest.raises(ConfigError, match="1..5"):
+        write_report(
+            ckpt, tmp_path / "data", "all", out=tmp_path / "rep2", progress=False, display_bands=(5,)
+        )
+    assert not (tmp_path / "rep2").exists()

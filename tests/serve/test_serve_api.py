@@ -132,7 +132,8 @@ def _png(shape: tuple[int, ...], dtype=np.uint8, noise: bool = False) -> bytes:
         (_png((20, 20, 3), noise=True)[:300], "", "image/png", 400, "corrupt or truncated"),
         (_png((20, 20, 3)), "", "text/plain", 400, "not an image"),
         (_png((20, 20, 3)), "", "", 400, "not an image"),
-        (_png((20, 20), np.uint16), "", "image/png", 400, "16-bit"),
+        # 16-bit is read now; a 1-band image is not what this 3-band model takes (named before decoding)
+        (_png((20, 20), np.uint16), "", "image/png", 400, "1 band(s) of uint16, but this model takes 3-band"),
         (_png((400, 300, 3)), "", "image/png", 413, "120,000 pixels"),
         (b"\x00" * 200_001, "", "image/png", 413, "200,000"),
         (_png((20, 20, 3)), "?path=/etc/passwd", "image/png", 400, "unknown parameter 'path'"),

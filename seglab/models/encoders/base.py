@@ -136,6 +136,38 @@ def match_state_dict(
     return None
 
 
+RGB = 3  # the bands of the pretrained checkpoints whose first conv is adapted (as timm's ``input_size[0]``)
+
+
+def adapt_input_convs(
+    state: Mapping[str, torch.Tensor], module: nn.Module, keys: Iterable[str], in_channels: int
+) -> dict[str, torch.Tensor]:
+    """``state`` with the input-conv weights ``keys`` (``module``'s state-dict names) of a 3-band checkpoint
+    adapted to ``in_channels`` by timm's ``adapt_input_conv`` (RGB kernels summed for 1 band, repeated and
+    scaled by 3/N for N), as timm does for its own pretrained weights: a file saved from a 3-band model
+    initialises a 1- or N-band one. Any other tensor, or one the adaptation does not turn into ``module``'s
+    shape, is left as it is (the strict load then names it)."""
+    own = module.state_dict()
+    out = dict(state)
+    for key in keys:
+        weight = out.get(key)
+        if weight is None or key not in own or weight.shape == own[key].shape or in_channels == RGB:
+            continue
+        if weight.ndim != 4 or weight.shape[1] != RGB:
+            continue
+        from timm.models import adapt_input_conv
+
+        adapted = adapt_input_conv(in_channels, weight)
+        if adapted.shape == own[key].shape:
+            out[key] = adapted
+    return out
+
+
+def first_conv(module: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """(name, module) of ``module``'s first Conv2d in registration order: a native encoder's input conv."""
+    return next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
 def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """``module.load_state_dict(state)`` with a ConfigError that names ``source`` and the first problem."""
     own = module.state_dict()
@@ -167,4 +199,8 @@ def load_native_weights(encoder: Encoder, name: str, weights: str | None) -> Non
     weights = str(resolve_weights_path(weights))
     state = read_state_dict(weights)
     matched = match_state_dict(state, encoder)
-    load_weights_strict(encoder, matched if matched is not None else state, f"weights file {weights}")
+    state = matched if matched is not None else state
+    if (first := first_conv(encoder)) is not None:  # a 3-band model's weights on 1 or N bands
+        name, conv = first
+        state = adapt_input_convs(state, encoder, [f"{name}.weight"], conv.in_channels)
+    load_weights_strict(encoder, state, f"weights file {weights}")

@@ -21,6 +21,7 @@ from seglab.errors import ConfigError
 from seglab.models.encoders.base import (
     Encoder,
     FeatureInfo,
+    adapt_input_convs,
     load_weights_strict,
     match_state_dict,
     read_state_dict,
@@ -57,7 +58,8 @@ class TimmEncoder(Encoder):
     model's own; 8 or 16 dilate it (ConfigError when the timm model cannot). ``weights``: None (random init),
     ``"imagenet"`` (timm's pretrained weights, downloaded; the first conv is adapted to ``in_channels`` by
     summing or repeating the RGB kernels, as timm does), or a local ``.safetensors``/torch file holding
-    either this encoder's own state dict or the timm model's full classification state dict (loaded
+    either this encoder's own state dict (a 3-band one's first conv adapted to ``in_channels`` by the same
+    ``timm.models.adapt_input_conv``) or the timm model's full classification state dict (loaded
     through timm, so it gets the same first-conv adaptation; checked strictly first), or such a checkpoint
     in another library's names, recognised from them and renamed by an explicit table
     (:mod:`seglab.models.encoders.layouts`: e.g. the efficientnet_pytorch layout of the
@@ -100,7 +102,8 @@ class TimmEncoder(Encoder):
             if own is None:
                 own = match_state_dict(file_state, self.model, prefixes=("",))  # timm's feature model
                 own = None if own is None else {f"model.{k}": v for k, v in own.items()}
-            if own is not None:
+            if own is not None:  # a 3-band model's: its first conv adapted to in_channels, as timm does
+                own = adapt_input_convs(own, self, self._first_conv_keys(), in_channels)
                 load_weights_strict(self, own, f"weights file {weights}")
             elif (layout := detect_layout(file_state)) is not None:  # another library's names for the model
                 mapped = self._map_foreign_state(timm, name, file_state, layout, str(weights))
@@ -147,6 +150,17 @@ class TimmEncoder(Encoder):
                     "(see timm.list_models(); native: unet, vgg, mobilenet)"
                 ) from None
             raise ConfigError(f"cannot build timm encoder {name!r}: {e}") from None
+
+    def _first_conv_keys(self) -> list[str]:
+        """This encoder's state-dict names of the input conv weights timm's ``pretrained_cfg`` names
+        (``first_conv``), as timm's feature wrapper renames them ("stem.0" -> "stem_0")."""
+        first = getattr(self.model, "pretrained_cfg", {}).get("first_conv") or ()
+        own = set(self.state_dict())
+        names = (first,) if isinstance(first, str) else first
+        keys = [
+            f"model.{n}.weight" for conv in names for n in dict.fromkeys((conv, conv.replace(".", "_", 1)))
+        ]
+        return [k for k in keys if k in own]
 
     def _check_classification_state(
         self, timm: ModuleType, name: str, state: dict[str, torch.Tensor], source: str

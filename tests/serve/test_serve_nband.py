@@ -1,0 +1,148 @@
+"""The service on 16-bit, float and multi-band uploads: 16-bit PNG and TIFF, a 5-band TIFF and .npy to a model
+of that many bands, answered with the mask ``seglab predict`` writes (byte for byte); a band count the model does
+not take is refused from the header (400, naming both); the decoded-bytes limit (``--max-bytes``, 413)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from seglab.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
+from seglab.cli import build_parser  # noqa: E402
+from seglab.data.normalize import Normalization  # noqa: E402
+from seglab.engine.predict import predict  # noqa: E402
+from seglab.models.factory import create_model  # noqa: E402
+from seglab.serve.app import ServeConfig, create_app  # noqa: E402
+
+TINY = {"depth": 2, "base_channels": 4}
+
+
+def dataset_norm(bands: int) -> Normalization:
+    """A dataset normalisation of a 12-bit camera: per band its own range and statistics."""
+    lo, hi = [100.0 + 10 * b for b in range(bands)], [4000.0 - 50 * b for b in range(bands)]
+    mean, std = [0.3 + 0.02 * b for b in range(bands)], [0.2 - 0.01 * b for b in range(bands)]
+    return Normalization("dataset", lo, hi, mean, std, [0.5, 99.5])
+
+
+def twelve_bit(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(100, 600, shape).astype(np.uint16)
+    img[8:20, 10:30] += 3000
+    return img
+
+
+def make_checkpoint(folder: Path, norm: Normalization, seed: int = 0) -> Path:
+    """A tiny 2-class U-Net of ``norm.bands`` bands recording ``norm``; its head's bias puts the class boundary
+    at the median logit difference of a 12-bit image (so both classes appear)."""
+    torch.manual_seed(seed)
+    model = create_model("unet", num_classes=2, in_channels=norm.bands, **TINY).eval()
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 2][-1]
+    unit = torch.from_numpy(norm.unit(twelve_bit((40, 40, norm.bands), seed=99))).permute(2, 0, 1)
+    x = (unit - torch.tensor(norm.mean)[:, None, None]) / torch.tensor(norm.std)[:, None, None]
+    with torch.inference_mode():
+        logits = model(x[None])[0]
+        head.bias[1] -= (logits[1] - logits[0]).median()
+    meta = CheckpointMeta(
+        arch="unet",
+        num_classes=2,
+        in_channels=norm.bands,
+        model_params=dict(TINY),
+        class_names=["bg", "fg"],
+        palette=[[0, 0, 0], [255, 0, 0]],
+        mean=list(norm.mean),
+        std=list(norm.std),
+        normalize=norm.to_dict(),
+    )
+    return save_checkpoint(folder / "best", model, meta)
+
+
+def local(app) -> TestClient:
+    return TestClient(app, base_url="http://localhost")
+
+
+def post(client: TestClient, data: bytes, query: str = "", name: str = "x.tif"):
+    files = {"file": (name, data, "application/octet-stream")}
+    return client.post(f"/predict{query}", files=files)
+
+
+def tiff_bytes(arr: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("nband")
+    return {b: make_checkpoint(root / str(b), dataset_norm(b), seed=b) for b in (1, 3, 5)}
+
+
+def same_as_predict(client: TestClient, ckpt: Path, body: bytes, name: str, tmp: Path) -> None:
+    """The served mask is the bytes of the mask file ``seglab predict`` writes for the same file."""
+    (tmp / name).write_bytes(body)
+    [record] = predict(ckpt, [tmp / name], tmp / f"out-{name}", progress=False)
+    r = post(client, body, name=name)
+    assert r.status_code == 200, r.text
+    assert r.content == Path(record["mask"]).read_bytes()
+    labels = np.array(Image.open(io.BytesIO(r.content)))
+    assert 0 < labels.mean() < 1  # a mask of both classes: the normalisation shows
+
+
+def test_sixteen_bit_png_and_tiff(models, tmp_path) -> None:
+    one, three = twelve_bit((40, 48, 1), seed=11), twelve_bit((40, 48, 3), seed=12)
+    png = io.BytesIO()
+    Image.fromarray(one[..., 0]).save(png, format="PNG")  # 16-bit grayscale PNG
+    client = local(create_app(models[1], ServeConfig()))
+    same_as_predict(client, models[1], png.getvalue(), "g16.png", tmp_path)
+    same_as_predict(client, models[1], tiff_bytes(one[..., 0], compression="zlib"), "g16.tif", tmp_path)
+    client = local(create_app(models[3], ServeConfig()))
+    same_as_predict(client, models[3], tiff_bytes(three, photometric="rgb"), "rgb16.tif", tmp_path)
+    doc = post(client, tiff_bytes(three, photometric="rgb"), "?format=json&overlay=1").json()
+    shown = np.array(Image.open(io.BytesIO(base64.b64decode(doc["image_png"]))))
+    np.testing.assert_array_equal(shown, dataset_norm(3).display(three))  # what the viewer shows of it
+    assert client.get("/model").json()["normalize"] == dataset_norm(3).to_dict()
+
+
+def test_five_band_tiff_and_npy(models, tmp_path) -> None:
+    raw = twelve_bit((36, 40, 5), seed=13)
+    client = local(create_app(models[5], ServeConfig()))
+    body = tiff_bytes(raw, photometric="minisblack", planarconfig="contig")
+    same_as_predict(client, models[5], body, "five.tif", tmp_path)
+    npy = io.BytesIO()
+    np.save(npy, raw)
+    same_as_predict(client, models[5], npy.getvalue(), "five.npy", tmp_path)
+    # three bands to a five-band model: refused from the header, both counts named
+    r = post(client, tiff_bytes(raw[..., :3], photometric="rgb"))
+    assert r.status_code == 400 and "3 band(s)" in r.json()["detail"] and "5-band" in r.json()["detail"]
+    rgb8 = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb8, format="PNG")
+    r = post(client, rgb8.getvalue(), name="x.png")
+    assert r.status_code == 400 and "5-band" in r.json()["detail"]
+
+
+def test_max_bytes(models) -> None:
+    raw = twelve_bit((36, 40, 5), seed=14)  # 36 x 40 x 5 x 2 = 14,400 bytes decoded
+    body = tiff_bytes(raw, photometric="minisblack", planarconfig="contig")
+    small = local(create_app(models[5], ServeConfig(max_bytes=14_399)))
+    r = post(small, body)
+    assert (
+        r.status_code == 413 and "14,400 bytes" in r.json()["detail"] and "--max-bytes" in r.json()["detail"]
+    )
+    assert post(local(create_app(models[5], ServeConfig(max_bytes=14_400))), body).status_code == 200
+    # the default keeps the limits of RGB and RGBA uploads: max_pixels x 4 bytes
+    assert ServeConfig(max_pixels=1000).max_bytes == 4000 and ServeConfig().max_bytes == 4096 * 4096 * 4
+    assert small.get("/model").json()["limits"]["max_bytes"] == 14_399
+    args = build_parser().parse_args(["serve", "ck", "--max-bytes", "123"])
+    assert args.max_bytes == 123
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "ck", "--max-bytes", "0"])
