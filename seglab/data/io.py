@@ -120,6 +120,10 @@ class ImageTooLarge(DataError):
     """An image above ``max_pixels()`` (the service answers it with 413, other bad images with 400)."""
 
 
+class TooManyBytes(ImageTooLarge):
+    """An image that decodes to more than ``max_bytes()`` (its pixels x bands x bytes per sample)."""
+
+
 def _too_large(path: Path | NamedBytes, what: str, limit: int) -> DataError:
     return ImageTooLarge(
         f"{path} is {what}, above the limit of {limit:,} pixels; shrink or tile it, or raise the limit with "
@@ -319,7 +323,7 @@ def _check_bytes(path: Path | NamedBytes, header: ImageHeader) -> None:
     limit = max_bytes()
     if header.nbytes > limit:
         w, h = header.size
-        raise ImageTooLarge(
+        raise TooManyBytes(
             f"{path} is {w}x{h} pixels of {header.bands} band(s) of {header.dtype}, {header.nbytes:,} bytes "
             f"decoded, above the limit of {limit:,} bytes; shrink or tile it, or raise the limit with the "
             f"environment variable SEGLAB_MAX_BYTES"

@@ -243,14 +243,14 @@ class Service:
         several frames (an animation, a multi-page TIFF of several samples a page: the first is predicted): 400 if
         empty, not an image, not in ``FORMATS`` or of other bands than the model takes; 413 above ``max_pixels``,
         above ``max_bytes`` decoded or, times the passes of ``method``, above ``max_work``."""
-        from seglab.data.io import ImageTooLarge, NamedBytes, image_header, max_pixels
+        from seglab.data.io import ImageTooLarge, NamedBytes, TooManyBytes, image_header, max_pixels
 
         if not body:
             raise HTTPError(400, "the upload is empty; send an image file")
         try:
             header = image_header(NamedBytes(body, name), FORMATS)
         except ImageTooLarge as e:  # above seglab's limits (SEGLAB_MAX_PIXELS/BYTES, on the server)
-            if "bytes" in str(e):
+            if isinstance(e, TooManyBytes):
                 raise HTTPError(413, f"{e}".split("; shrink")[0] + "; send a smaller image") from None
             limit = min(self.config.max_pixels, max_pixels())
             raise HTTPError(

@@ -11,59 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from nband import dataset_norm, make_checkpoint, twelve_bit  # noqa: E402 - tests/nband.py
 
-from seglab.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
 from seglab.cli import build_parser  # noqa: E402
-from seglab.data.normalize import Normalization  # noqa: E402
 from seglab.engine.predict import predict  # noqa: E402
-from seglab.models.factory import create_model  # noqa: E402
 from seglab.serve.app import ServeConfig, create_app  # noqa: E402
-
-TINY = {"depth": 2, "base_channels": 4}
-
-
-def dataset_norm(bands: int) -> Normalization:
-    """A dataset normalisation of a 12-bit camera: per band its own range and statistics."""
-    lo, hi = [100.0 + 10 * b for b in range(bands)], [4000.0 - 50 * b for b in range(bands)]
-    mean, std = [0.3 + 0.02 * b for b in range(bands)], [0.2 - 0.01 * b for b in range(bands)]
-    return Normalization("dataset", lo, hi, mean, std, [0.5, 99.5])
-
-
-def twelve_bit(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(100, 600, shape).astype(np.uint16)
-    img[8:20, 10:30] += 3000
-    return img
-
-
-def make_checkpoint(folder: Path, norm: Normalization, seed: int = 0) -> Path:
-    """A tiny 2-class U-Net of ``norm.bands`` bands recording ``norm``; its head's bias puts the class boundary
-    at the median logit difference of a 12-bit image (so both classes appear)."""
-    torch.manual_seed(seed)
-    model = create_model("unet", num_classes=2, in_channels=norm.bands, **TINY).eval()
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 2][-1]
-    unit = torch.from_numpy(norm.unit(twelve_bit((40, 40, norm.bands), seed=99))).permute(2, 0, 1)
-    x = (unit - torch.tensor(norm.mean)[:, None, None]) / torch.tensor(norm.std)[:, None, None]
-    with torch.inference_mode():
-        logits = model(x[None])[0]
-        head.bias[1] -= (logits[1] - logits[0]).median()
-    meta = CheckpointMeta(
-        arch="unet",
-        num_classes=2,
-        in_channels=norm.bands,
-        model_params=dict(TINY),
-        class_names=["bg", "fg"],
-        palette=[[0, 0, 0], [255, 0, 0]],
-        mean=list(norm.mean),
-        std=list(norm.std),
-        normalize=norm.to_dict(),
-    )
-    return save_checkpoint(folder / "best", model, meta)
 
 
 def local(app) -> TestClient:
