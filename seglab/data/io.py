@@ -587,7 +587,12 @@ def save_geotiff(path: Path, array: np.ndarray, geotags: Sequence[tuple[int, int
 
 
 def read_mask_raw(path: Path) -> np.ndarray:
-    """Mask pixels as stored: (H, W) integers for L/P/I/1 masks, (H, W, 3) uint8 for colour masks."""
+    """Mask pixels as stored: (H, W) integers for L/P/I/1 masks, (H, W, 3) uint8 for colour masks. A mask of
+    another layout (``seglab.data.formats.MaskSource``: a value table over a file, or drawn annotations) gives
+    its own values."""
+    read_mask = getattr(path, "read_mask", None)
+    if read_mask is not None:
+        return read_mask()
     img = load_image(path)
     if img.mode in ("RGB", "RGBA"):
         return np.array(img.convert("RGB"), dtype=np.uint8)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seglab.data.classes import ClassSpec, bad_value_message, read_classes_yaml, resolve_classes, value_map
+from seglab.data.formats import MaskSource, check_format, detect, read_layout
 from seglab.data.io import (
     IMAGE_SUFFIXES,
     check_pixels,
@@ -55,7 +56,7 @@ class FolderScan:
 
     root: Path
     images: dict[str, Path]
-    masks: dict[str, Path]
+    masks: dict[str, Path | MaskSource]  # a MaskSource for layouts whose masks are not files of classes
     in_channels: int
     classes: ClassSpec | None
     problems: list[str] = field(default_factory=list)
@@ -69,11 +70,14 @@ class FolderScan:
     # the problems (also in ``problems``) about the classes as a whole, as inferred from the masks: their count,
     # or no class but 0 in any mask; moot for a caller that knows the classes (e.g. a checkpoint's num_classes)
     class_problems: list[str] = field(default_factory=list)
-    instances: dict[str, Path] | None = None  # instance label maps (instances/), if the folder has them
+    instances: dict[str, Path | MaskSource] | None = None  # instance label maps (instances/), if any
     objects: dict[str, int] | None = None  # objects per instance map, from a deep scan
     # the images' type as read: "uint8" when every image is 8-bit, else "float32" if any is float, else "uint16"
     dtype: str = "uint8"
     stats: BandStats | None = None  # of the training split's images (``band_stats_of``), set by `data check`
+    format: str = (
+        "folder"  # the layout read (seglab.data.formats): folder, voc, cityscapes, ade20k, coco, labelme
+    )
 
     @property
     def stems(self) -> list[str]:
@@ -268,7 +272,9 @@ class _ScanCache:
         self.new: dict[str, Any] = {}
 
     @staticmethod
-    def stat(path: Path) -> tuple[str, int, int] | None:
+    def stat(path: Path | MaskSource) -> tuple[str, int, int] | None:
+        if isinstance(path, MaskSource):
+            return path.stat_key()
         try:
             st = os.stat(path)
         except OSError:
@@ -402,6 +408,8 @@ def _mask_info(path: Path, read_values: bool, cache: _ScanCache) -> tuple[_FileI
             listed = [[list(v) if isinstance(v, tuple) else v, n] for v, n in counts.items()]
             h, w = raw.shape[:2]
             return _FileInfo((w, h), counts=counts), cache.record(key, "mask", w=w, h=h, counts=listed)
+        if isinstance(path, MaskSource):
+            return _FileInfo(path.size), None
         with open_image(path) as img:
             return _FileInfo(oriented_size(img)), None
     except DataError as e:
@@ -424,6 +432,8 @@ def _instance_info(
         if hit is not None and not stale:  # (a deep scan compares the objects with the mask as it is now)
             check_pixels(path, hit[0].size)
             return hit
+        if not deep and isinstance(path, MaskSource):
+            return _FileInfo(path.size), None
         if not deep:
             with open_image(path) as img:
                 if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
@@ -492,7 +502,9 @@ def instance_mode_message(path: Path, mode: str) -> str:
     )
 
 
-def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -> FolderScan:
+def scan_folder(
+    root: str | Path, ignore_index: int = 255, deep: bool = False, format: str = "auto"
+) -> FolderScan:
     """Pair files, read headers, and (when needed or ``deep``) read every mask; collect every problem found.
 
     ``deep`` also decodes every image (finding corrupt files) and counts class pixels: the `data check` pass,
@@ -501,27 +513,45 @@ def scan_folder(root: str | Path, ignore_index: int = 255, deep: bool = False) -
     seglab reads the files, after EXIF orientation. Problems that make the folder unusable as a whole (missing
     folders, no pairs, a malformed classes.yaml) raise DataError at once.
 
-    The steps, in order (each adds its problems to the scan's list): ``_pair`` the files by stem, ``_probe``
-    each file, ``_check_probes`` (sizes, channels, cache entries), ``_find_classes``, ``_read_splits``.
+    The steps, in order (each adds its problems to the scan's list): ``_pair`` the files by stem (or the
+    ``format``'s own layout, ``seglab.data.formats``: ``auto`` detects it), ``_probe`` each file,
+    ``_check_probes`` (sizes, channels, cache entries), ``_find_classes``, ``_read_splits``. A classes.yaml in the
+    root overrides the classes a format declares.
     """
     root = Path(root)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ConfigError(f"ignore_index must be an integer mask value, e.g. 255, not {ignore_index!r}")
     problems: list[str] = []
-    images, masks, instances = _pair(root, problems)
+    fmt = check_format(format)
+    fmt = detect(root) if fmt == "auto" else fmt
+    layout = None if fmt == "folder" else read_layout(root, fmt)
+    if layout is None:
+        images, masks, instances = _pair(root, problems)
+    else:
+        images, masks, instances = layout.images, layout.masks, layout.instances
+        problems += layout.problems
+        if not set(images) & set(masks):
+            raise DataError(f"{root} ({fmt} layout) holds no image with its annotation")
     yaml_path = root / "classes.yaml"
     declared = read_classes_yaml(yaml_path) if yaml_path.is_file() else None
+    if declared is None and layout is not None:
+        declared = layout.declared
     if declared is not None and "ignore_index" in declared:
         ignore_index = int(declared["ignore_index"])
     scan = FolderScan(
-        root, images, masks, in_channels=1, classes=None, problems=problems, instances=instances
+        root, images, masks, in_channels=1, classes=None, problems=problems, instances=instances, format=fmt
     )
     need_masks = deep or declared is None or declared.get("mask_format", "auto") == "auto"
     cache = _ScanCache(root)
     found = _check_probes(scan, _probe(scan, deep, need_masks, cache), cache, deep, need_masks)
     cache.save()
     _find_classes(scan, declared, found, ignore_index, deep)
-    _read_splits(scan)
+    if layout is not None and layout.split_lists is not None:
+        _keep_listed(
+            scan, {name: (f"{fmt} split {name!r}", listed) for name, listed in layout.split_lists.items()}
+        )
+    else:
+        _read_splits(scan)
     return scan
 
 
@@ -693,15 +723,26 @@ def _read_splits(scan: FolderScan) -> None:
     splits_dir = scan.root / "splits"
     if not splits_dir.is_dir():
         return
-    stems = set(scan.stems)
-    scan.split_lists = {}
+    lists = {}
     for name in SPLITS:
         f = splits_dir / f"{name}.txt"
-        listed = [s.strip() for s in f.read_text().splitlines() if s.strip()] if f.is_file() else []
+        lists[name] = (
+            str(f),
+            [s.strip() for s in f.read_text().splitlines() if s.strip()] if f.is_file() else [],
+        )
+    _keep_listed(scan, lists)
+
+
+def _keep_listed(scan: FolderScan, lists: dict[str, tuple[str, list[str]]]) -> None:
+    """The scan's split lists: per split (its source, for messages; its stems), the stems that have an
+    image/mask pair; a listed stem without one is a problem (and left out)."""
+    stems = set(scan.stems)
+    scan.split_lists = {}
+    for name, (source, listed) in lists.items():
         missing = [s for s in listed if s not in stems]
         if missing:
             scan.problems.append(
-                f"{f} lists {len(missing)} stems without an image/mask pair, e.g. {missing[0]!r}"
+                f"{source} lists {len(missing)} stems without an image/mask pair, e.g. {missing[0]!r}"
             )
         scan.split_lists[name] = [s for s in listed if s in stems]
 

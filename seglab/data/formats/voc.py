@@ -1,0 +1,7 @@
+"""Placeholder: the voc layout (being written)."""
+
+from pathlib import Path
+
+
+def detect(root: Path) -> bool:
+    return False
