@@ -43,6 +43,7 @@ def _train_config(args: argparse.Namespace):
         parse_duration(args.time_limit, "--time-limit")
     flags = {
         "data.root": args.data,
+        "data.format": args.format,
         "train.out_dir": args.out,
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -171,6 +172,7 @@ def _evaluate_and_report(args: argparse.Namespace, unc: Any) -> None:
         rand_class=args.rand_class,
         per_image=bool(args.report),
         overwrite=args.overwrite,
+        data_format=args.format or "auto",
         **_instance_args(args),
     )
     if not _is_main():
@@ -204,6 +206,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         display_bands=args.display_bands,
+        data_format=args.format,
     )
     u = r["uncertainty"]
     print(
@@ -272,6 +275,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
+        data_format=args.format or "auto",
     )
     print(
         f"temperature {r['temperature']:.4f} fitted on {r['pixels']} pixels of {r['num_images']} images "
@@ -293,9 +297,23 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     from seglab.data.check import check, format_check
 
-    report = check(args.root, ignore_index=args.ignore_index)
-    print(format_check(report))
+    given = args.format or "auto"
+    report = check(args.root, ignore_index=args.ignore_index, format=given)
+    print(format_check(report, given))
     return 2 if report.problems else 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from seglab.data.convert import convert, format_summary
+
+    print(format_summary(convert(args.src, args.out, args.format or "auto", log=_log_line(args))))
+
+
+def _log_line(args: argparse.Namespace) -> Any:
+    """A progress printer to stderr (``seglab: ...``), or None with --no-progress."""
+    if args.no_progress:
+        return None
+    return lambda line: print(f"seglab: {line}", file=sys.stderr)
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
@@ -405,6 +423,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
     sizes = "dynamic batch and size" if r.dynamic else f"static input {tuple(r.example_shape)}"
     check = "" if r.max_abs_diff is None else f"; max abs logit difference to PyTorch {r.max_abs_diff:.2e}"
     print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
+
+
+def _format_flag(sp: argparse.ArgumentParser, sets: str = "") -> None:
+    from seglab.config import FORMATS
+
+    sp.add_argument(
+        "--format",
+        choices=FORMATS,
+        metavar="FORMAT",
+        help=f"the data set's layout, read in place: {', '.join(FORMATS)} (default: auto, detected from the "
+        f"folder's structure; see docs/formats/){sets}",
+    )
 
 
 def _overwrite_flag(sp: argparse.ArgumentParser) -> None:
@@ -552,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a YAML config and flags")
     t.add_argument("config", nargs="?", help="YAML config (sections data, model, train); defaults if omitted")
-    t.add_argument("--data", help="folder data set (sets data.root)")
+    t.add_argument("--data", help="data set folder, any layout of --format (sets data.root)")
+    _format_flag(t, " (sets data.format)")
     t.add_argument("--out", help="run folder (sets train.out_dir)")
     t.add_argument("--epochs", type=V.positive_int)
     t.add_argument("--batch-size", type=V.positive_int)
@@ -580,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pixel accuracy, IoU, mIoU and Dice of a checkpoint on a data set")
     e.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    e.add_argument("--data", required=True, help="folder data set")
+    e.add_argument("--data", required=True, help="data set folder, any layout of --format")
+    _format_flag(e)
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     e.add_argument("--batch-size", type=V.positive_int, default=8)
     e.add_argument("--out", help="JSON report path (default: eval-<split>.json beside the checkpoint)")
@@ -611,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
         "confusion, calibration, examples, model card",
     )
     rp.add_argument("run", help="a run folder (its best checkpoint) or a .safetensors file")
-    rp.add_argument("--data", help="folder data set (default: data.root of the run's config.yaml)")
+    rp.add_argument("--data", help="data set folder (default: data.root of the run's config.yaml)")
+    _format_flag(rp)
     rp.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     rp.add_argument("--out", required=True, help="report folder (report.html, report.json, PNG figures)")
     _overwrite_flag(rp)
@@ -649,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate", help="fit a checkpoint's temperature on a split and store it in its sidecar"
     )
     ca.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    ca.add_argument("--data", required=True, help="folder data set")
+    ca.add_argument("--data", required=True, help="data set folder, any layout of --format")
+    _format_flag(ca)
     ca.add_argument("--split", default="val", choices=["train", "val", "test", "all"])
     ca.add_argument("--batch-size", type=V.positive_int, default=8)
     common(ca)
@@ -809,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     x.set_defaults(func=_cmd_export)
 
-    data = sub.add_parser("data", help="data set tools: synth, check")
+    data = sub.add_parser("data", help="data set tools: synth, check, convert")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     s = dsub.add_parser("synth", help="write the built-in SyntheticShapes data set as a folder")
     s.add_argument("--out", required=True)
@@ -821,9 +855,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_synth)
     c = dsub.add_parser("check", help="count images, sizes and class frequencies; report every problem")
-    c.add_argument("root", help="folder data set")
+    c.add_argument("root", help="data set folder, any layout of --format")
+    _format_flag(c)
     c.add_argument("--ignore-index", type=V.ignore_index, default=255)
     c.set_defaults(func=_cmd_check)
+    cv = dsub.add_parser(
+        "convert",
+        help="write a data set of any layout as seglab's folder layout (images/ linked, masks/ as index PNGs, "
+        "instances/, classes.yaml, splits/)",
+    )
+    cv.add_argument("src", help="data set folder, any layout of --format")
+    _format_flag(cv)
+    cv.add_argument(
+        "--out",
+        required=True,
+        help="new folder (or an earlier output of data convert, which is updated); nothing else is replaced",
+    )
+    cv.add_argument("--no-progress", action="store_true", help="no progress lines")
+    cv.set_defaults(func=_cmd_convert)
     return p
 
 

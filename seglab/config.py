@@ -36,13 +36,18 @@ class ResizeSpec(dict):
 RESIZE_KEYS = ("short", "long", "scale")
 CLASS_WEIGHTS = ("median_frequency", "balanced")
 TARGETS = ("mask", "interior_boundary")
+# data.format: the layouts read in place (seglab.data.formats, which takes this tuple: config sits below data)
+FORMATS = ("auto", "folder", "voc", "cityscapes", "ade20k", "coco", "labelme")
 
 
 @dataclass
 class DataConfig:
     """Where the data is and how it is split and augmented."""
 
-    root: str | None = None  # a folder data set (images/, masks/); see seglab.data.folder
+    root: str | None = None  # the data set: a folder (images/, masks/) or any layout of data.format
+    # its layout (FORMATS): auto (detected from the folder's structure; `seglab data check` says which), folder,
+    # voc, cityscapes, ade20k, coco, labelme: each read in place (docs/formats/)
+    format: str = "auto"
     val_ratio: float = 0.1  # used when the folder has no splits/ lists
     test_ratio: float = 0.1
     split_seed: int = 0
@@ -302,6 +307,7 @@ def _check_data(d: DataConfig) -> None:
     _require(0 <= d.ignore_index <= 65535, "data.ignore_index", "a mask value in 0..65535", d.ignore_index)
     _require(d.border_w0 >= 0, "data.border_w0", ">= 0", d.border_w0)
     _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
+    _require(d.format in FORMATS, "data.format", "one of " + ", ".join(FORMATS), d.format)
     _require(d.target in TARGETS, "data.target", " or ".join(TARGETS), d.target)
     _require(d.boundary_width >= 1, "data.boundary_width", ">= 1 (pixels)", d.boundary_width)
     _require(

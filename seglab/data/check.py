@@ -12,18 +12,24 @@ from seglab.errors import DataError
 MAX_CLASS_LINES = 32  # beyond this, list only the classes that hold pixels (at most this many)
 
 
-def check(root: str | Path, ignore_index: int = 255) -> FolderScan:
-    """Decode every image and mask of ``root`` (or take what an earlier deep scan of the unchanged files found,
-    from the scan cache); the returned scan lists all problems and class pixel counts, and (``scan.stats``) the
-    band statistics of the training split's images (splits/train.txt when the folder lists one, else of every
-    image; cached, see ``band_stats_of``), unless an image could not be read (a problem already)."""
-    scan = scan_folder(root, ignore_index, deep=True)
+def check(root: str | Path, ignore_index: int = 255, format: str = "auto") -> FolderScan:
+    """Decode every image and mask of ``root``, read in place in its layout ``format`` (auto: detected; the scan's
+    ``format`` says which), or take what an earlier deep scan of the unchanged files found, from the scan cache;
+    the returned scan lists all problems and class pixel counts, and (``scan.stats``) the band statistics of the
+    training split's images (the split's list when the data set has one, else of every image; cached, see
+    ``band_stats_of``), unless an image could not be read (a problem already)."""
+    scan = scan_folder(root, ignore_index, deep=True, format=format)
     listed = (scan.split_lists or {}).get("train")
     try:
         scan.stats = band_stats_of(scan, listed or scan.stems)
     except DataError:  # an unreadable image, or one of other bands: the scan's problems say which
         scan.stats = None
     return scan
+
+
+def train_list(scan: FolderScan) -> str:
+    """Where the training split's list comes from, for the report: splits/train.txt, or the layout's own."""
+    return "splits/train.txt" if scan.format == "folder" else f"the {scan.format} train list"
 
 
 def format_bands(scan: FolderScan) -> list[str]:
@@ -35,7 +41,7 @@ def format_bands(scan: FolderScan) -> list[str]:
     if stats is None:
         return []
     listed = (scan.split_lists or {}).get("train")
-    over = f"splits/train.txt, {stats.images} images" if listed else f"all {stats.images} images"
+    over = f"{train_list(scan)}, {stats.images} images" if listed else f"all {stats.images} images"
     lines = [f"bands: {stats.bands} of {scan.dtype} ({over}, {stats.pixels:,} pixels per band):"]
     qs = (1, 50, 99, 99.9)
     head = "".join(f"{'p' + format(q, 'g'):>10}" for q in qs)
@@ -60,13 +66,17 @@ def median_frequency_of(scan: FolderScan) -> tuple[np.ndarray, str]:
     counts = scan.class_counts or {}
     listed = (scan.split_lists or {}).get("train")
     stems = [s for s in (listed or scan.stems) if s in counts]
-    over = f"splits/train.txt, {len(stems)} masks" if listed else f"all {len(stems)} masks"
+    over = f"{train_list(scan)}, {len(stems)} masks" if listed else f"all {len(stems)} masks"
     return median_frequency_weights(scan.class_counts_of(stems)), over
 
 
-def format_check(scan: FolderScan) -> str:
+def format_check(scan: FolderScan, given: str = "auto") -> str:
+    """The report of `seglab data check`; its first line names the layout read, and whether it was detected
+    (``given`` auto) or named (data.format, ``--format``)."""
     spec = scan.classes
-    lines = [f"data set {scan.root}: {len(scan.stems)} image/mask pairs, in_channels {scan.in_channels}"]
+    how = "detected" if given == "auto" else "data.format"
+    lines = [f"format: {scan.format} ({how})"]
+    lines.append(f"data set {scan.root}: {len(scan.stems)} image/mask pairs, in_channels {scan.in_channels}")
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in scan.sizes.most_common(5))
     lines.append(f"sizes: {sizes}{' ...' if len(scan.sizes) > 5 else ''}")
     if spec is not None:
@@ -80,7 +90,8 @@ def format_check(scan: FolderScan) -> str:
             if counts
             else ""
         )
-        lines.append(f"instances: {len(scan.instances)} label maps (instances/){per}")
+        where = "instances/" if scan.format == "folder" else f"the {scan.format} annotations"
+        lines.append(f"instances: {len(scan.instances)} label maps ({where}){per}")
     lines += format_bands(scan)
     if spec is not None and scan.class_pixels is not None:
         total = int(scan.class_pixels.sum()) + scan.ignored_pixels
@@ -105,7 +116,9 @@ def format_check(scan: FolderScan) -> str:
     if scan.split_lists is not None:
         carved = "" if scan.split_lists.get("val") else " (training carves data.val_ratio of train as val)"
         lines.append(
-            "splits (splits/): " + ", ".join(f"{k} {len(v)}" for k, v in scan.split_lists.items()) + carved
+            f"splits ({'splits/' if scan.format == 'folder' else f'the {scan.format} lists'}): "
+            + ", ".join(f"{k} {len(v)}" for k, v in scan.split_lists.items())
+            + carved
         )
     else:
         lines.append(

@@ -96,23 +96,24 @@ def max_pixels() -> int:
     16384 x 16384). Larger inputs are almost surely a mistake and would exhaust memory. This one limit governs:
     Pillow's own decompression-bomb limit is set from it (so Pillow never refuses or warns below it), and every
     image is checked against it from its header, before any pixel is decoded."""
-    value = os.environ.get("SEGLAB_MAX_PIXELS", "").strip().replace("_", "")
-    if not value:
-        return MAX_PIXELS
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"SEGLAB_MAX_PIXELS={value!r} must be a whole number of pixels, e.g. {MAX_PIXELS}")
-    return int(value)
+    return _env_limit("SEGLAB_MAX_PIXELS", MAX_PIXELS, "pixels")
 
 
 def max_bytes() -> int:
     """The most bytes a decoded image may take (pixels x bands x bytes per sample): ``$SEGLAB_MAX_BYTES`` if set,
     else ``MAX_BYTES`` (1 GiB: ``MAX_PIXELS`` of 8-bit RGB fits, so the pixel limit stays the one that binds for
     photos). It bounds what the pixel count alone does not: 13 bands of float32 take 52 bytes a pixel."""
-    value = os.environ.get("SEGLAB_MAX_BYTES", "").strip().replace("_", "")
+    return _env_limit("SEGLAB_MAX_BYTES", MAX_BYTES, "bytes")
+
+
+def _env_limit(name: str, default: int, unit: str) -> int:
+    """A positive whole number from the environment variable ``name`` (``_`` separators allowed), else
+    ``default``; ConfigError naming the variable for anything else."""
+    value = os.environ.get(name, "").strip().replace("_", "")
     if not value:
-        return MAX_BYTES
+        return default
     if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"SEGLAB_MAX_BYTES={value!r} must be a whole number of bytes, e.g. {MAX_BYTES}")
+        raise ConfigError(f"{name}={value!r} must be a whole number of {unit}, e.g. {default}")
     return int(value)
 
 

@@ -152,6 +152,8 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
     Validation batches carry the items' sizes (each image is scored on its own at its mask's size, see
     ``seglab.engine.evaluate``).
 
+    The data set is read in place in its layout, ``data.format`` (auto: detected; ``seglab.data.formats``).
+
     Distributed (``dist``), ``train.batch_size`` is the global batch: each rank loads its share of every global
     batch, and a shard of the validation split (whose counts the meters sum over the ranks)."""
     dist = dist or Dist()
@@ -159,7 +161,8 @@ def build_data(cfg: Config, device: torch.device, dist: Dist | None = None) -> T
         raise ConfigError("no data set: set data.root (or --data DIR); `seglab data synth` writes an example")
     d = cfg.data
     parse_spec(d.normalize, d.stretch)  # a bad data.normalize is refused before the scan
-    scan = scan_folder(d.root, d.ignore_index, deep=True)  # every file, once, before any work
+    # every file, once, before any work; in the layout of data.format (auto: detected), read in place
+    scan = scan_folder(d.root, d.ignore_index, deep=True, format=d.format)
     scan.raise_problems()
     assert scan.classes is not None  # (no classes is a problem, raised above)
     # the run's ignore index: classes.yaml's when it declares one, else data.ignore_index (``scan_folder``); every

@@ -152,17 +152,30 @@ def run_uncertainty_evaluation(
     return cm, meter
 
 
-def split_dataset(meta: CheckpointMeta, data: str | Path, split: str, transform: Any = None) -> FolderDataset:
-    """``split`` of the folder data set ``data`` as ``meta``'s model was trained on it (classes, channels, split
-    ratios, target), not cached; DataError if the split is empty. Without ``transform`` items are the decoded
-    arrays (``ds.load(i)``)."""
+def resolve_format(data: str | Path, data_format: str = "auto") -> str:
+    """``data_format`` checked, and ``auto`` resolved to the layout detected in ``data`` (from its structure alone,
+    before any model is loaded; DataError naming the folder when none fits)."""
+    from seglab.data.formats import check_format, detect
+
+    data_format = check_format(data_format)
+    return detect(Path(data)) if data_format == "auto" else data_format
+
+
+def split_dataset(
+    meta: CheckpointMeta, data: str | Path, split: str, transform: Any = None, data_format: str = "auto"
+) -> FolderDataset:
+    """``split`` of the data set ``data`` (read in place in its layout ``data_format``; auto: detected) as
+    ``meta``'s model was trained on it (classes, channels, split ratios, target), not cached; DataError if the
+    split is empty. Without ``transform`` items are the decoded arrays (``ds.load(i)``)."""
     from seglab.data.folder import FolderDataset
+    from seglab.data.scan import scan_folder
     from seglab.errors import DataError
 
     ds = FolderDataset(
         data,
         split,
         transform,
+        scan=scan_folder(data, meta.ignore_index, format=data_format),
         ignore_index=meta.ignore_index,
         num_classes=meta.num_classes,
         in_channels=meta.in_channels,
@@ -177,7 +190,12 @@ def split_dataset(meta: CheckpointMeta, data: str | Path, split: str, transform:
 
 
 def _split_loader(
-    meta: CheckpointMeta, data: str | Path, split: str, batch_size: int, dist: Dist | None = None
+    meta: CheckpointMeta,
+    data: str | Path,
+    split: str,
+    batch_size: int,
+    dist: Dist | None = None,
+    data_format: str = "auto",
 ) -> tuple[Any, int]:
     """A DataLoader over ``split`` of the folder data set ``data``, transformed as ``meta`` says (this rank's shard
     when ``dist`` is distributed); and the split's size. Every batch carries the items' sizes (see
@@ -193,7 +211,7 @@ def _split_loader(
         train=False,
         normalization=meta.normalization,  # the checkpoint's (old ones: their mean, std and stretch)
     )
-    ds = split_dataset(meta, data, split, transform)
+    ds = split_dataset(meta, data, split, transform, data_format)
     sampler = ShardSampler(len(ds), dist.rank, dist.world_size) if dist is not None and dist.enabled else None
     collate = pad_collate(meta.ignore_index, sizes=True)  # each image is scored on its own, unpadded
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate), len(ds)
@@ -228,9 +246,11 @@ def evaluate(
     instance_params: InstanceParams | None = None,
     per_image: bool = False,
     overwrite: bool = False,
+    data_format: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` of the folder data set ``data``; writes the report as JSON to ``out``
-    (default: ``eval-<split>.json`` beside the checkpoint) and returns it. ``out`` (a .json path) may hold an
+    """Evaluate ``checkpoint`` on ``split`` of the data set ``data``, read in place in its layout ``data_format``
+    (auto: detected from its structure; the report records which, as ``format``); writes the report as JSON to
+    ``out`` (default: ``eval-<split>.json`` beside the checkpoint) and returns it. ``out`` (a .json path) may hold an
     earlier evaluation report; anything else there is refused before any work (``overwrite``: replace a file of
     another kind, never a checkpoint, state or data-set file; see ``seglab.files.guard_file``).
 
@@ -266,6 +286,7 @@ def evaluate(
     if out is not None:  # the default lies beside the checkpoint
         ensure_dir(out_path.parent, "report folder")
     inst = None if instances is None else (instances, instance_class, instance_params)
+    data_format = resolve_format(data, data_format)
     with process_group(resolve_device(device), timeout) as (dist, dev):
         return _evaluate(
             checkpoint,
@@ -282,6 +303,7 @@ def evaluate(
             dist,
             inst,
             per_image,
+            data_format,
         )
 
 
@@ -300,6 +322,7 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
     dist: Dist,
     inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
     per_image: bool = False,
+    data_format: str = "auto",
 ) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.files import write_json
@@ -326,10 +349,11 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
             dist,
             inst,
             per_image,
+            data_format,
         )
     elif uncertainty is None:
         model, meta = load_checkpoint(checkpoint, device=str(dev))
-        loader, num_images = _split_loader(meta, data, split, batch_size, dist)
+        loader, num_images = _split_loader(meta, data, split, batch_size, dist, data_format)
         rand_meter = _rand_meter(meta, rand_class)
         cm = run_evaluation(
             model,
@@ -346,7 +370,7 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
         from seglab.inference import build_predictor
 
         predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
-        loader, num_images = _split_loader(meta, data, split, batch_size, dist)
+        loader, num_images = _split_loader(meta, data, split, batch_size, dist, data_format)
         rand_meter = _rand_meter(meta, rand_class)
         cm, meter = run_uncertainty_evaluation(
             predictor,
@@ -381,6 +405,7 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
     report = {
         "checkpoint": str(checkpoint_paths(checkpoint)[0]),
         "data": str(data),
+        "format": data_format,
         "split": split,
         "num_images": num_images,
         "classes": meta.class_names,
@@ -452,6 +477,7 @@ def _image_evaluation(
     dist: Dist,
     inst: tuple[str, str | int | None, InstanceParams | None] | None,
     per_image: bool,
+    data_format: str = "auto",
 ) -> tuple[Any, ...]:
     """Image by image: probabilities as ``predict`` computes them (whole image, or tiled, or from the uncertainty
     predictor) -> the image's confusion matrix (their argmax; merged into the split's, and with ``per_image`` a
@@ -481,7 +507,7 @@ def _image_evaluation(
         method, instance_class, params = inst
         params = params or InstanceParams()
         obj = instance_object_class(meta, method, instance_class)
-    ds = split_dataset(meta, data, split)
+    ds = split_dataset(meta, data, split, data_format=data_format)
     if inst is not None:
         objects = meta.class_names[obj or 0]
         truth_from = "instances/" if ds.scan.instances is not None else f"connected components of {objects}"
@@ -542,17 +568,19 @@ def calibrate(
     device: str = "cpu",
     progress: bool = True,
     max_pixels: int | None = 4_000_000,
+    data_format: str = "auto",
 ) -> dict[str, Any]:
     """Fit ``checkpoint``'s temperature on ``split`` of ``data`` (LBFGS on the NLL of all valid pixels, up to a
     seeded random subset of ``max_pixels``) and record it in the checkpoint's sidecar (rewritten atomically;
     the weights are untouched). ``predict`` and ``evaluate`` then divide the logits by it. Returns the
-    temperature and the NLL/ECE on the fitting pixels before and after."""
+    temperature and the NLL/ECE on the fitting pixels before and after. ``data`` is read in place in its layout
+    ``data_format`` (auto: detected)."""
     from seglab.checkpoint import checkpoint_paths
 
     weights, _ = checkpoint_paths(checkpoint)
     run = run_root(weights.parent) if weights.parent.is_dir() else None
     with run_lock(run) if run == weights.parent.resolve() else contextlib.nullcontext():  # one writer per run
-        return _calibrate(checkpoint, data, split, batch_size, device, progress, max_pixels)
+        return _calibrate(checkpoint, data, split, batch_size, device, progress, max_pixels, data_format)
 
 
 def _calibrate(
@@ -563,6 +591,7 @@ def _calibrate(
     device: str,
     progress: bool,
     max_pixels: int | None,
+    data_format: str = "auto",
 ) -> dict[str, Any]:
     import yaml
 
@@ -572,7 +601,9 @@ def _calibrate(
 
     dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, device=str(dev))
-    loader, num_images = _split_loader(meta, data, split, batch_size)
+    loader, num_images = _split_loader(
+        meta, data, split, batch_size, data_format=resolve_format(data, data_format)
+    )
     if progress:
         from tqdm.auto import tqdm
 

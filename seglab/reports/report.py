@@ -67,9 +67,11 @@ def write_report(
     progress: bool = True,
     overwrite: bool = False,
     display_bands: Sequence[int] | None = None,
+    data_format: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a run folder or a .safetensors file) on ``split`` of ``data`` (default: the run's
-    ``config.yaml`` data.root) with ``uncertainty`` (default: deterministic, one softmax pass) and write the report
+    ``config.yaml`` data.root, in its data.format; ``data_format`` None: that, or auto for another ``data``)
+    with ``uncertainty`` (default: deterministic, one softmax pass) and write the report
     into folder ``out``: evaluate's own ``eval-<split>.json``, then :func:`render_report`. Returns the paths and
     the numbers. A folder this call created is removed again if it fails. ``out`` is checked before any work
     (:func:`check_report_dir`); inside a run folder the run's lock is held throughout (one writer per run).
@@ -87,6 +89,7 @@ def write_report(
                 f"{run_dir} has no config.yaml naming data.root; pass the data set with --data DIR"
             )
         data = cfg.data.root
+        data_format = data_format or cfg.data.format
     out = check_report_dir(out, overwrite, "report --out")
     unc = _uncertainty(uncertainty)
     created = not out.exists()
@@ -102,6 +105,7 @@ def write_report(
                 uncertainty=unc,
                 per_image=True,
                 overwrite=overwrite,
+                data_format=data_format or "auto",
             )
             return render_report(
                 evaluation,
@@ -321,7 +325,9 @@ def _examples(
     dev = resolve_device(device)
     tile, overlap = evaluation.get("tile"), evaluation.get("overlap", 32)
     predictor, _ = build_predictor(evaluation["checkpoint"], unc, str(dev), tile, overlap)
-    ds = split_dataset(meta, evaluation["data"], evaluation["split"])
+    ds = split_dataset(
+        meta, evaluation["data"], evaluation["split"], data_format=evaluation.get("format", "auto")
+    )
     palette = palette_of(meta)
     out = []
     for label, row in pick_examples(evaluation["images"]):

@@ -100,7 +100,8 @@ def test_data_check_reads_the_bbbc039_nuclei():
     if not (BBBC039 / "images").is_dir():
         pytest.skip(f"{BBBC039} is not available")
     lines = format_check(check(BBBC039)).splitlines()
-    assert lines[0].endswith("200 image/mask pairs, in_channels 1") and lines[-1] == "no problems found"
+    assert lines[0] == "format: folder (detected)"
+    assert lines[1].endswith("200 image/mask pairs, in_channels 1") and lines[-1] == "no problems found"
     assert "bands: 1 of uint16 (splits/train.txt, 100 images, 36,192,000 pixels per band):" in lines
     assert any(line.startswith("default normalisation (data.normalize auto): dataset") for line in lines)
 

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seglab.config import FORMATS  # data.format's values: with the config, which sits below data
 from seglab.errors import ConfigError, DataError
 
-FORMATS = ("auto", "folder", "voc", "cityscapes", "ade20k", "coco", "labelme")
 # the order ``detect`` tries them in: the most specific structure first, seglab's own layout before the others
 DETECT_ORDER = ("folder", "voc", "cityscapes", "ade20k", "coco", "labelme")
 
@@ -161,3 +162,38 @@ def require(package: str, fmt: str) -> Any:
         raise ConfigError(
             f"the {fmt} format needs the package {package.split('.')[0]}: pip install 'seglab[formats]'"
         ) from None
+
+
+def files_by_stem(folder: Path, suffixes: tuple[str, ...], pattern: str = "*") -> dict[str, Path]:
+    """The files of ``folder`` matching ``pattern`` (e.g. ``*/*`` one level down) whose name ends in one of
+    ``suffixes`` (case-insensitive), by stem: the name less that suffix. Hidden files are left out."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for p in sorted(folder.glob(pattern)):
+        suffix = next((x for x in suffixes if p.name.lower().endswith(x.lower())), None)
+        if suffix and p.is_file() and not p.name.startswith("."):
+            out[p.name[: -len(suffix)]] = p
+    return out
+
+
+def pair_by_stem(
+    images: dict[str, Path],
+    annotations: dict[str, Path],
+    problems: list[str],
+    expected_annotation: Callable[[str], str],
+    expected_image: Callable[[str], str],
+) -> list[str]:
+    """The stems with both an image and an annotation; an image without its annotation, and an annotation without
+    its image, are one problem line each (``expected_*``: where the partner of a stem was looked for)."""
+    for stem in sorted(set(images) - set(annotations)):
+        problems.append(
+            f"image {images[stem]} has no annotation (expected {expected_annotation(stem)}); add it or remove the "
+            f"image"
+        )
+    for stem in sorted(set(annotations) - set(images)):
+        problems.append(
+            f"annotation {annotations[stem]} has no image (expected {expected_image(stem)}); add it or remove the "
+            f"annotation"
+        )
+    return sorted(set(images) & set(annotations))
