@@ -1,6 +1,7 @@
 """BBBC039 nuclei (16-bit fluorescence TIFF): smp as a practitioner writes it, the 8-bit route, and seglab on the raw
-16-bit images (semantic, the recipe's learned instances, the Lite0 encoder), each trained for the same wall budget
-one after the other, scored on the 50 test images against the true instances of instances/.
+16-bit images (semantic masks, the learned instances from scratch, and the recipe: the Lite0 encoder adapted to one
+band), each trained for the same wall budget one after the other, scored on the 50 test images against the true
+instances of instances/.
 
 Routes (``--routes``, in this order):
 
@@ -9,13 +10,13 @@ Routes (``--routes``, in this order):
   (``train_smp_items``: random 256x256 crops, flips, batch 8, BCE + Dice, Adam 1e-3 cosine over the budget);
   objects = connected components of sigmoid >= 0.5 (and, as an extra row, the watershed of it).
 - ``8bit``: every image converted to an 8-bit PNG by ONE global min-max over the training split (written to
-  ``<out>/png8`` with the masks, instances and classes.yaml linked and the split lists), then seglab as for 8-bit data: the recipe
-  (configs/bbbc039-unet.yaml) with ``data.target=mask``; objects = components.
+  ``<out>/png8`` with the masks, instances and classes.yaml linked and the split lists), then seglab as for 8-bit
+  data: configs/bbbc039-unet-scratch.yaml with ``data.target=mask``; objects = components.
 - ``seglab``: the same on the raw 16-bit TIFFs with seglab's default normalisation; components and watershed.
-- ``recipe``: configs/bbbc039-unet.yaml as it is (interior/boundary target): ``--instances learned``, and the
-  components and watershed of its nucleus probability.
-- ``lite0``: the recipe with the ImageNet EfficientNet-Lite0 encoder of configs/labelmefacade-pretrained.yaml
-  (its model and its transfer-learning rates), its first convolution adapted to 1 band by timm.
+- ``scratch``: configs/bbbc039-unet-scratch.yaml as it is (from scratch, interior/boundary target):
+  ``--instances learned``, and the components and watershed of its nucleus probability.
+- ``recipe``: configs/bbbc039-unet.yaml, the recipe chosen on the val split: the scratch route's target with the
+  ImageNet EfficientNet-Lite0 encoder, its first convolution adapted to one band by timm; learned, components.
 
 Each route's result is written to ``<out>/<route>.json`` as soon as it is scored; a rerun skips the routes already
 there with the same budget, threads and ``--limit`` (``--fresh`` redoes them). Foreground IoU/Dice compare the
@@ -45,12 +46,12 @@ from instances import dataset, score, smp_tensor_probs, train_smp_items  # noqa:
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bbbc039-nuclei"
 RECIPE = ROOT / "configs" / "bbbc039-unet.yaml"
-PRETRAINED = ROOT / "configs" / "labelmefacade-pretrained.yaml"
+SCRATCH = ROOT / "configs" / "bbbc039-unet-scratch.yaml"
 SPLITS = ("train", "val", "test")
 COMPONENTS = ("components", "components", {})
 WATERSHED = ("watershed", "watershed", {})
 LEARNED = ("learned", "learned", {})
-ROUTES = ("smp", "8bit", "seglab", "recipe", "lite0")
+ROUTES = ("smp", "8bit", "seglab", "scratch", "recipe")
 
 
 def split_lists(root: Path, limit: int | None) -> dict[str, list[str]]:
@@ -126,20 +127,14 @@ def eight_bit_copy(data: Path, lists: dict, cache: Path) -> tuple[Path, float, f
 
 
 def seglab_overrides(route: str) -> list[str]:
-    """The config changes of a seglab route against configs/bbbc039-unet.yaml."""
-    if route in ("8bit", "seglab"):
-        return ["data.target=mask"]
-    if route == "lite0":
-        from seglab.config import Config
+    """The config changes of a seglab route against its config (``config_of``)."""
+    return ["data.target=mask"] if route in ("8bit", "seglab") else []
 
-        pre = Config.load(PRETRAINED)
-        return [
-            f"model.params={json.dumps(pre.model.params)}",
-            f"train.lr={pre.train.lr}",
-            f"train.encoder_lr={pre.train.encoder_lr}",
-            f"train.freeze_bn={json.dumps(pre.train.freeze_bn)}",
-        ]
-    return []
+
+def config_of(route: str) -> Path:
+    """The recipe (configs/bbbc039-unet.yaml, chosen on val) for route recipe, its from-scratch variant for the
+    others."""
+    return RECIPE if route == "recipe" else SCRATCH
 
 
 def run_seglab(route: str, root: Path, lists: dict, budget: float, out: Path, threads: int, limit) -> dict:
@@ -159,7 +154,7 @@ def run_seglab(route: str, root: Path, lists: dict, budget: float, out: Path, th
     ]
     if limit:
         overrides.append(f"data.splits={json.dumps(lists)}")
-    cfg = Config.load(RECIPE).override(overrides)
+    cfg = Config.load(config_of(route)).override(overrides)
     start = time.perf_counter()
     result = train(cfg, overwrite=True)
     seconds = time.perf_counter() - start
@@ -167,7 +162,7 @@ def run_seglab(route: str, root: Path, lists: dict, budget: float, out: Path, th
     methods = (
         [LEARNED, COMPONENTS, WATERSHED] if meta.target == "interior_boundary" else [COMPONENTS, WATERSHED]
     )
-    if route in ("8bit", "lite0"):
+    if route in ("8bit", "recipe"):
         methods = methods[:-1]
     rows: dict = {}
     test = dataset(root, "test", lists, instances=True)

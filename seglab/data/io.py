@@ -594,6 +594,9 @@ def read_mask_raw(path: Path) -> np.ndarray:
     read_mask = getattr(path, "read_mask", None)
     if read_mask is not None:
         return read_mask()
+    header = image_header(path)
+    if header.reader == "png16":  # a colour mask saved with 16 bits per sample
+        return _eight_bit_colours(path, _decode(path, header))
     img = load_image(path)
     if img.mode in ("RGB", "RGBA"):
         return np.array(img.convert("RGB"), dtype=np.uint8)
@@ -603,6 +606,17 @@ def read_mask_raw(path: Path) -> np.ndarray:
     raise DataError(
         f"mask {path} has mode {img.mode}; use a single-channel index PNG (L or P) or an RGB colour mask"
     )
+
+
+def _eight_bit_colours(path: Path | NamedBytes, arr: np.ndarray) -> np.ndarray:
+    """A 16-bit colour mask as its 8-bit colours: every value must be an 8-bit value scaled to 16 bits (v x 257,
+    as image tools widen 8-bit colours), so the colours are exact; DataError otherwise (no colour is guessed)."""
+    if arr.shape[2] != 3 or np.any(arr % 257):
+        raise DataError(
+            f"mask {path} is a 16-bit {'colour' if arr.shape[2] == 3 else 'grey-alpha'} PNG whose values are not "
+            f"8-bit colours (v x 257); save it as an 8-bit RGB or index PNG"
+        )
+    return (arr // 257).astype(np.uint8)
 
 
 def save_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> None:

@@ -410,7 +410,9 @@ def _mask_info(path: Path, read_values: bool, cache: _ScanCache) -> tuple[_FileI
             return _FileInfo((w, h), counts=counts), cache.record(key, "mask", w=w, h=h, counts=listed)
         if isinstance(path, MaskSource):
             return _FileInfo(path.size), None
-        with open_image(path) as img:
+        with open_image(
+            path, check_bits=False
+        ) as img:  # (a 16-bit colour mask's values are checked when read)
             return _FileInfo(oriented_size(img)), None
     except DataError as e:
         return _FileInfo(error=str(e)), None

@@ -286,6 +286,10 @@ def evaluate(
     if out is not None:  # the default lies beside the checkpoint
         ensure_dir(out_path.parent, "report folder")
     inst = None if instances is None else (instances, instance_class, instance_params)
+    if not checkpoint_paths(checkpoint)[0].is_file():  # a missing checkpoint is named first, before the data
+        from seglab.checkpoint import read_meta
+
+        read_meta(checkpoint)
     data_format = resolve_format(data, data_format)
     with process_group(resolve_device(device), timeout) as (dist, dev):
         return _evaluate(

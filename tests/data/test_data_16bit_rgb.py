@@ -5,6 +5,7 @@ near-black), were refused in one line (issue 26); since issue 28 the one reader 
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,9 +71,13 @@ def test_8_bit_rgb_and_16_bit_single_channel_masks_still_read(tmp_path):
     assert (read_mask_raw(write_png(tmp_path / "ids.png", ids)) == ids).all()
 
 
-def test_a_16_bit_rgb_colour_mask_is_refused(tmp_path):
-    with pytest.raises(DataError, match="has 16 bits per sample"):
-        read_mask_raw(write_png(tmp_path / "m.png", twelve_bit(3)))
+def test_a_16_bit_colour_mask_reads_as_its_8_bit_colours_or_is_refused(tmp_path):
+    """LabelMeFacade's masks are 16-bit RGBA PNGs of 8-bit colours x 257: read exactly; other values refused."""
+    colours = np.random.default_rng(0).integers(0, 256, (20, 30, 3)).astype(np.uint16)
+    rgba = np.concatenate([colours * 257, np.full((20, 30, 1), 65535, np.uint16)], axis=2)
+    assert np.array_equal(read_mask_raw(write_png(tmp_path / "m.png", rgba)), colours.astype(np.uint8))
+    with pytest.raises(DataError, match="not 8-bit colours"):
+        read_mask_raw(write_png(tmp_path / "n.png", twelve_bit(3)))
 
 
 def test_data_check_reads_a_16_bit_rgb_data_set(tmp_path):
@@ -88,3 +93,17 @@ def test_data_check_reads_a_16_bit_rgb_data_set(tmp_path):
     scan = check(root)
     assert scan.problems == [] and scan.dtype == "uint16" and scan.in_channels == 3
     assert scan.stats.max == [float(v) for v in twelve_bit(3).reshape(-1, 3).max(0)]
+
+
+def test_labelmefacade_masks_of_16_bit_rgba_read_as_its_palette():
+    """../shared/data/labelmefacade ships its colour masks as 16-bit RGBA PNGs: every pixel is one of the nine
+    colours of its classes.yaml, as its README says."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "labelmefacade"
+    if not (root / "masks").is_dir():
+        pytest.skip(f"{root} is not available")
+    palette = {tuple(c) for c in yaml.safe_load((root / "classes.yaml").read_text())["colors"]}
+    mask = sorted((root / "masks").glob("*.png"))[0]
+    colours = {tuple(int(v) for v in c) for c in np.unique(read_mask_raw(mask).reshape(-1, 3), axis=0)}
+    assert colours <= palette and len(colours) >= 3

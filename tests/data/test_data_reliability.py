@@ -87,7 +87,7 @@ def test_one_stray_16_bit_value_does_not_set_the_class_count(tmp_path):
     assert "masks/01.png, 1 px" in problem and "the values 3..999 are in no mask" in problem
     assert "names: one per class; ignore_index: 1000 if" in problem
     text = format_check(scan)
-    assert len(text.splitlines()) < 20 and "997 classes hold no pixels" in text, text
+    assert len(text.splitlines()) < 30 and "997 classes hold no pixels" in text, text
     # with classes.yaml the value is simply outside the declared classes
     (root / "classes.yaml").write_text("names: [a, b, c]\n")
     assert check(root).problems == [
