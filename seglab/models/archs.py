@@ -26,7 +26,11 @@ from seglab.models.decoders import (
     SegNetDecoder,
     UNetDecoder,
 )
+from seglab.models.decoders.linknet import LinkNetDecoder
+from seglab.models.decoders.pyramid import PSP_BINS, FPNDecoder, PSPDecoder, UPerNetDecoder
+from seglab.models.decoders.segformer import SegFormerDecoder
 from seglab.models.decoders.unet import unet_valid_geometry
+from seglab.models.decoders.unetpp import UNetPlusPlusDecoder, default_decoder_channels
 from seglab.models.encoders import NATIVE_ENCODERS, EncoderSpec, PlainConvEncoder, build_encoder
 from seglab.models.encoders.plain import PLAIN_WIDTHS
 from seglab.models.heads import FCNHead, LRASPPHead, SegmentationHead
@@ -40,9 +44,15 @@ NATIVE_DEFAULT: dict[str, str] = {
     "fcn": "vgg",
     "segnet": "vgg",
     "unet": "unet",
+    "unetplusplus": "unet",
+    "linknet": "mobilenet",
     "deeplabv3": "mobilenet",
     "deeplabv3plus": "mobilenet",
     "lraspp": "mobilenet",
+    "fpn": "mobilenet",
+    "pspnet": "mobilenet",
+    "upernet": "mobilenet",
+    "segformer": "mit_b0",
 }
 
 
@@ -197,6 +207,82 @@ def unet(
     return Segmentor(enc, decoder, head, pad_mode, geometry)
 
 
+@MODELS.register("unetplusplus")
+def unetplusplus(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "unet",
+    weights: str | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    output_stride: int | None = None,
+    decoder_channels: list[int] | None = None,
+    final_block: bool | None = None,
+    upsample: str = "nearest",
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    dropout: float = 0.0,
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """U-Net++ (Zhou et al., 2018): U-Net's encoder, and nested dense skip pathways between encoder and decoder
+    (node X^{i,j} merges the upsampled X^{i+1,j-1} with all earlier nodes of its level), as smp's UnetPlusPlus.
+    The default native encoder is U-Net's (the paper's widths, mirrored in the decoder); a timm encoder gets
+    smp's ``decoder_channels`` 256, 128, 64, 32, 16 from the deepest node. ``final_block`` (default: when the
+    shallowest features are below the input's resolution, as timm's) adds smp's last node, without skip, at
+    twice their resolution. ``upsample``: "nearest" (smp), "bilinear", ... ``dropout``: Dropout2d before the
+    head (MC dropout). Deep supervision is not built."""
+    spec = encoder_spec("unetplusplus", locals())
+    enc = build_encoder(spec)
+    if final_block is None:
+        final_block = enc.feature_info[0].reduction > 1
+    if decoder_channels is None and spec.name not in NATIVE_ENCODERS:
+        decoder_channels = default_decoder_channels(len(enc.feature_info) - 1 + final_block)
+    decoder = UNetPlusPlusDecoder(
+        feature_info=enc.feature_info,
+        decoder_channels=decoder_channels,
+        final_block=final_block,
+        upsample=upsample,
+        norm=norm,
+        act=act,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+
+
+@MODELS.register("linknet")
+def linknet(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet18",
+    weights: str | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    output_stride: int | None = None,
+    final_block: bool | None = None,
+    final_channels: int = 32,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    dropout: float = 0.0,
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """LinkNet (Chaurasia & Culurciello, 2017), the light step down from U-Net: a ResNet-18 encoder (timm
+    ``resnet18``; natively the depthwise-separable "mobilenet", whose features have ResNet's strides 2 ... 32)
+    and decoder blocks 1x1 conv (in/4), 4x4 stride-2 transposed conv, 1x1 conv, whose outputs are ADDED to the
+    encoder's skip features, as smp's Linknet. ``final_block`` (default: when the shallowest features are below
+    the input's resolution) adds smp's last block, without skip, ``final_channels`` wide at twice their
+    resolution. ``dropout``: Dropout2d before the head (MC dropout)."""
+    enc = build_encoder(encoder_spec("linknet", locals()))
+    if final_block is None:
+        final_block = enc.feature_info[0].reduction > 1
+    decoder = LinkNetDecoder(
+        feature_info=enc.feature_info,
+        final_block=final_block,
+        final_channels=final_channels,
+        norm=norm,
+        act=act,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+
+
 @MODELS.register("deeplabv3")
 def deeplabv3(
     num_classes: int,
@@ -272,6 +358,121 @@ def deeplabv3plus(
     return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
 
 
+@MODELS.register("fpn")
+def fpn(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet34",
+    weights: str | None = None,
+    output_stride: int | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    pyramid_channels: int = 256,
+    segmentation_channels: int = 128,
+    merge: str = "add",
+    levels: int = 4,
+    align_corners: bool = False,
+    dropout: float = 0.2,
+    norm: NormArg = "gn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """FPN (Kirillov et al., 2019, panoptic FPN's semantic branch; smp's FPN, encoder resnet34): a top-down
+    pyramid of ``pyramid_channels`` over the deepest ``levels`` encoder features, each level brought to 1/4 by
+    3x3 conv + GroupNorm + 2x upsampling stages of ``segmentation_channels``, merged by ``merge`` ("add" or
+    "cat"); the logits at 1/4 are upsampled to the input. ``dropout``: Dropout2d before the head (smp's 0.2)."""
+    enc = build_encoder(encoder_spec("fpn", locals()))
+    decoder = FPNDecoder(
+        feature_info=enc.feature_info,
+        pyramid_channels=pyramid_channels,
+        segmentation_channels=segmentation_channels,
+        merge=merge,
+        levels=levels,
+        norm=norm,
+        act=act,
+        align_corners=align_corners,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+
+
+@MODELS.register("pspnet")
+def pspnet(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet50",
+    weights: str | None = None,
+    output_stride: int | None = 8,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    channels: int = 512,
+    bins: list[int] | None = None,
+    branch_channels: int | None = None,
+    fuse_kernel: int = 3,
+    pool_norm: str = "none",
+    align_corners: bool = False,
+    dropout: float = 0.1,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """PSPNet (Zhao et al., 2017): a dilated encoder (``output_stride`` 8, resnet50 as the paper), the pyramid
+    pooling module on its deepest features (``bins`` 1, 2, 3, 6; branches of C / len(bins) channels, the 1x1
+    bin's without norm unless ``pool_norm="bn"``), a ``fuse_kernel`` x ``fuse_kernel`` ConvNormAct to
+    ``channels`` (the paper's 3x3 to 512), dropout 0.1 and a 1x1 head. smp's PSPNet is ``depth=3``,
+    ``output_stride=None``, ``fuse_kernel=1``, ``dropout=0.2``, ``align_corners=True``."""
+    enc = build_encoder(encoder_spec("pspnet", locals()))
+    decoder = PSPDecoder(
+        feature_info=enc.feature_info,
+        channels=channels,
+        bins=bins or PSP_BINS,
+        branch_channels=branch_channels,
+        fuse_kernel=fuse_kernel,
+        norm=norm,
+        act=act,
+        pool_norm=pool_norm,
+        align_corners=align_corners,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+
+
+@MODELS.register("upernet")
+def upernet(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "resnet50",
+    weights: str | None = None,
+    output_stride: int | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    channels: int = 256,
+    levels: int = 4,
+    bins: list[int] | None = None,
+    feature_norm: bool = False,
+    pool_norm: str = "none",
+    dropout: float = 0.1,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """UPerNet (Xiao et al., 2018; MMSegmentation's UPerHead, smp's UPerNet): pyramid pooling (``bins`` 1, 2, 3, 6)
+    on the deepest of the ``levels`` encoder features, FPN fusion of all of them at ``channels`` (smp's 256;
+    MMSegmentation's 512), concatenated at 1/4 and fused by a 3x3 conv; dropout 0.1 and a 1x1 head. Works with
+    ConvNeXt and transformer timm encoders (``convnext_tiny``, ``swin_tiny_patch4_window7_224``);
+    ``feature_norm=True`` LayerNorms each feature first, as smp does."""
+    enc = build_encoder(encoder_spec("upernet", locals()))
+    decoder = UPerNetDecoder(
+        feature_info=enc.feature_info,
+        channels=channels,
+        levels=levels,
+        bins=bins or PSP_BINS,
+        feature_norm=feature_norm,
+        norm=norm,
+        act=act,
+        pool_norm=pool_norm,
+    )
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+
+
 @MODELS.register("lraspp")
 def lraspp(
     num_classes: int,
@@ -305,3 +506,28 @@ def lraspp(
         num_classes=num_classes,
     )
     return Segmentor(enc, decoder, head, pad_mode)
+
+
+@MODELS.register("segformer")
+def segformer(
+    num_classes: int,
+    in_channels: int = 3,
+    encoder: str | None = "mit_b0",
+    weights: str | None = None,
+    output_stride: int | None = None,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    channels: int = 256,
+    drop_path: float = 0.1,
+    dropout: float = 0.1,
+    norm: NormArg = "bn",
+    act: ActArg = "relu",
+    pad_mode: str = "reflect",
+) -> Segmentor:
+    """SegFormer (Xie et al., 2021): a Mix Transformer encoder (native "mit_b0", "mit_b1", "mit_b2", with
+    stochastic depth ``drop_path``; any timm encoder works too) and the all-MLP decoder: a linear layer per
+    stage to ``channels`` (256, as smp; the paper uses 768 from MiT-B2 on), all upsampled to 1/4, concatenated
+    and fused by a 1x1 conv + BN + ReLU; then the head's dropout (0.1, the paper's) and 1x1 classifier."""
+    enc = build_encoder(encoder_spec("segformer", locals(), drop_path=drop_path))
+    decoder = SegFormerDecoder(feature_info=enc.feature_info, channels=channels, norm=norm, act=act)
+    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)

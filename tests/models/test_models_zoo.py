@@ -21,12 +21,35 @@ CASES: dict[str, tuple[str, dict]] = {
     "unet_valid": ("unet", {"depth": 3, "base_channels": 4, "padding": "valid", "norm": "none"}),
     "unet_timm": ("unet", {"encoder": "test_convnext", "decoder_channels": [16, 8, 8], "dropout": 0.1}),
     "unet_dilated": ("unet", {"encoder": "test_resnet", "output_stride": 8, "upsample": "bilinear"}),
+    "unetplusplus": ("unetplusplus", {"depth": 3, "base_channels": 4}),
+    "unetplusplus_timm": ("unetplusplus", {"encoder": "test_convnext", "decoder_channels": [16, 8, 8, 4]}),
+    "unetplusplus_dilated": (
+        "unetplusplus",
+        {"encoder": "test_resnet", "output_stride": 8, "decoder_channels": [8, 8, 8, 8, 4], "dropout": 0.1},
+    ),
+    "linknet": ("linknet", {"encoder": None, "base_channels": 4, "final_channels": 8}),
+    "linknet_timm": ("linknet", {"encoder": "test_resnet", "final_channels": 8, "dropout": 0.1}),
+    "linknet_unet_encoder": ("linknet", {"encoder": "unet", "depth": 3, "base_channels": 4}),
+    "linknet_dilated": ("linknet", {"encoder": "test_efficientnet", "output_stride": 8, "final_channels": 8}),
     "deeplabv3": ("deeplabv3", {"encoder": "test_resnet", "channels": 16}),
     "deeplabv3_os8": ("deeplabv3", {"encoder": "test_efficientnet", "output_stride": 8, "channels": 16}),
     "deeplabv3plus": ("deeplabv3plus", {"encoder": "test_resnet", "channels": 16, "separable": True}),
     "deeplabv3plus_native": ("deeplabv3plus", {"encoder": "mobilenet", "base_channels": 4, "channels": 8}),
     "lraspp": ("lraspp", {"encoder": "test_efficientnet", "inter_channels": 8}),
     "lraspp_native": ("lraspp", {"encoder": "mobilenet", "base_channels": 4, "inter_channels": 8}),
+    "fpn": ("fpn", {"encoder": "test_resnet", "pyramid_channels": 16, "segmentation_channels": 64}),
+    "fpn_cat_native": (
+        "fpn",
+        {"encoder": "mobilenet", "base_channels": 4, "pyramid_channels": 8, "segmentation_channels": 8}
+        | {"merge": "cat", "norm": "bn"},
+    ),
+    "fpn_vit": ("fpn", {"encoder": "test_vit", "pyramid_channels": 8, "segmentation_channels": 64}),
+    "pspnet": ("pspnet", {"encoder": "test_resnet", "channels": 16}),
+    "pspnet_native": ("pspnet", {"encoder": "mobilenet", "base_channels": 4, "channels": 8}),
+    "upernet_convnext": ("upernet", {"encoder": "test_convnext", "channels": 8, "feature_norm": True}),
+    "upernet_nhwc": ("upernet", {"encoder": "test_mambaout", "channels": 8, "pool_norm": "bn"}),
+    "segformer": ("segformer", {"base_channels": 8, "channels": 8}),
+    "segformer_timm": ("segformer", {"encoder": "test_convnext", "channels": 8, "dropout": 0.0}),
 }
 IN_CHANNELS, NUM_CLASSES = 2, 3
 
@@ -46,9 +69,15 @@ def test_every_architecture_is_registered_and_tested():
             "fcn",
             "segnet",
             "unet",
+            "unetplusplus",
+            "linknet",
             "deeplabv3",
             "deeplabv3plus",
             "lraspp",
+            "fpn",
+            "pspnet",
+            "upernet",
+            "segformer",
         }
     )
 
@@ -166,7 +195,9 @@ def test_invalid_arguments_say_how_to_fix_them(arch, params, match):
         seglab.create_model(arch, num_classes=2, **params)
 
 
-@pytest.mark.parametrize("arch", ["fcn", "segnet", "unet", "deeplabv3", "deeplabv3plus", "lraspp"])
+@pytest.mark.parametrize(
+    "arch", ["fcn", "segnet", "unet", "deeplabv3", "deeplabv3plus", "lraspp", "segformer"]
+)
 def test_encoder_none_is_the_native_encoder(arch):
     """encoder=None builds from scratch without timm (the native encoder of NATIVE_DEFAULT)."""
     from seglab.models.archs import NATIVE_DEFAULT

@@ -124,9 +124,15 @@ EVERY_ARCH = {
     "fcn": {"encoder": "vgg", "base_channels": 2},
     "segnet": {"depth": 3, "base_channels": 4},
     "unet": {"depth": 3, "base_channels": 4},
+    "unetplusplus": {"depth": 3, "base_channels": 4},
+    "linknet": {"encoder": "mobilenet", "depth": 3, "base_channels": 4, "final_channels": 8},
     "deeplabv3": {"encoder": "mobilenet", "base_channels": 4, "channels": 8},
     "deeplabv3plus": {"encoder": "mobilenet", "base_channels": 4, "channels": 8},
     "lraspp": {"encoder": "mobilenet", "base_channels": 4, "inter_channels": 8},
+    "fpn": {"encoder": "mobilenet", "base_channels": 4, "segmentation_channels": 64, "dropout": 0.0},
+    "pspnet": {"encoder": "mobilenet", "base_channels": 4, "channels": 8, "dropout": 0.0},
+    "upernet": {"encoder": "mobilenet", "base_channels": 4, "channels": 8, "dropout": 0.0},
+    "segformer": {"base_channels": 4, "channels": 8, "dropout": 0.0},
 }
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 

@@ -7,9 +7,13 @@ from torch import nn
 
 from seglab.models.decoders.deeplab import DeepLabV3Decoder, DeepLabV3PlusDecoder
 from seglab.models.decoders.fcn import FCNDecoder
+from seglab.models.decoders.linknet import LinkNetDecoder
 from seglab.models.decoders.lraspp import LRASPPDecoder
+from seglab.models.decoders.pyramid import FPNDecoder, PSPDecoder, UPerNetDecoder
+from seglab.models.decoders.segformer import SegFormerDecoder
 from seglab.models.decoders.segnet import SegNetDecoder
 from seglab.models.decoders.unet import UNetDecoder
+from seglab.models.decoders.unetpp import UNetPlusPlusDecoder
 from seglab.models.encoders.base import FeatureInfo
 
 
@@ -32,8 +36,14 @@ __all__ = [
     "DeepLabV3Decoder",
     "DeepLabV3PlusDecoder",
     "FCNDecoder",
+    "FPNDecoder",
     "LRASPPDecoder",
     "LastFeature",
+    "LinkNetDecoder",
+    "PSPDecoder",
+    "SegFormerDecoder",
     "SegNetDecoder",
     "UNetDecoder",
+    "UNetPlusPlusDecoder",
+    "UPerNetDecoder",
 ]

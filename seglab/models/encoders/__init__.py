@@ -21,6 +21,7 @@ from seglab.models.encoders.base import (
     feature_index,
     load_native_weights,
 )
+from seglab.models.encoders.mit import MiTB1Encoder, MiTB2Encoder, MiTEncoder
 from seglab.models.encoders.mobilenet import MobileNetEncoder
 from seglab.models.encoders.plain import PlainConvEncoder
 from seglab.models.encoders.unet import DoubleConv, UNetEncoder
@@ -32,6 +33,9 @@ NATIVE_ENCODERS: dict[str, type[Encoder]] = {
     "unet": UNetEncoder,
     "vgg": VGGEncoder,
     "mobilenet": MobileNetEncoder,
+    "mit_b0": MiTEncoder,
+    "mit_b1": MiTB1Encoder,
+    "mit_b2": MiTB2Encoder,
 }
 
 
@@ -106,6 +110,7 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "FeatureInfo",
+    "MiTEncoder",
     "MobileNetEncoder",
     "PlainConvEncoder",
     "PooledFeatures",

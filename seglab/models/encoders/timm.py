@@ -35,6 +35,7 @@ class TimmQuirks:
     """What the adapter must know about a timm architecture that ``feature_info`` does not say."""
 
     min_input_size: int = 1  # smallest H, W the network runs on (its unpadded "valid" convs need context)
+    create_kwargs: tuple[tuple[str, Any], ...] = ()  # timm.create_model arguments it needs to take any H x W
 
 
 # Keyed by timm architecture name (the model name without its ".pretrained_tag").
@@ -43,6 +44,24 @@ TIMM_QUIRKS: dict[str, TimmQuirks] = {
     "inception_v4": TimmQuirks(min_input_size=75),
     "inception_resnet_v2": TimmQuirks(min_input_size=75),
 }
+
+# Keyed by timm module (the model family), for what every model of a family needs: transformers built for one
+# image size take any size (window padding, position embeddings resampled) with these create_model arguments.
+TIMM_FAMILY_QUIRKS: dict[str, TimmQuirks] = {
+    "swin_transformer": TimmQuirks(create_kwargs=(("strict_img_size", False),)),
+    "vision_transformer": TimmQuirks(create_kwargs=(("dynamic_img_size", True),)),
+}
+
+
+def timm_quirks(timm: ModuleType, arch: str) -> TimmQuirks:
+    """The quirks of timm architecture ``arch``: its own entry, else its family's, else none."""
+    if arch in TIMM_QUIRKS:
+        return TIMM_QUIRKS[arch]
+    try:
+        family = timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1]
+    except (RuntimeError, KeyError, AttributeError):  # an unknown name: create_model says so later
+        return TimmQuirks()
+    return TIMM_FAMILY_QUIRKS.get(family, TimmQuirks())
 
 
 def _aligned(size: int, actual: int, reduction: int) -> bool:
@@ -82,9 +101,9 @@ class TimmEncoder(Encoder):
 
         self.name = name
         self.arch = name.split(".")[0]
-        quirks = TIMM_QUIRKS.get(self.arch, TimmQuirks())
+        quirks = timm_quirks(timm, self.arch)
         self.min_input_size = quirks.min_input_size
-        kwargs: dict = {"features_only": True, "in_chans": in_channels}
+        kwargs: dict = {"features_only": True, "in_chans": in_channels, **dict(quirks.create_kwargs)}
         if depth is not None:
             if depth < 1:
                 raise ConfigError(f"encoder depth must be >= 1, got {depth}")
@@ -147,7 +166,7 @@ class TimmEncoder(Encoder):
             if "Unknown model" in str(e):
                 raise ConfigError(
                     f"unknown encoder {name!r}: not a native encoder and not a timm model "
-                    "(see timm.list_models(); native: unet, vgg, mobilenet)"
+                    "(see timm.list_models(); native: unet, vgg, mobilenet, mit_b0, mit_b1, mit_b2)"
                 ) from None
             raise ConfigError(f"cannot build timm encoder {name!r}: {e}") from None
 
