@@ -243,7 +243,11 @@ def load_image(path: Path | NamedBytes, formats: Sequence[str] | None = None) ->
     """The one loading function for images and masks: open (header checks, ``open_image``), decode, and apply the
     EXIF orientation (``ImageOps.exif_transpose``) so that pixels come out as photo viewers show them. DataError
     naming the file if it is missing, unreadable, too large, corrupt or truncated (``formats``: see ``open_image``)."""
-    img = open_image(path, formats)
+    return _decoded(open_image(path, formats), path)
+
+
+def _decoded(img: Image.Image, path: Path | NamedBytes) -> Image.Image:
+    """An image opened by ``open_image``, decoded and turned by its EXIF orientation (see ``load_image``)."""
     try:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
@@ -424,39 +428,54 @@ def image_header(path: Path | NamedBytes, formats: Sequence[str] | None = None) 
     """The header of an image (nothing is decoded), with every check ``read_image`` makes before decoding: the
     file exists and is readable, its format is in ``formats`` (Pillow's format names, and "NPY"), its size is
     within ``max_pixels()`` and ``max_bytes()``, its samples are real numbers, its tiles are sane."""
+    return _header(path, formats)[0]
+
+
+def _header(
+    path: Path | NamedBytes, formats: Sequence[str] | None = None, keep_open: bool = False
+) -> tuple[ImageHeader, Image.Image | None]:
+    """``image_header``'s work; with ``keep_open`` also the Pillow image it opened for a file Pillow decodes (so
+    ``read_image`` does not open it again), else None."""
     head = _head(path)
-    if head.startswith(_TIFF_MAGIC):
-        fmt = "TIFF"
-    elif head.startswith(b"\x93NUMPY"):
-        fmt = "NPY"
-    else:
-        fmt = None
+    fmt = "TIFF" if head.startswith(_TIFF_MAGIC) else "NPY" if head.startswith(b"\x93NUMPY") else None
     if formats is not None and fmt is not None and fmt not in formats:
         raise DataError(
             f"{path} is in {fmt} format; only {', '.join(formats)} are accepted here: convert it to PNG"
         )
-    if fmt == "TIFF":
-        header = _tiff_header(path)
-    elif fmt == "NPY":
-        header = _npy_header(path)
-    else:
-        with open_image(path, formats, check_bits=False) as img:
-            bits = sample_bits(img)
-            if (
-                img.format == "PNG" and bits > 8 and img.mode in _EIGHT_BIT_MODES
-            ):  # 16-bit colour: imagecodecs
-                bands = 1 if img.mode in ("LA", "La", "L") else 3
-                size, turn = oriented_size(img), _orientation(img)
-                header = ImageHeader(size, bands, "uint16", "PNG", "png16", turn)
-            else:
-                check_sample_bits(img, path)
-                own = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I": "float32", "F": "float32"}
-                dtype = own.get(img.mode, "uint8")
-                frames = int(getattr(img, "n_frames", 1) or 1)
-                size, bands = oriented_size(img), image_channels(img, path)
-                header = ImageHeader(size, bands, dtype, str(img.format), "pillow", frames=frames)
-    _check_bytes(path, header)
-    return header
+    if fmt is not None:
+        header = _tiff_header(path) if fmt == "TIFF" else _npy_header(path)
+        _check_bytes(path, header)
+        return header, None
+    img = open_image(path, formats, check_bits=False)
+    try:
+        header = _pillow_header(img, path)
+        _check_bytes(path, header)
+    except BaseException:
+        _release(img)
+        raise
+    if keep_open and header.reader == "pillow":
+        return header, img
+    _release(img)
+    return header, None
+
+
+def _release(img: Image.Image) -> None:
+    """Let go of an opened image as ``with`` does: its file is closed only if Pillow opened it (an upload's bytes
+    stay readable for the decoder that reads them next)."""
+    img.__exit__(None, None, None)
+
+
+def _pillow_header(img: Image.Image, path: Path | NamedBytes) -> ImageHeader:
+    """The header of an image Pillow opened: a 16-bit colour PNG is for imagecodecs (Pillow would keep the high
+    byte); 16-bit grey and float modes keep their type."""
+    if img.format == "PNG" and sample_bits(img) > 8 and img.mode in _EIGHT_BIT_MODES:
+        bands = 1 if img.mode in ("LA", "La", "L") else 3
+        return ImageHeader(oriented_size(img), bands, "uint16", "PNG", "png16", _orientation(img))
+    check_sample_bits(img, path)
+    own = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I": "float32", "F": "float32"}
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    size, bands = oriented_size(img), image_channels(img, path)
+    return ImageHeader(size, bands, own.get(img.mode, "uint8"), str(img.format), "pillow", frames=frames)
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -513,11 +532,13 @@ def read_image(
 
     ``channels`` (the data set's or the model's band count): 8-bit images are converted between grayscale
     and RGB as before (``channels`` 1 or 3); any other image must have exactly that many bands (DataError)."""
-    header = image_header(path, formats)
+    header, opened = _header(path, formats, keep_open=True)
     if header.reader == "pillow":
         if channels not in (None, 1, 3) and header.dtype == "uint8":
+            if opened is not None:
+                _release(opened)
             raise _band_mismatch(path, header, channels)
-        img = load_image(path, formats)
+        img = load_image(path, formats) if opened is None else _decoded(opened, path)  # (None: a TIFF)
         if header.dtype != "uint8":  # 16-bit and float single-band images Pillow reads in their own type
             arr = np.array(img).astype(header.dtype)[..., None]
         else:
@@ -594,10 +615,16 @@ def read_mask_raw(path: Path) -> np.ndarray:
     read_mask = getattr(path, "read_mask", None)
     if read_mask is not None:
         return read_mask()
-    header = image_header(path)
-    if header.reader == "png16":  # a colour mask saved with 16 bits per sample
-        return _eight_bit_colours(path, _decode(path, header))
-    img = load_image(path)
+    img = open_image(path, check_bits=False)
+    if img.format == "PNG" and sample_bits(img) > 8 and img.mode in _EIGHT_BIT_MODES:  # a 16-bit colour mask
+        _release(img)
+        return _eight_bit_colours(path, _decode(path, image_header(path)))
+    try:
+        check_sample_bits(img, path)
+    except DataError:
+        _release(img)
+        raise
+    img = _decoded(img, path)
     if img.mode in ("RGB", "RGBA"):
         return np.array(img.convert("RGB"), dtype=np.uint8)
     if img.mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):

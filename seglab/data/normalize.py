@@ -210,8 +210,10 @@ class Normalization:
         if self.keeps_uint8(image.dtype):
             return stretch_image(image, self.percentiles) if self.mode == "image" else image
         lo, hi = self.bounds(image)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        out = ((image.astype(np.float64) - lo) / span).astype(np.float32)
+        span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+        out = image.astype(np.float32)  # exact for 16-bit values; one float32 pass per training item
+        out -= lo.astype(np.float32)
+        out /= span
         out[~np.isfinite(out)] = 0.0
         if self.clip:
             np.clip(out, 0.0, 1.0, out=out)
