@@ -9,14 +9,23 @@ folding, ONNX Runtime), each checked against eager (max abs logit difference), t
 the reference's eager path, and the achieved GFLOP/s of both against the machine's practical fp32 peak (the
 fastest of large matmuls and a large convolution) measured in the same run.
 
+``--smp``: instead, every architecture seglab shares with smp (U-Net, U-Net++, LinkNet, FPN, PSPNet, UPerNet,
+DeepLabv3, DeepLabv3+ on smp's default ``resnet34``; SegFormer on ``mit_b0``): smp's model, and seglab's built from
+its state dict (``weights=<smp checkpoint>``: the same structure and weights; the logits' difference is printed),
+timed eagerly, forward (inference_mode) and forward+backward, at batch 1 and 8, 512x512, as the median of
+``--repeats`` interleaved repeats (ours and smp's alternate, first one then the other). Each pair's row is saved
+as it finishes (``--out``, default runs/bench-vs-smp.jsonl) and skipped by a rerun (``--fresh`` redoes).
+
 Needs ``pip install segmentation-models-pytorch`` (the optional benchmark extra). Run:
     OMP_NUM_THREADS=2 python benchmarks/vs_references.py --threads 2 --size 512
+    OMP_NUM_THREADS=2 python benchmarks/vs_references.py --threads 2 --smp
 Machines are noisy (+-25 %): compare only ratios measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -32,6 +41,7 @@ from seglab.bench.latency import FAITHFUL_ATOL, _prepare, device_name, time_call
 from seglab.models.factory import create_model
 
 NUM_CLASSES = 21
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class OutOnly(nn.Module):
@@ -82,6 +92,114 @@ def pairs() -> dict[str, tuple]:
                 tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=c)
             ),
         ),
+    }
+
+
+SMP_PAIRS = {  # seglab arch -> (smp class, encoder): smp's defaults
+    "unet": ("Unet", "resnet34"),
+    "unetplusplus": ("UnetPlusPlus", "resnet34"),
+    "linknet": ("Linknet", "resnet34"),
+    "fpn": ("FPN", "resnet34"),
+    "pspnet": ("PSPNet", "resnet34"),
+    "upernet": ("UPerNet", "resnet34"),
+    "deeplabv3": ("DeepLabV3", "resnet34"),
+    "deeplabv3plus": ("DeepLabV3Plus", "resnet34"),
+    "segformer": ("Segformer", "mit_b0"),
+}
+SMP_MODES = ("fwd b1", "fwd b8", "fwd+bwd b1", "fwd+bwd b8")
+
+
+def smp_pair(arch: str, tmp: Path) -> tuple[nn.Module, nn.Module]:
+    """(seglab's model, smp's), the first built from the second's state dict: the same network twice."""
+    import segmentation_models_pytorch as smp
+
+    cls, encoder = SMP_PAIRS[arch]
+    torch.manual_seed(0)
+    theirs = getattr(smp, cls)(encoder, encoder_weights=None, classes=NUM_CLASSES)
+    theirs.save_pretrained(tmp / arch)
+    return create_model(arch, NUM_CLASSES, weights=str(tmp / arch)), theirs
+
+
+def smp_times(models: Sequence[nn.Module], size: int, repeats: int) -> dict[str, list[list[float]]]:
+    """Seconds per call of each model in each of SMP_MODES: one warm-up each, then ``repeats`` rounds in which
+    the models take turns (the first model first in even rounds, last in odd ones), through time_callable."""
+    cpu = torch.device("cpu")
+    out: dict[str, list[list[float]]] = {}
+    for mode in SMP_MODES:
+        batch = int(mode.split("b")[-1])
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+        def call(model: nn.Module, backward: bool = "bwd" in mode, x: torch.Tensor = x) -> None:
+            if backward:
+                model.zero_grad(set_to_none=True)
+                model(x).sum().backward()
+            else:
+                with torch.inference_mode():
+                    model(x)
+
+        for m in models:
+            m.train("bwd" in mode)  # batch-norm in training mode where gradients flow, as in training
+            time_callable(lambda m=m: call(m), 1, 0, cpu)
+        times: list[list[float]] = [[] for _ in models]
+        for r in range(repeats):
+            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                times[i] += time_callable(lambda m=models[i]: call(m), 0, 1, cpu)[0]
+        out[mode] = times
+    return out
+
+
+def run_smp(args: argparse.Namespace) -> None:
+    """The --smp table: every shared architecture against smp's, the rows saved as they finish."""
+    done = {}
+    out = Path(args.out)
+    if out.is_file() and not args.fresh:
+        done = {
+            r["arch"]: r for r in map(json.loads, out.read_text().splitlines()) if r.get("size") == args.size
+        }
+    print(
+        f"# seglab vs smp, the same networks (seglab's built from smp's state dict): "
+        f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32, "
+        f"eager, {args.size}x{args.size}, median of {args.repeats} interleaved repeats after 1 warm-up\n"
+    )
+    header = "| arch (encoder) | params ours / smp (M) | max logit diff | " + " | ".join(
+        f"{m} ours / smp (ms) | ratio" for m in SMP_MODES
+    )
+    print(header + " |")
+    print("|" + "---|" * (header.count("|") + 1))
+    tmp = Path(tempfile.mkdtemp(prefix="seglab-vssmp-"))
+    for arch in SMP_PAIRS:
+        if args.only and arch not in args.only:
+            continue
+        row = done.get(arch) or measure_smp_pair(arch, tmp, args)
+        if arch not in done:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        cells = [
+            f"{row['ms'][m][0]:.0f} / {row['ms'][m][1]:.0f} | {row['ms'][m][0] / row['ms'][m][1]:.2f}"
+            for m in SMP_MODES
+        ]
+        print(
+            f"| {arch} ({SMP_PAIRS[arch][1]}) | {row['params'][0]:.2f} / {row['params'][1]:.2f} | "
+            f"{row['diff']:.1e} | " + " | ".join(cells) + " |",
+            flush=True,
+        )
+
+
+def measure_smp_pair(arch: str, tmp: Path, args: argparse.Namespace) -> dict:
+    ours, theirs = smp_pair(arch, tmp)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        diff = float((ours.eval()(x) - theirs.eval()(x)).abs().max())
+    times = smp_times([ours, theirs], args.size, args.repeats)
+    return {
+        "arch": arch,
+        "size": args.size,
+        "machine": f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads",
+        "params": [sum(p.numel() for p in m.parameters()) / 1e6 for m in (ours, theirs)],
+        "diff": diff,
+        "ms": {m: [1000 * statistics.median(t) for t in times[m]] for m in SMP_MODES},
     }
 
 
@@ -168,10 +286,17 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=["channels_last", "fold_bn", "fold_bn_cl", "onnxruntime"])
     ap.add_argument("--only", nargs="+", help="pair names to run (default: all)")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--smp", action="store_true", help="the shared architectures against smp's (see above)")
+    ap.add_argument("--repeats", type=int, default=5, help="--smp: interleaved repeats per mode")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-vs-smp.jsonl"), help="--smp: rows saved here")
+    ap.add_argument("--fresh", action="store_true", help="--smp: measure every pair again")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    if args.smp:
+        run_smp(args)
+        return
     print(
         f"# seglab vs references: {device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, fp32, inference {args.size}x{args.size} batch 1 (median of {args.iters} "

@@ -425,6 +425,21 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
 
 
+def _cmd_import_smp(args: argparse.Namespace) -> None:
+    from seglab.engine.import_smp import import_smp
+
+    path = import_smp(
+        args.checkpoint,
+        args.data,
+        args.out,
+        arch=args.arch,
+        encoder=args.encoder,
+        fmt=args.format or "auto",
+        overwrite=args.overwrite,
+    )
+    print(f"wrote seglab checkpoint {path}")
+
+
 def _format_flag(sp: argparse.ArgumentParser, sets: str = "") -> None:
     from seglab.config import FORMATS
 
@@ -843,6 +858,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     x.set_defaults(func=_cmd_export)
 
+    im = sub.add_parser(
+        "import-smp",
+        help="an smp (segmentation_models_pytorch) model as a seglab checkpoint, for evaluate, predict, serve ...",
+    )
+    im.add_argument("checkpoint", help="smp's save_pretrained folder, or a state-dict file of an smp model")
+    im.add_argument("--data", required=True, help="the data set it segments (classes, palette, bands)")
+    _format_flag(im)
+    im.add_argument(
+        "--out", required=True, help="the seglab checkpoint to write (.safetensors, with a sidecar)"
+    )
+    im.add_argument("--arch", help="seglab's architecture, where no config.json names smp's class")
+    im.add_argument("--encoder", help="the timm name of a tu- encoder, where no config.json names it")
+    _overwrite_flag(im)
+    im.set_defaults(func=_cmd_import_smp)
     data = sub.add_parser("data", help="data set tools: synth, check, convert")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     s = dsub.add_parser("synth", help="write the built-in SyntheticShapes data set as a folder")

@@ -71,7 +71,7 @@ from seglab.files import (
 )
 from seglab.layers.norm import SyncBatchNorm
 from seglab.losses import make_loss
-from seglab.models.factory import create_model
+from seglab.models.factory import create_model, resolved_params
 
 __all__ = ["TrainResult", "build_model", "lr_factor", "train"]
 
@@ -366,7 +366,7 @@ def _build_meta(cfg: Config, data: TrainData) -> CheckpointMeta:
         arch=cfg.model.arch,
         num_classes=data.spec.num_classes,
         in_channels=data.in_channels,
-        model_params=dict(cfg.model.params),
+        model_params=resolved_params(cfg.model.arch, dict(cfg.model.params)),
         class_names=data.class_names,
         palette=[list(c) for c in data.spec.palette],
         mean=data.mean,

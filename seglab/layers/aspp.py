@@ -53,6 +53,7 @@ class ASPP(nn.Module):
     ``separable=True`` uses depthwise-separable atrous branches (DeepLabv3+). The image-pooling branch has no
     norm by default (``pool_norm``, see :class:`ImagePooling`), so batch size 1 trains; the other branches
     need H * W > 1 for batch norm in training. ``pool_norm="bn"`` reproduces torchvision exactly.
+    ``depthwise_norm=False``: the separable branches' depthwise convs have no norm, activation or bias (smp's).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class ASPP(nn.Module):
         act: ActArg = "relu",
         pool_norm: NormArg = "none",
         dropout: float = 0.5,
+        depthwise_norm: bool = True,
     ) -> None:
         super().__init__()
         if rates is None:
@@ -82,7 +84,15 @@ class ASPP(nn.Module):
         for rate in self.rates:
             if separable:
                 branches.append(
-                    DepthwiseSeparableConv2d(in_channels, out_channels, 3, dilation=rate, norm=norm, act=act)
+                    DepthwiseSeparableConv2d(
+                        in_channels,
+                        out_channels,
+                        3,
+                        dilation=rate,
+                        norm=norm,
+                        act=act,
+                        depthwise_norm=depthwise_norm,
+                    )
                 )
             else:
                 branches.append(AtrousConv2d(in_channels, out_channels, 3, rate, norm=norm, act=act))

@@ -13,7 +13,7 @@ class ConvNormAct(nn.Sequential):
 
     Shape: (N, in_channels, H, W) -> (N, out_channels, H', W') with
     H' = floor((H + 2*padding - dilation*(k-1) - 1) / stride) + 1; the default padding keeps H' = H / stride.
-    The conv has no bias when a norm follows (the norm's shift replaces it).
+    The conv has no bias when a norm follows (the norm's shift replaces it); ``bias`` set overrides that.
     ``kernel_size`` and ``padding`` may be (height, width) pairs, e.g. (5, 1) for a spatially separable stage.
     """
 
@@ -28,6 +28,7 @@ class ConvNormAct(nn.Sequential):
         groups: int = 1,
         norm: NormArg = "bn",
         act: ActArg = "relu",
+        bias: bool | None = None,
     ) -> None:
         if padding is None:
             kh, kw = _pair(kernel_size)
@@ -41,7 +42,7 @@ class ConvNormAct(nn.Sequential):
             padding=padding,
             dilation=dilation,
             groups=groups,
-            bias=isinstance(norm_layer, nn.Identity),
+            bias=isinstance(norm_layer, nn.Identity) if bias is None else bias,
         )
         super().__init__(conv, norm_layer, make_act(act))
         self.in_channels, self.out_channels = in_channels, out_channels

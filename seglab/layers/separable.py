@@ -105,6 +105,8 @@ class DepthwiseSeparableConv2d(nn.Sequential):
     stride, padding and dilation (default padding keeps H' = H / stride). Weights: C k^2 + C' C instead of
     C' C k^2. Without norm and activations it is exactly a standard conv whose kernel W[o, i] = P[o, i] D[i].
     ``dw_act`` defaults to ReLU (MobileNet, DeepLabv3+); Xception uses none (``dw_act=None``).
+    ``depthwise_norm=False``: the depthwise conv alone, without norm, activation or bias, straight into the
+    pointwise conv (smp's and Keras's ``SeparableConv2d``).
     """
 
     def __init__(
@@ -118,10 +120,25 @@ class DepthwiseSeparableConv2d(nn.Sequential):
         norm: NormArg = "bn",
         act: ActArg = "relu",
         dw_act: ActArg = "relu",
+        depthwise_norm: bool = True,
     ) -> None:
-        depthwise = ConvNormAct(
-            in_channels, in_channels, kernel_size, stride, padding, dilation, in_channels, norm, dw_act
-        )
+        if depthwise_norm:
+            depthwise = ConvNormAct(
+                in_channels, in_channels, kernel_size, stride, padding, dilation, in_channels, norm, dw_act
+            )
+        else:
+            depthwise = ConvNormAct(
+                in_channels,
+                in_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation,
+                in_channels,
+                "none",
+                None,
+                bias=False,
+            )
         pointwise = ConvNormAct(in_channels, out_channels, 1, norm=norm, act=act)
         super().__init__(OrderedDict(depthwise=depthwise, pointwise=pointwise))
         self.in_channels, self.out_channels = in_channels, out_channels

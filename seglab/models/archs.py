@@ -172,6 +172,8 @@ def unet(
     output_stride: int | None = None,
     upsample: str = "transposed",
     decoder_channels: list[int] | None = None,
+    final_block: bool = False,
+    head_kernel: int = 1,
     padding: str = "same",
     norm: NormArg = "bn",
     act: ActArg = "relu",
@@ -184,7 +186,9 @@ def unet(
     conv), "bed_of_nails", ... ``norm="none"`` turns batch norm off (the paper). ``padding="valid"``: the
     paper's unpadded convs and cropped skips (native encoder only); the input is then mirror-padded by the
     context it needs (overlap-tile) so the logits still cover it. ``dropout``: Dropout2d on the input of each
-    decoder block, the first being the end of the contracting path (the paper's dropout)."""
+    decoder block, the first being the end of the contracting path (the paper's dropout). smp's Unet is
+    ``upsample="nearest_interp"``, ``final_block=True`` (a last block without skip, at the input's resolution)
+    and ``head_kernel=3``."""
     spec = encoder_spec("unet", locals(), padding=padding)
     if padding != "same" and "padding" not in spec.options:
         raise ConfigError(f"padding={padding!r} needs the native U-Net encoder (encoder: unet)")
@@ -193,7 +197,7 @@ def unet(
     if decoder_channels is None and spec.name not in NATIVE_ENCODERS:
         # a classification backbone: smp's decoder widths (256, 128, 64, 32, 16 from the deepest block), not the
         # backbone's, which spend a third of the work on a 64-channel block at half resolution
-        decoder_channels = [max(16, 256 >> i) for i in range(len(enc.feature_info) - 1)]
+        decoder_channels = [max(16, 256 >> i) for i in range(len(enc.feature_info) - 1 + final_block)]
     decoder = UNetDecoder(
         feature_info=enc.feature_info,
         decoder_channels=decoder_channels,
@@ -202,8 +206,9 @@ def unet(
         act=act,
         padding=padding,
         dropout=dropout,
+        final_block=final_block,
     )
-    head = SegmentationHead(decoder.out_channels, num_classes)
+    head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=head_kernel)
     return Segmentor(enc, decoder, head, pad_mode, geometry)
 
 
@@ -219,6 +224,7 @@ def unetplusplus(
     decoder_channels: list[int] | None = None,
     final_block: bool | None = None,
     upsample: str = "nearest",
+    head_kernel: int = 1,
     norm: NormArg = "bn",
     act: ActArg = "relu",
     dropout: float = 0.0,
@@ -230,7 +236,8 @@ def unetplusplus(
     smp's ``decoder_channels`` 256, 128, 64, 32, 16 from the deepest node. ``final_block`` (default: when the
     shallowest features are below the input's resolution, as timm's) adds smp's last node, without skip, at
     twice their resolution. ``upsample``: "nearest" (smp), "bilinear", ... ``dropout``: Dropout2d before the
-    head (MC dropout). Deep supervision is not built."""
+    head (MC dropout). Deep supervision is not built. smp's UnetPlusPlus is ``head_kernel=3`` (a 3x3 head;
+    seglab's is 1x1)."""
     spec = encoder_spec("unetplusplus", locals())
     enc = build_encoder(spec)
     if final_block is None:
@@ -245,7 +252,8 @@ def unetplusplus(
         norm=norm,
         act=act,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout, kernel_size=head_kernel)
+    return Segmentor(enc, decoder, head, pad_mode)
 
 
 @MODELS.register("linknet")
@@ -297,6 +305,10 @@ def deeplabv3(
     separable: bool = False,
     pool_norm: str = "none",
     dropout: float = 0.5,
+    aspp_separable: bool | None = None,
+    depthwise_norm: bool = True,
+    dilation: str = "timm",
+    align_corners: bool = False,
     norm: NormArg = "bn",
     act: ActArg = "relu",
     pad_mode: str = "reflect",
@@ -304,7 +316,13 @@ def deeplabv3(
     """DeepLabv3: an atrous encoder (``output_stride`` 16 or 8, timm's dilation), ASPP (rates 6/12/18 at 16,
     12/24/36 at 8, or ``rates``), a 3x3 ConvNormAct and a 1x1 head. On resnet50 at stride 8 it is
     torchvision's ``deeplabv3_resnet50`` except the ASPP image-pooling branch: a conv with bias instead of
-    conv + batch norm (trains at batch size 1); ``pool_norm="bn"`` makes it torchvision's exactly."""
+    conv + batch norm (trains at batch size 1); ``pool_norm="bn"`` makes it torchvision's exactly.
+    ``aspp_separable`` (None: ``separable``): separable ASPP branches alone; ``depthwise_norm=False``: separable
+    convs without norm, activation or bias after the depthwise conv; ``dilation``: "timm" or "uniform" (every
+    conv of a dilated stage at the stage's dilation); ``align_corners``: of the logits' upsampling.
+    smp's DeepLabV3 is ``output_stride=8``, ``rates=[12, 24, 36]``, ``pool_norm="bn"``, ``aspp_separable``
+    its ``decoder_aspp_separable`` (False) with ``depthwise_norm=False``, ``align_corners=True``, and for its
+    (torchvision) ResNets ``dilation="uniform"``."""
     enc = build_encoder(encoder_spec("deeplabv3", locals()))
     decoder = DeepLabV3Decoder(
         feature_info=enc.feature_info,
@@ -315,8 +333,11 @@ def deeplabv3(
         act=act,
         pool_norm=pool_norm,
         dropout=dropout,
+        aspp_separable=aspp_separable,
+        depthwise_norm=depthwise_norm,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)
 
 
 @MODELS.register("deeplabv3plus")
@@ -335,13 +356,25 @@ def deeplabv3plus(
     separable: bool = False,
     pool_norm: str = "none",
     dropout: float = 0.5,
+    aspp_separable: bool | None = None,
+    aspp_conv: bool = False,
+    fuse_convs: int = 2,
+    depthwise_norm: bool = True,
+    dilation: str = "timm",
+    align_corners: bool = False,
     norm: NormArg = "bn",
     act: ActArg = "relu",
     pad_mode: str = "reflect",
 ) -> Segmentor:
     """DeepLabv3+: DeepLabv3's atrous encoder and ASPP, plus a decoder that upsamples the ASPP output to the
     stride-4 low-level features (reduced to 48 channels by a 1x1 conv), concatenates and refines with two 3x3
-    convs. ``separable=True``: depthwise-separable ASPP and decoder convs (the paper's Xception variant)."""
+    convs. ``separable=True``: depthwise-separable ASPP and decoder convs (the paper's Xception variant);
+    ``aspp_separable`` (None: ``separable``) sets the ASPP branches alone. ``aspp_conv``: a 3x3 conv after ASPP;
+    ``fuse_convs``: the refining convs; ``depthwise_norm=False``: separable convs without norm, activation or
+    bias after the depthwise conv; ``dilation``: as DeepLabv3's; ``align_corners``: of every bilinear
+    upsampling. smp's DeepLabV3Plus is ``output_stride=16``, ``rates=[12, 24, 36]``, ``pool_norm="bn"``,
+    ``separable=True`` with ``aspp_separable`` its ``decoder_aspp_separable`` (True), ``depthwise_norm=False``,
+    ``aspp_conv=True``, ``fuse_convs=1``, ``align_corners=True``, and for its ResNets ``dilation="uniform"``."""
     enc = build_encoder(encoder_spec("deeplabv3plus", locals()))
     decoder = DeepLabV3PlusDecoder(
         feature_info=enc.feature_info,
@@ -354,8 +387,14 @@ def deeplabv3plus(
         act=act,
         pool_norm=pool_norm,
         dropout=dropout,
+        aspp_separable=aspp_separable,
+        aspp_conv=aspp_conv,
+        fuse_convs=fuse_convs,
+        depthwise_norm=depthwise_norm,
+        align_corners=align_corners,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)
 
 
 @MODELS.register("fpn")
@@ -380,7 +419,9 @@ def fpn(
     """FPN (Kirillov et al., 2019, panoptic FPN's semantic branch; smp's FPN, encoder resnet34): a top-down
     pyramid of ``pyramid_channels`` over the deepest ``levels`` encoder features, each level brought to 1/4 by
     3x3 conv + GroupNorm + 2x upsampling stages of ``segmentation_channels``, merged by ``merge`` ("add" or
-    "cat"); the logits at 1/4 are upsampled to the input. ``dropout``: Dropout2d before the head (smp's 0.2)."""
+    "cat"); the logits at 1/4 are upsampled to the input. ``dropout``: Dropout2d before the head (smp's 0.2).
+    ``align_corners``: of every bilinear upsampling (the branches' 2x stages and the logits' to the input); smp's
+    FPN is ``align_corners=True``."""
     enc = build_encoder(encoder_spec("fpn", locals()))
     decoder = FPNDecoder(
         feature_info=enc.feature_info,
@@ -392,7 +433,8 @@ def fpn(
         act=act,
         align_corners=align_corners,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)
 
 
 @MODELS.register("pspnet")
@@ -410,6 +452,8 @@ def pspnet(
     fuse_kernel: int = 3,
     pool_norm: str = "none",
     align_corners: bool = False,
+    input_last: bool = False,
+    head_kernel: int = 1,
     dropout: float = 0.1,
     norm: NormArg = "bn",
     act: ActArg = "relu",
@@ -418,8 +462,10 @@ def pspnet(
     """PSPNet (Zhao et al., 2017): a dilated encoder (``output_stride`` 8, resnet50 as the paper), the pyramid
     pooling module on its deepest features (``bins`` 1, 2, 3, 6; branches of C / len(bins) channels, the 1x1
     bin's without norm unless ``pool_norm="bn"``), a ``fuse_kernel`` x ``fuse_kernel`` ConvNormAct to
-    ``channels`` (the paper's 3x3 to 512), dropout 0.1 and a 1x1 head. smp's PSPNet is ``depth=3``,
-    ``output_stride=None``, ``fuse_kernel=1``, ``dropout=0.2``, ``align_corners=True``."""
+    ``channels`` (the paper's 3x3 to 512), dropout 0.1 and a 1x1 head. ``align_corners``: of every bilinear
+    upsampling (the pyramid's and the logits'); ``input_last``: the pooled branches before the features in the
+    concatenation; ``head_kernel``: the head conv's size. smp's PSPNet is ``depth=3``, ``output_stride=None``,
+    ``fuse_kernel=1``, ``dropout=0.2``, ``align_corners=True``, ``input_last=True``, ``head_kernel=3``."""
     enc = build_encoder(encoder_spec("pspnet", locals()))
     decoder = PSPDecoder(
         feature_info=enc.feature_info,
@@ -431,8 +477,10 @@ def pspnet(
         act=act,
         pool_norm=pool_norm,
         align_corners=align_corners,
+        input_last=input_last,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout, kernel_size=head_kernel)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)
 
 
 @MODELS.register("upernet")
@@ -449,6 +497,7 @@ def upernet(
     bins: list[int] | None = None,
     feature_norm: bool = False,
     pool_norm: str = "none",
+    align_corners: bool = False,
     dropout: float = 0.1,
     norm: NormArg = "bn",
     act: ActArg = "relu",
@@ -458,7 +507,9 @@ def upernet(
     on the deepest of the ``levels`` encoder features, FPN fusion of all of them at ``channels`` (smp's 256;
     MMSegmentation's 512), concatenated at 1/4 and fused by a 3x3 conv; dropout 0.1 and a 1x1 head. Works with
     ConvNeXt and transformer timm encoders (``convnext_tiny``, ``swin_tiny_patch4_window7_224``);
-    ``feature_norm=True`` LayerNorms each feature first, as smp does."""
+    ``feature_norm=True`` LayerNorms each feature first, as smp does. ``align_corners``: of the logits'
+    upsampling to the input (the decoder's resizings keep False, as smp's and MMSegmentation's). smp's UPerNet
+    is ``feature_norm=True``, ``pool_norm="bn"``, ``align_corners=True``, ``levels`` its ``encoder_depth`` - 1."""
     enc = build_encoder(encoder_spec("upernet", locals()))
     decoder = UPerNetDecoder(
         feature_info=enc.feature_info,
@@ -470,7 +521,8 @@ def upernet(
         act=act,
         pool_norm=pool_norm,
     )
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)
 
 
 @MODELS.register("lraspp")
@@ -518,6 +570,9 @@ def segformer(
     depth: int | None = None,
     base_channels: int | None = None,
     channels: int = 256,
+    min_reduction: int = 4,
+    fuse_reduction: int | None = None,
+    align_corners: bool = False,
     drop_path: float = 0.1,
     dropout: float = 0.1,
     norm: NormArg = "bn",
@@ -527,7 +582,20 @@ def segformer(
     """SegFormer (Xie et al., 2021): a Mix Transformer encoder (native "mit_b0", "mit_b1", "mit_b2", with
     stochastic depth ``drop_path``; any timm encoder works too) and the all-MLP decoder: a linear layer per
     stage to ``channels`` (256, as smp; the paper uses 768 from MiT-B2 on), all upsampled to 1/4, concatenated
-    and fused by a 1x1 conv + BN + ReLU; then the head's dropout (0.1, the paper's) and 1x1 classifier."""
+    and fused by a 1x1 conv + BN + ReLU; then the head's dropout (0.1, the paper's) and 1x1 classifier.
+    ``min_reduction``: the decoder reads the features at reductions >= it (4: the paper's four stages), resized to
+    the one at ``fuse_reduction`` (None: the finest read). ``align_corners``: of the logits' upsampling to the
+    input (the decoder's resizing is align_corners=False, as the paper's and smp's). smp's Segformer is
+    ``align_corners=True``, and on encoders with a stride-2 feature (ResNets) ``min_reduction=1``,
+    ``fuse_reduction=4`` (it reads every feature, fused at 1/4)."""
     enc = build_encoder(encoder_spec("segformer", locals(), drop_path=drop_path))
-    decoder = SegFormerDecoder(feature_info=enc.feature_info, channels=channels, norm=norm, act=act)
-    return Segmentor(enc, decoder, SegmentationHead(decoder.out_channels, num_classes, dropout), pad_mode)
+    decoder = SegFormerDecoder(
+        feature_info=enc.feature_info,
+        channels=channels,
+        min_reduction=min_reduction,
+        fuse_reduction=fuse_reduction,
+        norm=norm,
+        act=act,
+    )
+    head = SegmentationHead(decoder.out_channels, num_classes, dropout)
+    return Segmentor(enc, decoder, head, pad_mode, align_corners=align_corners)

@@ -28,7 +28,11 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
         )
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    from seglab.models.from_smp import build_from_smp, is_smp_checkpoint
+
     try:
+        if is_smp_checkpoint(kwargs.get("weights")):  # a whole smp model: its structure and tensors
+            return build_from_smp(arch, builder, num_classes, in_channels, kwargs)
         if not _names_weights(
             kwargs
         ):  # weights fix the size (and may download); else count before allocating
@@ -36,6 +40,16 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
         return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot build model {arch!r}: {e}") from None
+
+
+def resolved_params(arch: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as a checkpoint records them: with an smp checkpoint as ``weights``, plus the structure read
+    from it (the recorded model is rebuilt without the file)."""
+    from seglab.models.from_smp import is_smp_checkpoint, smp_arguments
+
+    return (
+        smp_arguments(arch, params["weights"], params) if is_smp_checkpoint(params.get("weights")) else params
+    )
 
 
 def _names_weights(arguments: Any) -> bool:

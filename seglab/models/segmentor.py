@@ -48,7 +48,9 @@ class Segmentor(nn.Module):
     the next size the network takes (a multiple of the encoder's output stride, see :class:`InputGeometry`),
     with ``margin`` more on every side for "valid" networks, and the logits are cropped back, so users never
     see "must be divisible by 32". Reflect padding falls back to replicate when the pad exceeds the image.
-    Logits below the input resolution are upsampled bilinearly first.
+    Logits below the input resolution are upsampled bilinearly first (``align_corners=True``: smp's
+    ``UpsamplingBilinear2d``, which the smp checkpoint loader sets; the size, not a scale factor, is given, which
+    is the same sampling when the input is a multiple of the logits' stride).
 
     ``freeze_encoder()`` stops gradients into the encoder and keeps it in eval mode (batch-norm statistics
     and dropout frozen too) even when the model trains; ``unfreeze_encoder()`` undoes it.
@@ -61,12 +63,14 @@ class Segmentor(nn.Module):
         head: nn.Module,
         pad_mode: str = "reflect",
         geometry: InputGeometry | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         if pad_mode not in PAD_MODES:
             raise ConfigError(f"unknown pad_mode {pad_mode!r}; choose one of: {', '.join(PAD_MODES)}")
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.pad_mode = pad_mode
+        self.align_corners = align_corners
         self.geometry = geometry or InputGeometry(
             multiple=encoder.output_stride, min_size=getattr(encoder, "min_input_size", 1)
         )
@@ -91,7 +95,7 @@ class Segmentor(nn.Module):
         if logits.shape[-2:] != (oh, ow):
             if m:
                 raise RuntimeError(f"logits of {tuple(logits.shape[-2:])} do not fit the geometry {g}")
-            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
+            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=self.align_corners)
         return logits[..., :h, :w]
 
     def freeze_encoder(self) -> Segmentor:

@@ -4,6 +4,8 @@ plus what the shared zoo tests do not see: stochastic depth, the depth option, o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from seglab.errors import ConfigError
 from seglab.models.decoders import SegFormerDecoder
 from seglab.models.encoders import NATIVE_ENCODERS, FeatureInfo
 from seglab.models.encoders.mit import DropPath, MiTEncoder, mit_state_from_smp
+from seglab.models.from_smp import SmpCheckpoint, smp_decoder_state
 
 MIT = ("mit_b0", "mit_b1", "mit_b2")
 
@@ -20,19 +23,12 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def smp_decoder_state(state: dict[str, torch.Tensor], stages: int) -> dict[str, torch.Tensor]:
-    """smp's SegformerDecoder state in SegFormerDecoder's names: its MLPs are deepest first and nn.Linear
-    (this decoder's are shallowest first and 1x1 convs); its fuse Conv2dReLU is conv, BN, ReLU as ConvNormAct."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("mlp_stage."):
-            _, i, _, name = key.split(".")
-            out[f"linears.{stages - 1 - int(i)}.{name}"] = (
-                value[..., None, None] if name == "weight" else value
-            )
-        else:
-            out[key.replace("fuse_stage.", "fuse.")] = value
-    return out
+def smp_renamed(decoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp's SegformerDecoder state in SegFormerDecoder's names, by the smp checkpoint loader's table
+    (from_smp.RECIPES): its MLPs are deepest first and nn.Linear (this decoder's are shallowest first and 1x1
+    convs); its fuse Conv2dReLU is conv, BN, ReLU as ConvNormAct."""
+    ckpt = SmpCheckpoint(Path("smp"), {f"decoder.{k}": v for k, v in decoder_state.items()}, {})
+    return {k.removeprefix("decoder."): v for k, v in smp_decoder_state("segformer", ckpt).items()}
 
 
 @pytest.mark.parametrize("name", MIT)
@@ -70,7 +66,8 @@ def test_smp_mit_key_map_refuses_foreign_keys():
 
 def test_segformer_has_smps_parameter_count_and_scores():
     """smp's Segformer("mit_b0") (decoder 256 channels) loaded into seglab's: equal parameter counts, and equal
-    class scores at 1/4 resolution (smp then upsamples with align_corners=True, seglab with False)."""
+    class scores at 1/4 resolution (smp then upsamples with align_corners=True, seglab by default with False;
+    ``align_corners=True`` is smp's: test_models_smp_unetpp_linknet_fpn_segformer.py compares the logits)."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
     theirs = smp.Segformer("mit_b0", encoder_weights=None, classes=3).double().eval()
@@ -81,7 +78,7 @@ def test_segformer_has_smps_parameter_count_and_scores():
         mit_state_from_smp({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
     )
     decoder = {k[8:]: v for k, v in state.items() if k.startswith("decoder.")}
-    ours.decoder.load_state_dict(smp_decoder_state(decoder, 4))
+    ours.decoder.load_state_dict(smp_renamed(decoder))
     ours.head[1].load_state_dict(theirs.segmentation_head[0].state_dict())
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
@@ -99,7 +96,7 @@ def test_decoder_is_smps_on_the_same_features():
     theirs = decoder_module.SegformerDecoder([3, 0, 8, 16, 24, 32], segmentation_channels=16).eval()
     ours = SegFormerDecoder(feature_info=info, channels=16).eval()
     assert n_params(ours) == n_params(theirs)
-    ours.load_state_dict(smp_decoder_state(theirs.state_dict(), 4))
+    ours.load_state_dict(smp_renamed(theirs.state_dict()))
     feats = [torch.randn(2, f.channels, 64 // f.reduction, 96 // f.reduction) for f in info]
     x = torch.empty(2, 3, 64, 96)
     with torch.no_grad():

@@ -5,6 +5,8 @@ test_models_zoo.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ import seglab
 from seglab.errors import ConfigError
 from seglab.models.decoders import LinkNetDecoder, UNetPlusPlusDecoder
 from seglab.models.encoders import FeatureInfo
+from seglab.models.from_smp import SmpCheckpoint, smp_decoder_state
 
 smp = pytest.importorskip("segmentation_models_pytorch")
 
@@ -29,22 +32,12 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def unetpp_key(key: str, n: int) -> str:
-    """smp's ``blocks.x_{d}_{l}.conv{1,2}.*`` -> seglab's ``nodes.x_{i}_{j}.conv.{0,1}.*`` (final: ``final``)."""
-    _, node, conv, rest = key.split(".", 3)
-    d, level = (int(v) for v in node[2:].split("_"))
-    name = "final" if level == n - 1 else f"nodes.x_{n - 2 - level}_{level - d + 1}"
-    return f"{name}.conv.{int(conv[-1]) - 1}.{rest}"
-
-
-def linknet_key(key: str, n: int) -> str:
-    """smp's ``blocks.{k}.block.{0,1,2}.{i}.*`` -> seglab's ``blocks.{k}.{reduce,up,expand}...`` (final: ``final``)."""
-    _, k, _, part, index, rest = key.split(".", 5)
-    name = "final" if int(k) == n - 1 else f"blocks.{k}"
-    inner = {"0": f"reduce.{index}", "2": f"expand.{index}"}.get(part)
-    if inner is None:  # TransposeX2: the transposed conv, then norm (and act)
-        inner = "up.conv" if index == "0" else "up_norm_act.0"
-    return f"{name}.{inner}.{rest}"
+def smp_renamed(arch: str, decoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp's decoder tensors in seglab's decoder names, by the smp checkpoint loader's table (from_smp.RECIPES:
+    smp's U-Net++ node x_{d}_{l} is x_{n-2-l}_{l-d+1}, its last ``final``; LinkNet's blocks.{k}.block parts are
+    reduce, up, expand)."""
+    ckpt = SmpCheckpoint(Path("smp"), {f"decoder.{k}": v for k, v in decoder_state.items()}, {})
+    return {k.removeprefix("decoder."): v for k, v in smp_decoder_state(arch, ckpt).items()}
 
 
 def test_unetpp_decoder_equals_smps_with_the_same_weights():
@@ -55,7 +48,7 @@ def test_unetpp_decoder_equals_smps_with_the_same_weights():
     widths = [16, 8, 8, 4, 4]
     ref = UnetPlusPlusDecoder(SMP_CHANNELS, widths, n_blocks=5).eval()
     ours = UNetPlusPlusDecoder(feature_info=INFO, decoder_channels=widths, final_block=True).eval()
-    ours.load_state_dict({unetpp_key(k, len(INFO)): v for k, v in ref.state_dict().items()})
+    ours.load_state_dict(smp_renamed("unetplusplus", ref.state_dict()))
     feats = features(INFO)
     with torch.no_grad():
         expected = ref([torch.zeros(2, 3, 64, 64), *feats])
@@ -68,7 +61,7 @@ def test_linknet_decoder_equals_smps_with_the_same_weights():
 
     ref = LinknetDecoder(SMP_CHANNELS, prefinal_channels=8, n_blocks=5).eval()
     ours = LinkNetDecoder(feature_info=INFO, final_block=True, final_channels=8).eval()
-    ours.load_state_dict({linknet_key(k, len(INFO)): v for k, v in ref.state_dict().items()})
+    ours.load_state_dict(smp_renamed("linknet", ref.state_dict()))
     feats = features(INFO)
     with torch.no_grad():
         expected = ref([torch.zeros(2, 3, 64, 64), *feats])
@@ -78,7 +71,7 @@ def test_linknet_decoder_equals_smps_with_the_same_weights():
 @pytest.mark.parametrize(("arch", "reference"), [("unetplusplus", "UnetPlusPlus"), ("linknet", "Linknet")])
 def test_decoder_parameters_equal_smps_on_resnet18(arch, reference):
     """Random init, no download. The decoders are equal; so are the encoders. The heads differ for U-Net++ only:
-    smp's is a 3x3 conv, seglab's the usual 1x1 (LinkNet's is 1x1 in both)."""
+    smp's is a 3x3 conv, seglab's the usual 1x1 (LinkNet's is 1x1 in both); ``head_kernel=3`` is smp's."""
     theirs = getattr(smp, reference)("resnet18", encoder_weights=None, classes=2)
     ours = seglab.create_model(arch, num_classes=2, encoder="resnet18")
     assert n_params(ours.decoder) == n_params(theirs.decoder)
@@ -86,6 +79,12 @@ def test_decoder_parameters_equal_smps_on_resnet18(arch, reference):
     assert n_params(ours.head) == n_params(theirs.segmentation_head) - (9 - 1) * 16 * 2 * (
         arch == "unetplusplus"
     )
+    smps_head = (
+        seglab.create_model(arch, num_classes=2, encoder="resnet18", head_kernel=3)
+        if arch == "unetplusplus"
+        else ours
+    )
+    assert n_params(smps_head) == n_params(theirs)
 
 
 def test_unetpp_nodes_are_the_papers_grid_with_dense_inputs():

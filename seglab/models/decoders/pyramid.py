@@ -46,7 +46,8 @@ def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 class PyramidPooling(nn.Module):
     """PSPNet's pyramid pooling module: for each bin count b of ``bins``, adaptive average pooling to b x b, a 1x1
-    ConvNormAct to ``branch_channels`` and bilinear upsampling back to H x W; concatenated after the input.
+    ConvNormAct to ``branch_channels`` and bilinear upsampling back to H x W; concatenated after the input
+    (before it with ``input_last``, as smp's PSPNet).
 
     Shape: (N, C, H, W) -> (N, C + len(bins) * branch_channels, H, W). The 1x1 bin's branch has ``pool_norm``
     (default none: a conv with bias, so batch size 1 trains, as seglab's ASPP image pooling; smp does the same
@@ -62,6 +63,7 @@ class PyramidPooling(nn.Module):
         act: ActArg = "relu",
         pool_norm: NormArg = "none",
         align_corners: bool = False,
+        input_last: bool = False,
     ) -> None:
         super().__init__()
         self.bins = tuple(int(b) for b in bins)
@@ -71,7 +73,7 @@ class PyramidPooling(nn.Module):
             ConvNormAct(in_channels, branch_channels, 1, norm=pool_norm if b == 1 else norm, act=act)
             for b in self.bins
         )
-        self.align_corners = align_corners
+        self.align_corners, self.input_last = align_corners, input_last
         self.out_channels = in_channels + len(self.bins) * branch_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,13 +82,14 @@ class PyramidPooling(nn.Module):
         for b, branch in zip(self.bins, self.branches):
             y = branch(adaptive_avg_pool(x, b))
             outs.append(F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners))
-        return torch.cat(outs, dim=1)
+        return torch.cat(outs[1:] + outs[:1] if self.input_last else outs, dim=1)
 
 
 class PSPDecoder(nn.Module):
     """PSPNet (Zhao et al., 2017): pyramid pooling (bins 1, 2, 3, 6, branches of C / len(bins) channels) on the
     deepest feature, then a ``fuse_kernel`` ConvNormAct to ``channels`` (the paper's 3x3 to 512; smp's PSPNet
-    uses a 1x1). The paper's dropout 0.1 before the classifier is the head's.
+    uses a 1x1). The paper's dropout 0.1 before the classifier is the head's. ``input_last``: the features after
+    the pooled branches in the concatenation (smp's order).
 
     Shape: deepest (N, C, H/r, W/r) -> (N, ``channels``, H/r, W/r).
     """
@@ -103,11 +106,14 @@ class PSPDecoder(nn.Module):
         act: ActArg = "relu",
         pool_norm: NormArg = "none",
         align_corners: bool = False,
+        input_last: bool = False,
     ) -> None:
         super().__init__()
         deep = feature_info[-1]
         branch = branch_channels or max(1, deep.channels // len(bins))
-        self.ppm = PyramidPooling(deep.channels, branch, bins, norm, act, pool_norm, align_corners)
+        self.ppm = PyramidPooling(
+            deep.channels, branch, bins, norm, act, pool_norm, align_corners, input_last
+        )
         self.fuse = ConvNormAct(self.ppm.out_channels, channels, fuse_kernel, norm=norm, act=act)
         self.out_channels = channels
         self.reduction = deep.reduction

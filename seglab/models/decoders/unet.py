@@ -13,11 +13,15 @@ from seglab.models.encoders.unet import DoubleConv, conv_padding
 from seglab.models.segmentor import InputGeometry
 
 # U-Net's upsampling names: "transposed" is the paper's 2x2 up-convolution, "bilinear"/"nearest" are
-# interpolation + 1x1 conv; other modes of seglab.layers.UPSAMPLERS pass through (non-learned ones keep channels).
+# interpolation + 1x1 conv, "nearest_interp"/"bilinear_interp" interpolation alone (smp's Unet: nearest, the
+# channels kept into the concatenation); other modes of seglab.layers.UPSAMPLERS pass through (non-learned ones
+# keep channels).
 UNET_UPSAMPLE: dict[str, tuple[str, dict]] = {
     "transposed": ("transposed", {"kernel_size": 2}),
     "bilinear": ("resize_conv", {"kernel_size": 1, "interp": "bilinear"}),
     "nearest": ("resize_conv", {"kernel_size": 1, "interp": "nearest"}),
+    "nearest_interp": ("nearest", {}),
+    "bilinear_interp": ("bilinear", {}),
 }
 
 
@@ -56,6 +60,7 @@ def unet_valid_geometry(depth: int) -> InputGeometry:
 class UpBlock(nn.Module):
     """(N, c_in, H, W) + skip (N, c_skip, sH, sW) -> (N, c_out, sH, sW), upsampling by ``scale``.
 
+    ``skip_channels`` 0: a block without skip (smp's last block), called with ``skip=None``: (N, c_out, sH, sW).
     ``padding="valid"``: convs trim 2 px per side and the skip is centre-cropped to the upsampled size.
     ``dropout`` > 0 applies ``nn.Dropout2d`` to the block's input.
     """
@@ -79,8 +84,11 @@ class UpBlock(nn.Module):
         up_channels = self.up.out_channels
         self.conv = DoubleConv(up_channels + skip_channels, out_channels, norm, act, padding)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = self.drop(x)
+        if skip is None:
+            scale = self.up.scale
+            return self.conv(self.up(x, output_size=(x.shape[-2] * scale, x.shape[-1] * scale)))
         if self.valid:
             x = self.up(x)
             skip = center_crop(skip, x.shape[-2:])
@@ -93,7 +101,10 @@ class UNetDecoder(nn.Module):
     """Walks the encoder features from deepest to shallowest; output has the shallowest feature's size.
 
     Decoder widths mirror the encoder: the block that merges skip i outputs skip i's channel count
-    (the original U-Net), or ``decoder_channels[i]`` when given (deepest block first).
+    (the original U-Net), or ``decoder_channels[i]`` when given (deepest block first). ``final_block``: one more
+    block, without skip, at twice the shallowest feature's resolution (smp's Unet, whose last block reaches the
+    input's resolution); its width is the last of ``decoder_channels`` (which then has one more entry), else the
+    shallowest skip's.
     """
 
     def __init__(
@@ -106,14 +117,17 @@ class UNetDecoder(nn.Module):
         act: ActArg = "relu",
         padding: str = "same",
         dropout: float = 0.0,
+        final_block: bool = False,
     ) -> None:
         super().__init__()
         if len(feature_info) < 2:
             raise ConfigError(f"the U-Net decoder needs at least 2 encoder features, got {len(feature_info)}")
         skips = feature_info[:-1][::-1]
-        outs = list(decoder_channels or [f.channels for f in skips])
-        if len(outs) != len(skips):
-            raise ConfigError(f"decoder_channels needs {len(skips)} entries, got {len(outs)}")
+        outs = list(decoder_channels or [f.channels for f in skips] + [skips[-1].channels] * final_block)
+        if len(outs) != len(skips) + final_block:
+            raise ConfigError(f"decoder_channels needs {len(skips) + final_block} entries, got {len(outs)}")
+        if final_block and conv_padding(padding) == 0:
+            raise ConfigError("final_block needs padding='same' (the valid U-Net has no block without skip)")
         blocks, c_in, red_in = [], feature_info[-1].channels, feature_info[-1].reduction
         for skip, c_out in zip(skips, outs):
             if red_in % skip.reduction:
@@ -132,12 +146,16 @@ class UNetDecoder(nn.Module):
                 )
             )
             c_in, red_in = c_out, skip.reduction
+        if final_block:
+            blocks.append(UpBlock(c_in, 0, outs[-1], 2, upsample, norm, act, padding, dropout))
+            c_in, red_in = outs[-1], max(red_in // 2, 1)
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = c_in
         self.reduction = red_in
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
-        for block, skip in zip(self.blocks, features[-2::-1]):
-            x = block(x, skip)
+        skips = features[-2::-1]
+        for i, block in enumerate(self.blocks):
+            x = block(x, skips[i] if i < len(skips) else None)
         return x

@@ -51,6 +51,8 @@ class EncoderSpec:
     ``depth``: levels (native) or timm feature levels used (None: the encoder's default / all).
     ``output_stride``: None keeps the encoder's own; otherwise the deepest reduction it must have.
     ``weights``: None, ``"imagenet"`` (timm only) or a local weights file.
+    ``dilation``: how a timm encoder dilated to ``output_stride`` spreads the dilation (:data:`DILATIONS`):
+    ``"timm"`` (timm's own) or ``"uniform"`` (smp's dilated torchvision ResNets); native encoders take "timm" only.
     ``base_channels``, ``norm``, ``act`` and ``options`` (e.g. U-Net's ``padding``, VGG's ``dropout``) configure
     native encoders only; timm encoders have their own layers (``base_channels`` or ``options`` given with a
     timm name are an error; ``norm`` and ``act`` are ignored there).
@@ -65,6 +67,7 @@ class EncoderSpec:
     norm: NormArg = "bn"
     act: ActArg = "relu"
     options: Mapping[str, Any] = field(default_factory=dict)
+    dilation: str = "timm"
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any], **fields: Any) -> EncoderSpec:
@@ -83,6 +86,10 @@ def build_encoder(spec: EncoderSpec) -> Encoder:
         cls = NATIVE_ENCODERS[name]
         given = (("depth", spec.depth), ("base_channels", spec.base_channels))
         kwargs = {k: v for k, v in given if v is not None}
+        if spec.dilation != "timm":
+            raise ConfigError(
+                f"dilation={spec.dilation!r} configures timm encoders only; native encoder {name!r} has its own"
+            )
         kwargs.update(norm=spec.norm, act=spec.act, output_stride=spec.output_stride, **spec.options)
         try:
             inspect.signature(cls).bind(spec.in_channels, **kwargs)
@@ -100,7 +107,12 @@ def build_encoder(spec: EncoderSpec) -> Encoder:
     from seglab.models.encoders.timm import TimmEncoder
 
     return TimmEncoder(
-        name, spec.in_channels, depth=spec.depth, output_stride=spec.output_stride, weights=spec.weights
+        name,
+        spec.in_channels,
+        depth=spec.depth,
+        output_stride=spec.output_stride,
+        weights=spec.weights,
+        dilation=spec.dilation,
     )
 
 

@@ -64,6 +64,29 @@ def timm_quirks(timm: ModuleType, arch: str) -> TimmQuirks:
     return TIMM_FAMILY_QUIRKS.get(family, TimmQuirks())
 
 
+# How a dilated encoder spreads a stage's dilation over its convs: "timm" (timm's: a stage's first block keeps the
+# previous stage's dilation in its first conv, as in the DeepLab papers' ResNets) or "uniform" (every conv of a
+# dilated stage takes the stage's dilation, smp's ``replace_strides_with_dilation`` on torchvision's ResNets).
+DILATIONS = ("timm", "uniform")
+
+
+def uniform_dilation(model: nn.Module, stages: list[str]) -> None:
+    """Give every conv of each dilated stage (``model``'s children named ``stages``) the stage's dilation (the
+    largest there) with padding (k // 2) * dilation, as smp dilates its torchvision ResNets; strides are already
+    1 there (timm removed them)."""
+    children = dict(model.named_children())
+    for name in stages:
+        stage = children.get(name.replace(".", "_"))
+        convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)] if stage is not None else []
+        rate = max((max(c.dilation) for c in convs), default=1)
+        if rate == 1:
+            continue
+        for conv in convs:
+            kh, kw = conv.kernel_size
+            conv.dilation = (rate, rate)
+            conv.padding = ((kh // 2) * rate, (kw // 2) * rate)
+
+
 def _aligned(size: int, actual: int, reduction: int) -> bool:
     return actual in (size // reduction, math.ceil(size / reduction))
 
@@ -74,7 +97,8 @@ class TimmEncoder(Encoder):
     Shape: (N, in_channels, H, W) -> [(N, c_i, H / r_i, W / r_i)] with (c_i, r_i) read from timm's
     ``feature_info`` (dilated encoders report their dilated reductions, e.g. 2, 4, 8, 8, 8 at stride 8).
     ``depth``: how many of timm's feature levels to use (None: all). ``output_stride``: None keeps the
-    model's own; 8 or 16 dilate it (ConfigError when the timm model cannot). ``weights``: None (random init),
+    model's own; 8 or 16 dilate it (ConfigError when the timm model cannot), spreading the dilation as
+    ``dilation`` says (:data:`DILATIONS`: "timm", or "uniform", smp's for its torchvision ResNets). ``weights``: None (random init),
     ``"imagenet"`` (timm's pretrained weights, downloaded; the first conv is adapted to ``in_channels`` by
     summing or repeating the RGB kernels, as timm does), or a local ``.safetensors``/torch file holding
     either this encoder's own state dict (a 3-band one's first conv adapted to ``in_channels`` by the same
@@ -95,10 +119,13 @@ class TimmEncoder(Encoder):
         depth: int | None = None,
         output_stride: int | None = None,
         weights: str | None = None,
+        dilation: str = "timm",
     ) -> None:
         super().__init__()
         import timm
 
+        if dilation not in DILATIONS:
+            raise ConfigError(f"unknown dilation {dilation!r}; choose one of: {', '.join(DILATIONS)}")
         self.name = name
         self.arch = name.split(".")[0]
         quirks = timm_quirks(timm, self.arch)
@@ -138,6 +165,8 @@ class TimmEncoder(Encoder):
                 )
 
         info = self.model.feature_info
+        if dilation == "uniform":
+            uniform_dilation(self.model, list(info.module_name()))
         self.feature_info = [FeatureInfo(int(c), int(r)) for c, r in zip(info.channels(), info.reduction())]
         if len(self.feature_info) < (depth or 1):
             raise ConfigError(
