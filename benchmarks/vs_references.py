@@ -166,7 +166,7 @@ def run_smp(args: argparse.Namespace) -> None:
         f"{m} ours / smp (ms) | ratio" for m in SMP_MODES
     )
     print(header + " |")
-    print("|" + "---|" * (header.count("|") + 1))
+    print("|" + "---|" * (3 + 2 * len(SMP_MODES)))
     tmp = Path(tempfile.mkdtemp(prefix="seglab-vssmp-"))
     for arch in SMP_PAIRS:
         if args.only and arch not in args.only:
