@@ -154,8 +154,9 @@ def run_smp(args: argparse.Namespace) -> None:
     done = {}
     out = Path(args.out)
     if out.is_file() and not args.fresh:
+        rows = map(json.loads, out.read_text().splitlines())
         done = {
-            r["arch"]: r for r in map(json.loads, out.read_text().splitlines()) if r.get("size") == args.size
+            r["arch"]: r for r in rows if (r.get("size"), r.get("repeats", 3)) == (args.size, args.repeats)
         }
     print(
         f"# seglab vs smp, the same networks (seglab's built from smp's state dict): "
@@ -196,6 +197,7 @@ def measure_smp_pair(arch: str, tmp: Path, args: argparse.Namespace) -> dict:
     return {
         "arch": arch,
         "size": args.size,
+        "repeats": args.repeats,
         "machine": f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads",
         "params": [sum(p.numel() for p in m.parameters()) / 1e6 for m in (ours, theirs)],
         "diff": diff,

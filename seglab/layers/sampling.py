@@ -193,7 +193,8 @@ class Upsampler(nn.Module):
     def _target(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, int]:
         if output_size is None:
             return x.shape[-2] * self.scale, x.shape[-1] * self.scale
-        return int(output_size[-2]), int(output_size[-1])
+        # a symbolic size (torch.export's SymInt) stays symbolic, so an exported graph follows the input's size
+        return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in output_size[-2:])  # type: ignore[return-value]
 
     def _grow(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[Tensor, int, int]:
         """Input with a trailing zero row/col where ``output_size`` exceeds scale*H (W), and the target size.

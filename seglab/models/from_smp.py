@@ -90,30 +90,28 @@ class SmpRecipe:
 
 
 def _unet_arguments(ckpt: SmpCheckpoint) -> dict[str, Any]:
-    config = ckpt.config
-    if config.get("decoder_attention_type") or ckpt.count(r"decoder\.blocks\.\d+\.attention1\.(.+)"):
-        raise ConfigError(
-            f"smp checkpoint {ckpt.path}: seglab's U-Net has no attention blocks (decoder_attention_type)"
-        )
-    if ckpt.count(r"decoder\.center\.(.+)"):
-        raise ConfigError(
-            f"smp checkpoint {ckpt.path}: seglab's U-Net has no center block (smp's vgg encoders)"
-        )
+    _refuse_attention(ckpt, "U-Net")
     blocks = ckpt.count(r"decoder\.blocks\.(\d+)\.")
-    arguments = {
-        "depth": config.get("encoder_depth", blocks),
+    return {
+        "depth": ckpt.config.get("encoder_depth", blocks),
         "decoder_channels": [ckpt.shape(f"decoder.blocks.{i}.conv1.0.weight")[0] for i in range(blocks)],
         "final_block": True,
         "head_kernel": ckpt.shape(HEAD_KEY)[-1],
+        **_interpolation(ckpt, "_interp"),
     }
-    if "decoder_interpolation" in config:  # no tensor shows it: else smp's default (RECIPES' defaults)
-        interpolation = config["decoder_interpolation"]
-        if interpolation not in ("nearest", "bilinear"):
-            raise ConfigError(
-                f"smp checkpoint {ckpt.path}: decoder_interpolation {interpolation!r} is not reproduced"
-            )
-        arguments["upsample"] = f"{interpolation}_interp"
-    return arguments
+
+
+def _interpolation(ckpt: SmpCheckpoint, suffix: str = "") -> dict[str, Any]:
+    """seglab's ``upsample`` (smp's mode + ``suffix``) for smp's ``decoder_interpolation`` where the config says it;
+    no tensor shows it, so a bare state dict leaves it to the recipe's defaults (smp's "nearest")."""
+    if "decoder_interpolation" not in ckpt.config:
+        return {}
+    interpolation = ckpt.config["decoder_interpolation"]
+    if interpolation not in ("nearest", "bilinear"):
+        raise ConfigError(
+            f"smp checkpoint {ckpt.path}: decoder_interpolation {interpolation!r} is not reproduced"
+        )
+    return {"upsample": interpolation + suffix}
 
 
 # ---- DeepLabV3, DeepLabV3+, PSPNet, UPerNet
@@ -315,20 +313,13 @@ def _refuse_attention(ckpt: SmpCheckpoint, arch: str) -> None:
 def _unetplusplus_arguments(ckpt: SmpCheckpoint) -> dict[str, Any]:
     _refuse_attention(ckpt, "U-Net++")
     blocks = ckpt.count(r"decoder\.blocks\.x_0_(\d+)\.")  # smp's x_0_l, l = 0 ... depth - 1 (the last: final)
-    arguments = {
+    return {
         "depth": ckpt.config.get("encoder_depth", blocks),
         "decoder_channels": [ckpt.shape(f"decoder.blocks.x_0_{i}.conv1.0.weight")[0] for i in range(blocks)],
         "final_block": True,
         "head_kernel": ckpt.shape(HEAD_KEY)[-1],
+        **_interpolation(ckpt),
     }
-    if "decoder_interpolation" in ckpt.config:  # no tensor shows it: else seglab's default, smp's "nearest"
-        interpolation = ckpt.config["decoder_interpolation"]
-        if interpolation not in ("nearest", "bilinear"):
-            raise ConfigError(
-                f"smp checkpoint {ckpt.path}: decoder_interpolation {interpolation!r} is not reproduced"
-            )
-        arguments["upsample"] = interpolation
-    return arguments
 
 
 def _unetplusplus_rules(ckpt: SmpCheckpoint) -> tuple[Rule, ...]:
@@ -545,8 +536,8 @@ def read_smp_checkpoint(weights: str | Path) -> SmpCheckpoint:
     from seglab.models.encoders.base import read_state_dict
 
     path = Path(weights)
-    folder = path if path.is_dir() else path.parent
-    config = _read_config(folder / "config.json")
+    own = path.is_dir() or path.name in SMP_WEIGHTS_FILES  # a save_pretrained folder's config is its file's
+    config = _read_config((path if path.is_dir() else path.parent) / "config.json") if own else {}
     if path.is_dir():
         files = [path / name for name in SMP_WEIGHTS_FILES if (path / name).is_file()]
         if not files:
@@ -555,8 +546,12 @@ def read_smp_checkpoint(weights: str | Path) -> SmpCheckpoint:
     state = read_state_dict(path)
     if HEAD_KEY not in state:
         raise ConfigError(f"{path} is not an smp model's state dict (it has no {HEAD_KEY!r})")
-    if config and config.get("_model_class") not in SMP_CLASSES and config.get("_model_class"):
-        config = {}  # the config of another model beside a lone file: not this file's
+    theirs = config.get("_model_class")
+    if theirs is not None and theirs not in SMP_CLASSES:
+        raise ConfigError(
+            f"smp checkpoint {path} is smp's {theirs}, which seglab does not have; seglab reads smp's "
+            f"{', '.join(SMP_CLASSES)}"
+        )
     return SmpCheckpoint(path, state, config)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from smp_models import random_statistics  # tests/smp_models.py
 
 from seglab.checkpoint import load_checkpoint
 from seglab.data.io import read_image
@@ -20,12 +20,9 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 @pytest.fixture(scope="module")
 def smp_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = smp.FPN("resnet18", encoder_weights=None, classes=4)  # SyntheticShapes: background + 3 shapes
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return random_statistics(
+        smp.FPN("resnet18", encoder_weights=None, classes=4)
+    )  # SyntheticShapes: 4 classes
 
 
 def test_imported_model_predicts_smps_probabilities(tmp_path, shapes_dir, run_cli, smp_model):
@@ -57,31 +54,11 @@ def test_imported_model_predicts_smps_probabilities(tmp_path, shapes_dir, run_cl
 
 def test_a_bare_state_dict_needs_the_architecture(tmp_path, shapes_dir, run_cli, smp_model):
     torch.save(smp_model.state_dict(), tmp_path / "fpn.pth")
-    code, _, err = run_cli(
-        "import-smp", tmp_path / "fpn.pth", "--data", shapes_dir, "--out", tmp_path / "m.safetensors"
-    )
-    assert code == 2 and err.count("\n") == 1 and "give --arch" in err
-    code, _, err = run_cli(
-        "import-smp",
-        tmp_path / "fpn.pth",
-        "--data",
-        shapes_dir,
-        "--out",
-        tmp_path / "m.safetensors",
-        "--arch",
-        "unet",
-    )
-    assert code == 2 and err.count("\n") == 1 and "has no place in seglab's unet" in err
-    assert not (tmp_path / "m.safetensors").exists()
-    code, _, err = run_cli(
-        "import-smp",
-        tmp_path / "fpn.pth",
-        "--data",
-        shapes_dir,
-        "--out",
-        tmp_path / "m.safetensors",
-        "--arch",
-        "fpn",
-    )
+    command = ("import-smp", tmp_path / "fpn.pth", "--data", shapes_dir, "--out", tmp_path / "m.safetensors")
+    for extra, message in (((), "give --arch"), (("--arch", "unet"), "has no place in seglab's unet")):
+        code, _, err = run_cli(*command, *extra)
+        assert code == 2 and err.count("\n") == 1 and message in err
+        assert not (tmp_path / "m.safetensors").exists()
+    code, _, err = run_cli(*command, "--arch", "fpn")
     assert code == 0, err
-    assert np.isfinite(load_checkpoint(tmp_path / "m.safetensors")[1].num_classes)
+    assert load_checkpoint(tmp_path / "m.safetensors")[1].num_classes == 4

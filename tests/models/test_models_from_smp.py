@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smp_models import max_difference, params, random_statistics  # tests/smp_models.py
 
 from seglab.errors import ConfigError
 from seglab.models.factory import create_model, resolved_params
 from seglab.models.from_smp import is_smp_checkpoint, read_smp_checkpoint, smp_encoder
 
 smp = pytest.importorskip("segmentation_models_pytorch")
-
-
-def random_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    """Batch-norm running statistics other than 0/1, so a norm mapped to the wrong place shows; eval mode."""
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def same_logits(theirs: torch.nn.Module, ours: torch.nn.Module, size=(64, 96), bands: int = 3) -> float:
-    x = torch.randn(2, bands, *size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return (theirs(x) - ours.eval()(x)).abs().max().item()
-
-
-def params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize(
@@ -50,7 +31,7 @@ def test_smp_unet_state_dict_gives_smps_logits(tmp_path, encoder, options):
     # a bare state dict does not say smp's interpolation (no tensor shows it): nearest unless the user says
     given = {"upsample": "bilinear_interp"} if "decoder_interpolation" in options else {}
     ours = create_model("unet", 3, in_channels=bands, weights=str(tmp_path / "unet.pth"), **given)
-    assert same_logits(theirs, ours, bands=bands) < 1e-4
+    assert max_difference(theirs, ours, bands=bands) < 1e-4
     # smp keeps the ResNet's layers beyond encoder_depth (never run); seglab's encoder does not build them
     unused = sum(p.numel() for n, p in theirs.named_parameters() if n.startswith("encoder.layer4."))
     assert params(ours) == params(theirs) - (unused if options.get("encoder_depth") == 4 else 0)
@@ -64,14 +45,14 @@ def test_save_pretrained_folder_and_timm_encoder(tmp_path):
     theirs.save_pretrained(tmp_path / "folder")
     assert is_smp_checkpoint(str(tmp_path / "folder"))
     ours = create_model("unet", 2, weights=str(tmp_path / "folder"))
-    assert same_logits(theirs, ours, size=(96, 64)) < 1e-4
+    assert max_difference(theirs, ours, size=(96, 64)) < 1e-4
     assert params(ours) == params(theirs)
 
     torch.save(theirs.state_dict(), tmp_path / "bare.pth")
     with pytest.raises(ConfigError, match="timm .tu-. encoder and no config.json: name it"):
         create_model("unet", 2, weights=str(tmp_path / "bare.pth"))
     ours = create_model("unet", 2, encoder="resnet18", weights=str(tmp_path / "bare.pth"))
-    assert same_logits(theirs, ours) < 1e-4
+    assert max_difference(theirs, ours) < 1e-4
 
 
 def test_encoders_are_told_by_their_tensors(tmp_path):
@@ -89,7 +70,7 @@ def test_recorded_arguments_rebuild_the_model_without_the_file(tmp_path):
     assert recorded["decoder_channels"] == [32, 16, 16, 8, 8] and recorded["encoder"] == "resnet18"
     ours = create_model("unet", 2, **{**recorded, "weights": None})
     ours.load_state_dict(create_model("unet", 2, weights=str(tmp_path / "unet.pth")).state_dict())
-    assert same_logits(theirs.eval(), ours) < 1e-4
+    assert max_difference(theirs.eval(), ours) < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -124,3 +105,40 @@ def test_a_plain_encoder_weights_file_is_not_an_smp_checkpoint(tmp_path):
     assert not is_smp_checkpoint(str(tmp_path / "enc.pth"))
     assert not is_smp_checkpoint("imagenet") and not is_smp_checkpoint(None)
     assert not is_smp_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_a_class_seglab_lacks_and_a_config_of_another_file(tmp_path):
+    """smp's MAnet folder is named as such; a config.json beside a file that is not the folder's model file
+    belongs to another model (its tensors decide)."""
+    smp.MAnet("resnet18", encoder_weights=None, classes=2).save_pretrained(tmp_path / "manet")
+    with pytest.raises(ConfigError, match="smp's MAnet, which seglab does not have"):
+        create_model("unet", 2, weights=str(tmp_path / "manet"))
+    theirs = smp.Unet("resnet18", encoder_weights=None, classes=2).eval()
+    smp.FPN("resnet18", encoder_weights=None, classes=2).save_pretrained(tmp_path / "mixed")
+    torch.save(theirs.state_dict(), tmp_path / "mixed" / "unet.pth")
+    assert read_smp_checkpoint(tmp_path / "mixed" / "unet.pth").config == {}
+    assert (
+        max_difference(theirs, create_model("unet", 2, weights=str(tmp_path / "mixed" / "unet.pth"))) < 1e-4
+    )
+
+
+@pytest.mark.slow
+def test_smp_structure_exports_at_any_size(tmp_path):
+    """smp's U-Net structure (interpolation without conv, the last block without skip, a 3x3 head) exports a
+    dynamic ONNX graph that ONNX Runtime runs at 33 x 47 with PyTorch's logits."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from seglab.engine.export import export_model
+
+    theirs = smp.Unet(
+        "tu-resnet18", encoder_weights=None, classes=2, encoder_depth=3, decoder_channels=[16, 8, 8]
+    )
+    torch.save(random_statistics(theirs).state_dict(), tmp_path / "unet.pth")
+    model = create_model("unet", 2, encoder="resnet18", weights=str(tmp_path / "unet.pth")).eval()
+    result = export_model(model, tmp_path / "m.onnx", "onnx")
+    assert result.dynamic and result.max_abs_diff is not None and result.max_abs_diff < 1e-4
+    x = torch.randn(1, 3, 33, 47)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(x), atol=1e-4)

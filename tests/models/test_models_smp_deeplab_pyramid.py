@@ -6,33 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smp_models import max_difference, params, random_statistics  # tests/smp_models.py
 
 from seglab.errors import ConfigError
 from seglab.models.encoders.timm import TimmEncoder
 from seglab.models.factory import create_model
 
 smp = pytest.importorskip("segmentation_models_pytorch")
-
-
-def random_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    """Batch-norm running statistics other than 0/1, so a norm mapped to the wrong place shows; eval mode."""
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def same_logits(theirs: torch.nn.Module, ours: torch.nn.Module, size=(64, 96)) -> float:
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return (theirs(x) - ours.eval()(x)).abs().max().item()
-
-
-def params(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
-    """Parameters, less those whose names start with ``skip``."""
-    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(skip))
 
 
 SMP = {"deeplabv3": "DeepLabV3", "deeplabv3plus": "DeepLabV3Plus", "pspnet": "PSPNet", "upernet": "UPerNet"}
@@ -58,7 +38,7 @@ def test_smp_state_dict_gives_smps_logits(tmp_path, arch, options, given):
     )
     torch.save(theirs.state_dict(), tmp_path / f"{arch}.pth")
     ours = create_model(arch, 3, weights=str(tmp_path / f"{arch}.pth"), **given)
-    assert same_logits(theirs, ours) < 1e-4
+    assert max_difference(theirs, ours) < 1e-4
     # smp keeps the ResNet's layers beyond encoder_depth (never run); seglab's encoder does not build them
     depth = options.get("encoder_depth", 3 if arch == "pspnet" else 5)
     unused = tuple(f"encoder.layer{k}." for k in range(depth, 5))
@@ -73,7 +53,7 @@ def test_save_pretrained_folder_sets_output_stride(tmp_path):
     )
     random_statistics(theirs).save_pretrained(tmp_path / "v3")
     ours = create_model("deeplabv3", 2, weights=str(tmp_path / "v3"))
-    assert same_logits(theirs, ours) < 1e-4
+    assert max_difference(theirs, ours) < 1e-4
     assert ours.decoder[0].rates == (2, 4, 6)
 
 
@@ -84,7 +64,7 @@ def test_timm_encoder_keeps_timms_dilation(tmp_path, arch):
     theirs = random_statistics(getattr(smp, SMP[arch])("tu-resnet18", encoder_weights=None, classes=2))
     torch.save(theirs.state_dict(), tmp_path / "m.pth")
     ours = create_model(arch, 2, encoder="resnet18", weights=str(tmp_path / "m.pth"))
-    assert same_logits(theirs, ours) < 1e-4
+    assert max_difference(theirs, ours) < 1e-4
     assert params(ours) == params(theirs)
 
 

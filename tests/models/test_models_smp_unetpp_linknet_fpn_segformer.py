@@ -6,39 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smp_models import max_difference, params, random_statistics, unused_resnet_layers  # tests/smp_models.py
 
 from seglab.errors import ConfigError
 from seglab.models.factory import create_model
 
 smp = pytest.importorskip("segmentation_models_pytorch")
-
-
-def random_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    """Batch-norm running statistics other than 0/1, so a norm mapped to the wrong place shows; eval mode."""
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def max_difference(theirs: torch.nn.Module, ours: torch.nn.Module, size=(64, 96)) -> float:
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = theirs(x), ours.eval()(x)
-    assert got.shape == expected.shape
-    return (expected - got).abs().max().item()
-
-
-def params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def unused_resnet_layers(model: torch.nn.Module, depth: int) -> int:
-    """smp keeps a ResNet's layers beyond encoder_depth (never run); seglab's encoder does not build them."""
-    unused = tuple(f"encoder.layer{k}." for k in range(depth, 5))
-    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(unused))
 
 
 # (seglab arch, smp class, smp encoder, smp options, seglab's extra arguments)
