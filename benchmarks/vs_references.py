@@ -15,6 +15,8 @@ its state dict (``weights=<smp checkpoint>``: the same structure and weights; th
 timed eagerly, forward (inference_mode) and forward+backward, at batch 1 and 8, 512x512, as the median of
 ``--repeats`` interleaved repeats (ours and smp's alternate, first one then the other). Each pair's row is saved
 as it finishes (``--out``, default runs/bench-vs-smp.jsonl) and skipped by a rerun (``--fresh`` redoes).
+Forward+backward runs batch norm in training mode, except where it cannot train on one value per channel (a 1x1
+pyramid-pooling branch at batch 1: UPerNet's, smp's too): both models are then timed in eval mode.
 
 Needs ``pip install segmentation-models-pytorch`` (the optional benchmark extra). Run:
     OMP_NUM_THREADS=2 python benchmarks/vs_references.py --threads 2 --size 512
@@ -137,9 +139,16 @@ def smp_times(models: Sequence[nn.Module], size: int, repeats: int) -> dict[str,
                 with torch.inference_mode():
                     model(x)
 
-        for m in models:
-            m.train("bwd" in mode)  # batch-norm in training mode where gradients flow, as in training
-            time_callable(lambda m=m: call(m), 1, 0, cpu)
+        try:
+            for m in models:
+                m.train("bwd" in mode)  # batch-norm in training mode where gradients flow, as in training
+                time_callable(lambda m=m: call(m), 1, 0, cpu)
+        except (
+            ValueError
+        ):  # a batch norm over 1 value per channel (a 1x1 pooling branch at batch 1): eval mode
+            for m in models:
+                m.eval()
+                time_callable(lambda m=m: call(m), 1, 0, cpu)
         times: list[list[float]] = [[] for _ in models]
         for r in range(repeats):
             order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
