@@ -13,7 +13,7 @@ fastest of large matmuls and a large convolution) measured in the same run.
 DeepLabv3, DeepLabv3+ on smp's default ``resnet34``; SegFormer on ``mit_b0``): smp's model, and seglab's built from
 its state dict (``weights=<smp checkpoint>``: the same structure and weights; the logits' difference is printed),
 timed eagerly, forward (inference_mode) and forward+backward, at batch 1 and 8, 512x512, as the median of
-``--repeats`` interleaved repeats (ours and smp's alternate, first one then the other). Each pair's row is saved
+``--repeats`` interleaved repeats after 2 warm-up calls each (ours and smp's alternate, first one then the other). Each pair's row is saved
 as it finishes (``--out``, default runs/bench-vs-smp.jsonl) and skipped by a rerun (``--fresh`` redoes).
 Forward+backward runs batch norm in training mode, except where it cannot train on one value per channel (a 1x1
 pyramid-pooling branch at batch 1: UPerNet's, smp's too): both models are then timed in eval mode.
@@ -123,7 +123,8 @@ def smp_pair(arch: str, tmp: Path) -> tuple[nn.Module, nn.Module]:
 
 
 def smp_times(models: Sequence[nn.Module], size: int, repeats: int) -> dict[str, list[list[float]]]:
-    """Seconds per call of each model in each of SMP_MODES: one warm-up each, then ``repeats`` rounds in which
+    """Seconds per call of each model in each of SMP_MODES: two warm-ups each (one left U-Net++'s first
+    inference-mode calls at batch 1 1.8x slow), then ``repeats`` rounds in which
     the models take turns (the first model first in even rounds, last in odd ones), through time_callable."""
     cpu = torch.device("cpu")
     out: dict[str, list[list[float]]] = {}
@@ -142,13 +143,13 @@ def smp_times(models: Sequence[nn.Module], size: int, repeats: int) -> dict[str,
         try:
             for m in models:
                 m.train("bwd" in mode)  # batch-norm in training mode where gradients flow, as in training
-                time_callable(lambda m=m: call(m), 1, 0, cpu)
+                time_callable(lambda m=m: call(m), 2, 0, cpu)
         except (
             ValueError
         ):  # a batch norm over 1 value per channel (a 1x1 pooling branch at batch 1): eval mode
             for m in models:
                 m.eval()
-                time_callable(lambda m=m: call(m), 1, 0, cpu)
+                time_callable(lambda m=m: call(m), 2, 0, cpu)
         times: list[list[float]] = [[] for _ in models]
         for r in range(repeats):
             order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
@@ -170,7 +171,7 @@ def run_smp(args: argparse.Namespace) -> None:
     print(
         f"# seglab vs smp, the same networks (seglab's built from smp's state dict): "
         f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32, "
-        f"eager, {args.size}x{args.size}, median of {args.repeats} interleaved repeats after 1 warm-up\n"
+        f"eager, {args.size}x{args.size}, median of {args.repeats} interleaved repeats after 2 warm-ups\n"
     )
     header = "| arch (encoder) | params ours / smp (M) | max logit diff | " + " | ".join(
         f"{m} ours / smp (ms) | ratio" for m in SMP_MODES
