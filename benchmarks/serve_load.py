@@ -13,6 +13,7 @@ server was still up at the end, and its peak resident memory (VmHWM).
 
     .venv/bin/python benchmarks/serve_load.py                      # about 1 minute
     .venv/bin/python benchmarks/serve_load.py --checkpoint runs/demo/run --clients 16 --duration 60
+    .venv/bin/python benchmarks/serve_load.py --checkpoint runs/demo/run --backend openvino   # another runtime
 """
 
 import argparse
@@ -224,8 +225,9 @@ def per_kind(r: dict) -> dict[str, Counter]:
     return out
 
 
-def bare_server(checkpoint: str, port: int) -> None:
-    """The reference: the same model behind a bare FastAPI endpoint (forward, argmax, PNG), no limits or checks."""
+def bare_server(checkpoint: str, port: int, backend: str | None = None) -> None:
+    """The reference: the same model (in the same runtime) behind a bare FastAPI endpoint (forward, argmax, PNG),
+    no limits or checks."""
     import torch
     import uvicorn
     from fastapi import FastAPI, Request, Response
@@ -234,7 +236,7 @@ def bare_server(checkpoint: str, port: int) -> None:
     from seglab.checkpoint import load_checkpoint
     from seglab.data.io import png_bytes
 
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint, backend=backend)
     app = FastAPI()
 
     @app.get("/health")
@@ -267,10 +269,16 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per server (default: 20)")
     p.add_argument("--concurrency", type=int, default=1, help="seglab serve --concurrency (default: 1)")
     p.add_argument("--queue", type=int, default=8, help="seglab serve --queue (default: 8)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "openvino"),
+        help="seglab serve --backend: the runtime the model runs in (default: the checkpoint file's own); the "
+        "answers are checked against seglab predict --backend on the same runtime",
+    )
     p.add_argument("--bare-server", nargs=2, metavar=("CKPT", "PORT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare_server:
-        bare_server(args.bare_server[0], int(args.bare_server[1]))
+        bare_server(args.bare_server[0], int(args.bare_server[1]), args.backend)
         return
 
     import torch
@@ -288,11 +296,14 @@ def main() -> None:
 
         root = write_folder(tmp / "data", num_images=1, size=256)
         image_path = next((root / "images").iterdir())
-    (record,) = predict(checkpoint, [image_path], tmp / "pred", progress=False, write_overlay=False)
+    (record,) = predict(
+        checkpoint, [image_path], tmp / "pred", progress=False, write_overlay=False, backend=args.backend
+    )
     expected = Path(record["mask"]).read_bytes()
     mix = requests_mix(image_path.read_bytes())
 
     results = {}
+    backend_flag = ["--backend", args.backend] if args.backend else []
     port = free_port()
     seglab = [
         sys.executable,
@@ -310,11 +321,13 @@ def main() -> None:
         str(args.concurrency),
         "--queue",
         str(args.queue),
+        *backend_flag,
     ]
     bare = free_port()  # a port of its own (port + 1 may be some client's ephemeral port)
+    bare_command = [sys.executable, __file__, "--bare-server", checkpoint, str(bare), *backend_flag]
     for name, command, at in (
-        ("seglab serve", seglab, port),
-        ("bare FastAPI endpoint", [sys.executable, __file__, "--bare-server", checkpoint, str(bare)], bare),
+        ("seglab serve" + (f" --backend {args.backend}" if args.backend else ""), seglab, port),
+        ("bare FastAPI endpoint", bare_command, bare),
     ):
         proc = start(command, at, tmp / f"server-{at}.log")
         try:
@@ -332,6 +345,7 @@ def main() -> None:
         f"\nmachine: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"{args.clients} clients for {args.duration:.0f} s per server; valid upload {w}x{h} "
         f"({len(mix[0][3]):,} bytes); seglab serve --concurrency {args.concurrency} --queue {args.queue} "
+        f"--backend {args.backend or 'of the file'} "
         f"--max-upload-mb {LIMIT_MB:g} --max-pixels {LIMIT_PIXELS:,}; 2 of every {len(mix)} requests valid\n"
     )
     print(

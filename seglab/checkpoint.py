@@ -76,12 +76,17 @@ class CheckpointMeta:
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, sidecar) for a checkpoint given as a run folder (its best), a .safetensors, .yaml or bare stem.
 
-    An exported ``model.onnx`` has the sidecar ``model.onnx.yaml`` (written by `seglab export`).
+    An exported ``model.onnx`` has the sidecar ``model.onnx.yaml``, an OpenVINO IR ``model.xml`` (beside its
+    ``model.bin``) the sidecar ``model.xml.yaml`` (both written by `seglab export`).
     """
+    from seglab.models.runtime import EXPORTED_SUFFIXES
+
     path = Path(path)
-    if path.suffix == ".onnx" or path.name.endswith(".onnx.yaml"):
-        onnx = path if path.suffix == ".onnx" else path.with_suffix("")
-        return onnx, onnx.with_name(onnx.name + ".yaml")
+    exported = path if path.suffix in EXPORTED_SUFFIXES else None
+    if path.suffix == ".yaml" and Path(path.stem).suffix in EXPORTED_SUFFIXES:
+        exported = path.with_suffix("")
+    if exported is not None:
+        return exported, exported.with_name(exported.name + ".yaml")
     if path.is_dir():
         path = path / "best.safetensors"
     if path.suffix in (".safetensors", ".yaml"):
@@ -90,11 +95,18 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def sha256_file(path: str | Path) -> str:
-    """The SHA-256 (hex) of a file, read in 1 MiB chunks: what a sidecar's ``weights_sha256`` records."""
+    """The SHA-256 (hex) of a file, read in 1 MiB chunks: what a sidecar's ``weights_sha256`` records. An
+    OpenVINO IR's ``.xml`` holds the graph and its ``.bin`` beside it the weights: both are hashed, in that order,
+    so a swapped ``.bin`` is caught too."""
+    path = Path(path)
+    parts = [path] + (
+        [path.with_suffix(".bin")] if path.suffix == ".xml" and path.with_suffix(".bin").is_file() else []
+    )
     h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for part in parts:
+        with part.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -182,19 +194,29 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return meta
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, CheckpointMeta]:
-    """Rebuild the model of a checkpoint, load its weights, put it in eval mode; returns (model, meta)."""
+def load_checkpoint(
+    path: str | Path, device: str = "cpu", backend: str | None = None, threads: int | None = None
+) -> tuple[Any, CheckpointMeta]:
+    """Rebuild the model of a checkpoint, load its weights, put it in eval mode; returns (model, meta).
+
+    An exported file (``.onnx``, an OpenVINO ``.xml``) runs in its runtime (``seglab.models.runtime``), called
+    like a module. ``backend`` overrides the runtime: an ONNX file in ``openvino``, or a seglab checkpoint in
+    ``onnxruntime`` / ``openvino`` (exported to ONNX in a temporary folder first, fp32, dynamic sizes).
+    ``threads``: the runtime's threads (default: torch's). The runtimes run on the CPU: ``device`` must be it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from seglab.models.factory import create_model
+    from seglab.models.runtime import check_backend, load_runtime, model_in_runtime, runtime_device
 
     meta = read_meta(path)
     weights, _ = checkpoint_paths(path)
-    if weights.suffix == ".onnx":  # an exported model: ONNX Runtime, called like a module
-        from seglab.models.onnx_model import OnnxModel
-
-        return OnnxModel(weights), meta
+    backend = check_backend(weights, backend)
+    runtime_device(weights, backend, device)  # an exported runtime on a GPU: one line
+    threads = threads or _torch_threads()
+    if weights.suffix != ".safetensors":  # an exported model, in its runtime
+        return load_runtime(weights, backend, threads), meta
     try:
         state = load_file(str(weights), device=device)
     except (SafetensorError, OSError) as e:
@@ -209,4 +231,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, Checkpo
         raise CheckpointError(
             f"{weights} does not fit a {meta.arch} model: {str(e).splitlines()[0]}"
         ) from None
+    if backend != "torch":
+        return model_in_runtime(model, meta.in_channels, backend, threads), meta
     return model.to(device).eval(), meta
+
+
+def _torch_threads() -> int:
+    """Torch's CPU threads: what a runtime uses unless told otherwise, so every backend gets the same CPUs."""
+    import torch
+
+    return torch.get_num_threads()

@@ -173,6 +173,7 @@ def _evaluate_and_report(args: argparse.Namespace, unc: Any) -> None:
         per_image=bool(args.report),
         overwrite=args.overwrite,
         data_format=args.format or "auto",
+        backend=args.backend,
         **_instance_args(args),
     )
     if not _is_main():
@@ -236,14 +237,22 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         log=lambda line: print(f"seglab: {line}", file=sys.stderr),
         overwrite=args.overwrite,
         display_bands=args.display_bands,
+        backend=args.backend,
+        nproc=args.nproc,
+        threads=args.threads,
+        skip_existing=args.skip_existing,
         **_instance_args(args),
     )
+    if not _is_main():  # under torchrun rank 0 prints the whole job's summary
+        return
+    done = [r for r in results if not r.get("skipped")]
     what = "" if args.no_overlay else " and overlays"
     if args.instances:
-        what += f", instance maps ({args.instances}, {sum(r['objects'] for r in results)} objects) and their overlays"
+        what += f", instance maps ({args.instances}, {sum(r['objects'] for r in done)} objects) and their overlays"
     if cfg is not None:
         what += f", {cfg.heatmap} heatmaps ({cfg.describe()})" + (" and .npz maps" if cfg.save_maps else "")
-    print(f"wrote {len(results)} masks{what} to {args.out}")
+    skipped = f"; skipped {len(results) - len(done)} inputs done before" if len(done) < len(results) else ""
+    print(f"wrote {len(done)} masks{what} to {args.out}{skipped}")
 
 
 def _instance_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -350,6 +359,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         num_classes=args.num_classes or 21,
         model_params=_yaml_mapping(args.params),
         overwrite=args.overwrite,
+        backend=args.backend,
     )
     from seglab.bench.report import to_markdown
 
@@ -371,6 +381,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     token = args.token if args.token is not None else os.environ.get("SEGLAB_TOKEN")
     cfg = ServeConfig(
         device=args.device,
+        backend=args.backend,
         token=token,
         max_upload_bytes=max(1, int(mib * 2**20)),
         max_pixels=args.max_pixels,
@@ -415,6 +426,15 @@ def _cmd_export(args: argparse.Namespace) -> None:
         args.checkpoint,
         args.out,
         args.format,
+        int8=args.int8,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
+        per_tensor=args.per_tensor,
+        exclude_ends=args.exclude_ends,
+        data=args.data,
+        split=args.split,
+        fidelity_images=args.fidelity_images,
+        max_miou_drop=args.max_miou_drop,
         example_size=tuple(args.example_size),
         dynamic=not args.static,
         check=not args.no_check,
@@ -422,7 +442,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     )
     sizes = "dynamic batch and size" if r.dynamic else f"static input {tuple(r.example_shape)}"
     check = "" if r.max_abs_diff is None else f"; max abs logit difference to PyTorch {r.max_abs_diff:.2e}"
-    print(f"wrote {r.format} model to {r.path} ({sizes}){check}")
+    kind = f"{r.format} int8" if r.int8 else r.format
+    print(f"wrote {kind} model to {r.path} ({sizes}){check}")
+    print(r.fidelity.describe() if r.fidelity else f"fidelity: skipped ({r.fidelity_skipped})")
 
 
 def _cmd_import_smp(args: argparse.Namespace) -> None:
@@ -468,6 +490,21 @@ def _nproc_flag(sp: argparse.ArgumentParser, what: str) -> None:
         metavar="N",
         help=f"{what} in N processes on this machine through "
         "torchrun (DDP; one GPU each on CUDA); for several machines run torchrun -m seglab itself",
+    )
+
+
+CHECKPOINT_OR_EXPORTED = (
+    "a run folder (its best checkpoint), a .safetensors file, or an exported .onnx / OpenVINO .xml"
+)
+BACKENDS = ("torch", "onnxruntime", "openvino")  # seglab.models.runtime.BACKENDS (that module imports torch)
+
+
+def _backend_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="the runtime the model runs in (default: the file's own: torch for a checkpoint, onnxruntime for "
+        ".onnx, openvino for an OpenVINO .xml); e.g. an .onnx file in openvino; exported runtimes run on the CPU",
     )
 
 
@@ -625,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="pixel accuracy, IoU, mIoU and Dice of a checkpoint on a data set")
-    e.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    e.add_argument("checkpoint", help=CHECKPOINT_OR_EXPORTED)
     e.add_argument("--data", required=True, help="data set folder, any layout of --format")
     _format_flag(e)
     e.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -649,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _overwrite_flag(e)
     _nproc_flag(e, "evaluate")
+    _backend_flag(e)
     common(e)
     e.set_defaults(func=_cmd_evaluate)
 
@@ -669,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_report)
 
     pr = sub.add_parser("predict", help="write index masks and overlays for images or folders of images")
-    pr.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    pr.add_argument("checkpoint", help=CHECKPOINT_OR_EXPORTED)
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
     _overwrite_flag(pr)
@@ -690,6 +728,25 @@ def build_parser() -> argparse.ArgumentParser:
     _instance_flags(pr, "write")
     _display_bands_flag(pr)
     _uncertainty_flags(pr, predict=True)
+    _backend_flag(pr)
+    pr.add_argument(
+        "--nproc",
+        type=V.processes,
+        metavar="N",
+        help="share the images out over N processes on this machine (each loads the model; torch threads "
+        "divided among them unless --threads); under torchrun every rank takes its share instead",
+    )
+    pr.add_argument(
+        "--threads",
+        type=V.threads,
+        help="torch CPU threads per process (default: torch's / N); runs with the same --threads write the same "
+        "bytes, whatever --nproc",
+    )
+    pr.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out inputs whose every output is already there (an earlier predict's): resumes a run",
+    )
     common(pr)
     pr.set_defaults(func=_cmd_predict)
 
@@ -711,7 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         nargs="*",
         metavar="MODEL",
-        help="arch, arch:encoder (e.g. unet lraspp:mobilenet deeplabv3plus:resnet18) or an .onnx file",
+        help="arch, arch:encoder (e.g. unet lraspp:mobilenet deeplabv3plus:resnet18), an .onnx file or an "
+        "OpenVINO .xml",
     )
     b.add_argument(
         "--cost",
@@ -729,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["eager"],
         metavar="PATH",
-        help="execution paths: eager channels_last fold_bn fold_bn_cl compile compile_cl onnxruntime fp16 bf16",
+        help="execution paths: eager channels_last fold_bn fold_bn_cl compile compile_cl onnxruntime openvino "
+        "fp16 bf16",
     )
     b.add_argument("--warmup", type=V.nonneg_int, default=3, help="untimed calls (default: 3)")
     b.add_argument("--iters", type=V.positive_int, default=20, help="timed calls (default: 20)")
@@ -747,11 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     b.add_argument("--out", default="benchmark", help="folder for benchmark.md/.csv/.json/.png")
     _overwrite_flag(b)
+    _backend_flag(b)
     common(b)
     b.set_defaults(func=_cmd_benchmark)
 
     sv = sub.add_parser("serve", help="a REST API and web viewer for a checkpoint (needs the serve extra)")
-    sv.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    sv.add_argument("checkpoint", help=CHECKPOINT_OR_EXPORTED)
     sv.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
@@ -839,12 +899,62 @@ def build_parser() -> argparse.ArgumentParser:
         "and this machine's name are answered too",
     )
     sv.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    _backend_flag(sv)
     sv.set_defaults(func=_cmd_serve)
 
-    x = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript")
+    x = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX, OpenVINO or TorchScript (fp32 or int8), with its fidelity measured",
+    )
     x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    x.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    x.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default="onnx")
+    x.add_argument(
+        "--out", required=True, help="output file (.onnx, .pt, or .xml: an OpenVINO IR, its .bin beside it)"
+    )
+    x.add_argument(
+        "--int8",
+        action="store_true",
+        help="post-training int8 quantisation (onnx: ONNX Runtime static, QDQ; openvino: NNCF); needs "
+        "--calibration",
+    )
+    x.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="data set whose train split calibrates --int8 (read as predict reads images: the checkpoint's "
+        "normalisation and resize)",
+    )
+    x.add_argument(
+        "--calibration-images",
+        type=V.positive_int,
+        metavar="N",
+        help="calibration images (default: 64, or all of a smaller train split)",
+    )
+    x.add_argument(
+        "--exclude-ends", action="store_true", help="--int8: keep the first and last layers in float"
+    )
+    x.add_argument(
+        "--per-tensor", action="store_true", help="--int8: one weight scale per tensor (default: per channel)"
+    )
+    x.add_argument(
+        "--data",
+        metavar="DIR",
+        help="labelled data set to measure the fidelity on (default: data.root of the run's config.yaml; "
+        "without one it is skipped)",
+    )
+    x.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    x.add_argument(
+        "--fidelity-images",
+        type=V.positive_int,
+        metavar="N",
+        help="measure on the first N images (default: all)",
+    )
+    x.add_argument(
+        "--max-miou-drop",
+        type=V.number(0),
+        default=1.0,
+        metavar="P",
+        help="refuse an int8 export that loses more than P mIoU points against PyTorch (default: 1.0)",
+    )
     _overwrite_flag(x)
     x.add_argument(
         "--example-size",

@@ -9,13 +9,18 @@ Execution paths beside the plain ``eager`` one, each checked against eager on th
 difference; a path is ``faithful`` when it is within ``FAITHFUL_ATOL`` times max(1, the largest |logit|)):
 ``channels_last`` (NHWC memory format), ``fold_bn`` (batch norm folded into the preceding conv), ``fold_bn_cl``
 (both),
-``compile`` (``torch.compile``), ``compile_cl`` (both), ``onnxruntime`` (exported, run in ONNX Runtime),
-``fp16`` / ``bf16`` (autocast; fp16 on CUDA only).
+``compile`` (``torch.compile``), ``compile_cl`` (both), ``onnxruntime`` and ``openvino`` (exported to ONNX at
+the timed shape, static, and run in that runtime with torch's thread count), ``fp16`` / ``bf16`` (autocast; fp16
+on CUDA only).
+
+Checkpoints and exported files (``.onnx``, an OpenVINO ``.xml``) run in the runtime ``backend`` names (default:
+the file's own; see ``seglab.models.runtime``): their ``eager`` row is then that runtime's.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import platform
 import statistics
@@ -41,9 +46,11 @@ PATHS = (
     "compile",
     "compile_cl",
     "onnxruntime",
+    "openvino",
     "fp16",
     "bf16",
 )
+RUNTIME_PATHS = ("onnxruntime", "openvino")  # exported to ONNX at the shape, run in seglab.models.runtime
 FAITHFUL_ATOL = 1e-4  # times max(1, max |logit|): the tolerance of the ONNX parity check
 
 
@@ -61,9 +68,10 @@ class ModelSpec:
 
 def parse_spec(text: str) -> ModelSpec:
     """``unet``, ``unet:resnet18``, ``deeplabv3plus:mobilenet``, a run folder / .safetensors checkpoint, or an
-    exported ``.onnx`` / TorchScript ``.pt`` file (timed; MACs are n/a for TorchScript, which takes no hooks)."""
+    exported ``.onnx`` / OpenVINO ``.xml`` / TorchScript ``.pt`` file (timed; MACs are n/a for TorchScript, which
+    takes no hooks)."""
     p = Path(text)
-    if p.suffix in (".onnx", ".pt", ".ts") and p.is_file():
+    if p.suffix in (".onnx", ".xml", ".pt", ".ts") and p.is_file():
         return ModelSpec(p.name, exported=str(p))
     if p.suffix in (".safetensors", ".yaml") or p.is_dir():
         return ModelSpec(p.parent.name + "/" + p.stem if p.suffix else p.name, checkpoint=str(p))
@@ -71,8 +79,16 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec(text, arch=arch, encoder=encoder or None)
 
 
-def build(spec: ModelSpec, num_classes: int = 21) -> tuple[Any, int]:
-    """(model, in_channels) for a spec; the model is in eval mode."""
+def build(spec: ModelSpec, num_classes: int = 21, backend: str | None = None) -> tuple[Any, int]:
+    """(model, in_channels) for a spec; the model is in eval mode. ``backend``: the runtime of a checkpoint or
+    an exported file (``seglab.models.runtime``; default: the file's own); a model given by name is refused it
+    (it is timed in a runtime by the paths onnxruntime and openvino)."""
+    check_backend_specs([spec], backend)
+    if spec.exported and Path(spec.exported).suffix in (".onnx", ".xml"):
+        from seglab.models.runtime import load_runtime
+
+        m = load_runtime(spec.exported, backend, torch.get_num_threads())
+        return m, m.in_channels
     if spec.exported:
         from seglab.engine.export import load_exported
 
@@ -81,7 +97,7 @@ def build(spec: ModelSpec, num_classes: int = 21) -> tuple[Any, int]:
     if spec.checkpoint:
         from seglab.checkpoint import load_checkpoint
 
-        model, meta = load_checkpoint(spec.checkpoint)
+        model, meta = load_checkpoint(spec.checkpoint, backend=backend)
         return model, meta.in_channels
     from seglab.models.factory import create_model, list_models
 
@@ -94,6 +110,30 @@ def build(spec: ModelSpec, num_classes: int = 21) -> tuple[Any, int]:
     if spec.encoder:
         kwargs["encoder"] = spec.encoder
     return create_model(spec.arch, num_classes=num_classes, **kwargs).eval(), 3
+
+
+def check_backend_specs(specs: Sequence[ModelSpec | str], backend: str | None, device: str = "cpu") -> None:
+    """ConfigError (one line) unless every spec can run in ``backend`` (None: each its own) on ``device``: only
+    checkpoints and ``.onnx`` / ``.xml`` files take one, and those runtimes run on the CPU (see
+    ``seglab.models.runtime.check_backend`` and ``runtime_device``)."""
+    from seglab.models.runtime import check_backend, runtime_device
+
+    for spec in specs:
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        if spec.exported and Path(spec.exported).suffix in (".onnx", ".xml"):
+            runtime_device(spec.exported, backend, device)
+        if backend is None:
+            continue
+        if not (spec.checkpoint or spec.exported):
+            raise ConfigError(
+                f"--backend runs checkpoints and exported files; time the architecture {spec.name} in a runtime "
+                "with --paths onnxruntime openvino"
+            )
+        if spec.exported and Path(spec.exported).suffix in (".pt", ".ts") and backend != "torch":
+            raise ConfigError(f"{spec.name} is a TorchScript file: it runs only with --backend torch")
+        check_backend(spec.checkpoint or spec.exported or "", backend)
+        if spec.checkpoint:
+            runtime_device(spec.checkpoint, backend, device)
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
@@ -202,8 +242,11 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def protocol(device: torch.device, warmup: int, iters: int, paths: Sequence[str]) -> dict[str, Any]:
-    """What every number of a benchmark run depends on."""
+def protocol(
+    device: torch.device, warmup: int, iters: int, paths: Sequence[str], backends: Sequence[str] = ("torch",)
+) -> dict[str, Any]:
+    """What every number of a benchmark run depends on. ``backends``: the runtimes the models ran in (torch,
+    onnxruntime, openvino; the versions of those and of the runtime paths are recorded)."""
     info: dict[str, Any] = {
         "device": str(device),
         "device_name": device_name(device),
@@ -215,19 +258,19 @@ def protocol(device: torch.device, warmup: int, iters: int, paths: Sequence[str]
         "iters": iters,
         "inference_mode": True,
         "paths": list(paths),
+        "backends": list(backends),
         "channels_last": any(p in ("channels_last", "compile_cl") for p in paths),
         "compile": any(p.startswith("compile") for p in paths),
         "faithful_atol": FAITHFUL_ATOL,
         "latency": "median and p90 of per-batch wall time; FPS = batch / median",
         "memory": "CUDA max allocated" if device.type == "cuda" else "peak RSS delta during the timed runs",
     }
-    if "onnxruntime" in paths:
-        try:
-            import onnxruntime
-
-            info["onnxruntime"] = onnxruntime.__version__
-        except ImportError:
-            info["onnxruntime"] = None
+    for runtime in RUNTIME_PATHS:
+        if runtime in paths or runtime in backends:
+            try:
+                info[runtime] = importlib.import_module(runtime).__version__
+            except ImportError:
+                info[runtime] = None
     return info
 
 
@@ -253,24 +296,8 @@ def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: 
         c = torch.compile(m)
         cl = path == "compile_cl"
         return (lambda t: c(t.contiguous(memory_format=torch.channels_last) if cl else t)), ""
-    if path == "onnxruntime":
-        from seglab.engine.export import OnnxModel, export_model
-
-        if device.type != "cpu":
-            raise ConfigError("the onnxruntime path runs on the CPU; use --device cpu")
-        file = tmp / f"model-{id(model)}-{'x'.join(map(str, x.shape))}.onnx"
-        if not file.exists():
-            export_model(  # it runs at this shape only: static (a SegNet exports no other way)
-                model,
-                file,
-                "onnx",
-                example_size=tuple(x.shape[-2:]),
-                in_channels=x.shape[1],
-                dynamic=False,
-                check=False,
-                batch=x.shape[0],
-            )
-        return OnnxModel(file, threads=torch.get_num_threads()), ""
+    if path in RUNTIME_PATHS:
+        return _in_runtime(path, model, x, device, tmp), ""
     if path in ("fp16", "bf16"):
         dtype = torch.float16 if path == "fp16" else torch.bfloat16
         if path == "fp16" and device.type != "cuda":
@@ -282,6 +309,29 @@ def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: 
 
         return run, ""
     raise ConfigError(f"unknown path {path!r}; choose from: {', '.join(PATHS)}")
+
+
+def _in_runtime(runtime: str, model: nn.Module, x: torch.Tensor, device: torch.device, tmp: Path) -> Any:
+    """``model`` exported to ONNX at ``x``'s shape (static: a SegNet exports no other way; one file per model and
+    shape, shared by the runtimes) and loaded in ``runtime`` with torch's thread count."""
+    from seglab.engine.export import export_model
+    from seglab.models.runtime import load_runtime
+
+    if device.type != "cpu":
+        raise ConfigError(f"the {runtime} path runs on the CPU; use --device cpu")
+    file = tmp / f"model-{id(model)}-{'x'.join(map(str, x.shape))}.onnx"
+    if not file.exists():
+        export_model(
+            model,
+            file,
+            "onnx",
+            example_size=tuple(x.shape[-2:]),
+            in_channels=x.shape[1],
+            dynamic=False,
+            check=False,
+            batch=x.shape[0],
+        )
+    return load_runtime(file, runtime, torch.get_num_threads())
 
 
 def benchmark_models(
@@ -298,11 +348,13 @@ def benchmark_models(
     miou: dict[str, float] | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Time every spec x size x batch size x path. Returns {"protocol": ..., "rows": [...]}; each row has
     model, path, size, batch, params, gmacs (per image), latency_ms (median), p90_ms, fps, peak_mem_mb,
     max_abs_diff (vs eager), faithful, miou (from ``miou`` by model name, when given) and a note.
-    ``model_params``: extra create_model arguments for the models given by name (e.g. depth, base_channels)."""
+    ``model_params``: extra create_model arguments for the models given by name (e.g. depth, base_channels).
+    ``backend``: the runtime of the checkpoints and exported files (see :func:`build`)."""
     import tempfile
 
     from seglab.bench.cost import count_cost
@@ -310,11 +362,13 @@ def benchmark_models(
     for p in paths:
         if p not in PATHS:
             raise ConfigError(f"unknown path {p!r}; choose from: {', '.join(PATHS)}")
+    check_backend_specs(specs, backend, device)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     paths = list(dict.fromkeys(["eager", *paths]))
     rows: list[dict[str, Any]] = []
+    backends: set[str] = set()
     tmp_ctx = tempfile.TemporaryDirectory(prefix="seglab-bench-") if workdir is None else None
     tmp = Path(tmp_ctx.name if tmp_ctx else workdir)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -324,7 +378,8 @@ def benchmark_models(
             spec = parse_spec(spec) if isinstance(spec, str) else spec
             if spec.arch and model_params:
                 spec.params = {**model_params, **spec.params}
-            model, in_ch = build(spec, num_classes)
+            model, in_ch = build(spec, num_classes, backend)
+            backends.add(getattr(model, "backend", "") or "torch")  # an exported model names its runtime
             if isinstance(model, nn.Module):
                 model = model.to(dev)
             scripted = isinstance(model, torch.jit.ScriptModule)  # no forward hooks: no cost model
@@ -384,7 +439,7 @@ def benchmark_models(
     finally:
         if tmp_ctx:
             tmp_ctx.cleanup()
-    return {"protocol": protocol(dev, warmup, iters, paths), "rows": rows}
+    return {"protocol": protocol(dev, warmup, iters, paths, sorted(backends)), "rows": rows}
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -401,6 +456,7 @@ __all__ = [
     "ModelSpec",
     "benchmark_models",
     "build",
+    "check_backend_specs",
     "device_name",
     "fold_batchnorm",
     "parse_spec",

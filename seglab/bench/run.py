@@ -41,19 +41,22 @@ def run_benchmark(
     out: str | Path = "benchmark",
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    backend: str | None = None,
     **timing: Any,
 ) -> dict[str, Any]:
-    """Time ``models`` (arch, arch:encoder, .onnx) and ``checkpoints``; with ``data`` also evaluate the
-    checkpoints' mIoU on ``split``. ``timing``: the arguments of :func:`seglab.bench.latency.benchmark_models`.
+    """Time ``models`` (arch, arch:encoder, .onnx, OpenVINO .xml) and ``checkpoints``; with ``data`` also evaluate
+    the checkpoints' mIoU on ``split``. ``backend``: the runtime the checkpoints and exported files run in, for
+    the timing and the mIoU alike (``seglab.models.runtime``; default: each file's own). ``timing``: the arguments of :func:`seglab.bench.latency.benchmark_models`.
     Writes benchmark.md/.csv/.json/.png to ``out``; returns the result with ``outputs`` (the file paths). ``out``
     and those files are checked before any work (``seglab.files.guard_dir``/``guard_file``): earlier benchmark
     outputs are replaced, files of another kind only with ``overwrite``."""
-    from seglab.bench.latency import benchmark_models
+    from seglab.bench.latency import benchmark_models, check_backend_specs
     from seglab.bench.report import write_outputs
 
     specs = [*models, *checkpoints]
     if not specs:
         raise ConfigError("nothing to benchmark: name models (e.g. unet lraspp:mobilenet) or --checkpoints")
+    check_backend_specs(specs, backend, timing.get("device", "cpu"))  # before any work
     if data is not None and not checkpoints:
         raise ConfigError("--data evaluates mIoU of trained models; add --checkpoints RUN_DIR ...")
     miou: dict[str, float] = {}
@@ -73,12 +76,18 @@ def run_benchmark(
         for i, ckpt in enumerate(checkpoints):
             name = parse_spec(ckpt).name
             report = evaluate(
-                ckpt, data, split, out=out / f"eval-{i}-{split}.json", progress=False, overwrite=overwrite
+                ckpt,
+                data,
+                split,
+                out=out / f"eval-{i}-{split}.json",
+                progress=False,
+                overwrite=overwrite,
+                backend=backend,
             )
             miou[name] = float(report["miou"])
             if log:
                 log(f"{name}: mIoU {miou[name]:.4f} on the {split} split of {data}")
-    result = benchmark_models(specs, miou=miou or None, log=log, **timing)
+    result = benchmark_models(specs, miou=miou or None, log=log, backend=backend, **timing)
     if data is not None:
         result["protocol"].update(data=str(data), split=split)
     result["outputs"] = {k: str(v) for k, v in write_outputs(result, out).items()}

@@ -247,6 +247,7 @@ def evaluate(
     per_image: bool = False,
     overwrite: bool = False,
     data_format: str = "auto",
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the data set ``data``, read in place in its layout ``data_format``
     (auto: detected from its structure; the report records which, as ``format``); writes the report as JSON to
@@ -277,9 +278,13 @@ def evaluate(
     ``instances``), scored by its own ConfusionMatrix (merged into the split's), and the report gains
     ``images``: per image of the split (every rank's, in split order) its ``index``, ``stem``, ``miou`` (over the
     classes in its truth or its prediction) and ``pixel_accuracy`` (NaN for an image with only ignored pixels).
+
+    ``backend`` (torch, onnxruntime or openvino; default: the file's own, see ``seglab.models.runtime``): the
+    runtime the model runs in, on every path above (the report records it as ``backend``).
     """
     from seglab.checkpoint import checkpoint_paths
     from seglab.files import ensure_dir
+    from seglab.models.runtime import runtime_device
 
     out_path = Path(out) if out else checkpoint_paths(checkpoint)[0].parent / f"eval-{split}.json"
     check_report_path(out_path, uncertainty is not None, overwrite)  # before any work
@@ -291,6 +296,7 @@ def evaluate(
 
         read_meta(checkpoint)
     data_format = resolve_format(data, data_format)
+    device = runtime_device(checkpoint_paths(checkpoint)[0], backend, device)
     with process_group(resolve_device(device), timeout) as (dist, dev):
         return _evaluate(
             checkpoint,
@@ -308,6 +314,7 @@ def evaluate(
             inst,
             per_image,
             data_format,
+            backend,
         )
 
 
@@ -327,9 +334,11 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
     inst: tuple[str, str | int | None, InstanceParams | None] | None = None,
     per_image: bool = False,
     data_format: str = "auto",
+    backend: str | None = None,
 ) -> dict[str, Any]:
     from seglab.checkpoint import checkpoint_paths, load_checkpoint
     from seglab.files import write_json
+    from seglab.models.runtime import check_backend
 
     section: dict[str, Any] | None = None
     meter: Any = None
@@ -354,9 +363,10 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
             inst,
             per_image,
             data_format,
+            backend,
         )
     elif uncertainty is None:
-        model, meta = load_checkpoint(checkpoint, device=str(dev))
+        model, meta = load_checkpoint(checkpoint, device=str(dev), backend=backend)
         loader, num_images = _split_loader(meta, data, split, batch_size, dist, data_format)
         rand_meter = _rand_meter(meta, rand_class)
         cm = run_evaluation(
@@ -373,7 +383,7 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
     else:
         from seglab.inference import build_predictor
 
-        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
+        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap, backend)
         loader, num_images = _split_loader(meta, data, split, batch_size, dist, data_format)
         rand_meter = _rand_meter(meta, rand_class)
         cm, meter = run_uncertainty_evaluation(
@@ -408,6 +418,7 @@ def _evaluate(  # noqa: C901 - one pass over the split feeds each optional meter
                 m.all_reduce()
     report = {
         "checkpoint": str(checkpoint_paths(checkpoint)[0]),
+        "backend": check_backend(checkpoint_paths(checkpoint)[0], backend),
         "data": str(data),
         "format": data_format,
         "split": split,
@@ -482,6 +493,7 @@ def _image_evaluation(
     inst: tuple[str, str | int | None, InstanceParams | None] | None,
     per_image: bool,
     data_format: str = "auto",
+    backend: str | None = None,
 ) -> tuple[Any, ...]:
     """Image by image: probabilities as ``predict`` computes them (whole image, or tiled, or from the uncertainty
     predictor) -> the image's confusion matrix (their argmax; merged into the split's, and with ``per_image`` a
@@ -495,12 +507,12 @@ def _image_evaluation(
     net: Any  # the checkpoint's model, or the uncertainty predictor (image_probs takes either)
     unc: UncertaintyMeter | None = None
     if uncertainty is None:
-        net, meta = load_checkpoint(checkpoint, device=str(dev))
+        net, meta = load_checkpoint(checkpoint, device=str(dev), backend=backend)
     else:
         from seglab.inference import build_predictor
         from seglab.uncertainty.calibration import UncertaintyMeter
 
-        net, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
+        net, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap, backend)
         unc = UncertaintyMeter(meta.num_classes, meta.ignore_index, n_bins=uncertainty.bins)
     if inst is not None:
         from seglab.inference import instance_object_class

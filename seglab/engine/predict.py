@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seglab.data.io import IMAGE_SUFFIXES, class_index, read_geotags, read_image, save_geotiff, save_png
-from seglab.errors import ConfigError, DataError
+from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.files import PNG_SOFTWARE, OutputKind, guard_file, is_seglab_png
 from seglab.inference import (
     check_display_bands,
@@ -112,6 +112,11 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     instance_params: Any = None,
     overwrite: bool = False,
     display_bands: Sequence[int] | None = None,
+    backend: str | None = None,
+    nproc: int | None = None,
+    threads: int | None = None,
+    skip_existing: bool = False,
+    on_image: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices; for a GeoTIFF input ``<stem>_mask.tif``, the
     indices with the image's GeoTIFF tags) and ``<stem>_overlay.png`` per input image, both of the image's size (a checkpoint trained with ``data.resize`` sees the image resized, and its logits are
@@ -134,6 +139,18 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     Pictures (overlays) of a 16-bit, float or multi-band image show it through the checkpoint's normalisation;
     ``display_bands`` (0-based, one or three) picks the bands shown (``--display-bands 4,3,2``).
 
+    ``backend`` (torch, onnxruntime or openvino; default: the file's own, see ``seglab.models.runtime``) runs
+    the model in that runtime: an exported ``.onnx`` or OpenVINO ``.xml`` (with its sidecar), or a seglab
+    checkpoint exported on the fly; every output comes from the same code path.
+
+    ``nproc`` (N > 1): the images are shared out over N spawned processes (each loads the model; see
+    ``seglab.engine.shard``), every check done first here; ``threads``: torch threads per process (default: torch's,
+    divided by N). Under torchrun every rank takes its share (inputs r, r + W, ...) and rank 0 returns (or raises)
+    the whole job's records; the other ranks return their own. ``skip_existing``: an input whose every output
+    exists already as an earlier output of predict (outputs are written atomically, so a file there is whole) is
+    not predicted again; its record says ``"skipped": True``. ``on_image(path)`` is called after each input
+    predicted or found unreadable (progress for a caller).
+
     Returns one record (the input and its output paths) per image. An image that cannot be read is skipped:
     ``log`` (default: standard error) gets one line naming it, the other images are predicted, and at the end
     :class:`PredictError` (a DataError; ``.results`` and ``.failures``) says how many failed and why. Any other
@@ -143,23 +160,28 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     never a data set or a run folder itself; a file already at an output name must be an earlier PNG/NPZ output
     (``overwrite``: replace a file of another kind, never a checkpoint, state or data-set file).
     """
-    from seglab.checkpoint import load_checkpoint
+    call = dict(locals())  # every argument, for the processes that share the work (seglab.engine.shard)
+    from seglab.checkpoint import checkpoint_paths, load_checkpoint, read_meta
+    from seglab.engine import shard
     from seglab.engine.device import resolve_device
     from seglab.files import ensure_dir, guard_dir
+    from seglab.models.runtime import runtime_device
 
+    nproc = shard.check_nproc(nproc)
     guard_dir(out_dir, "output folder")
-    dev = resolve_device(device)
-    predictor = None
+    dev = resolve_device(runtime_device(checkpoint_paths(checkpoint)[0], backend, device))
     if uncertainty is not None:
         from seglab.inference import build_predictor
+        from seglab.inference.predictor import check_method
         from seglab.uncertainty.build import write_outputs
         from seglab.uncertainty.config import UncertaintyConfig
 
         if isinstance(uncertainty, str):
             uncertainty = UncertaintyConfig(method=uncertainty)
-        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap)
-    else:
-        model, meta = load_checkpoint(checkpoint, device=str(dev))
+        check_method(
+            checkpoint, uncertainty.method, backend
+        )  # MC dropout needs torch: refused before any work
+    meta = read_meta(checkpoint)  # the model is loaded after every check (and by each process of nproc)
     prob_idx = [class_index(meta.class_names, c) for c in prob_maps]
     if instances is not None:
         from seglab.instances.infer import instances_from_probs
@@ -172,7 +194,8 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
             f"{len(prob_idx)} classes"
         )
     check_display_bands(meta, display_bands)
-    files = collect_inputs(inputs, out_dir)
+    files = everything = collect_inputs(inputs, out_dir)
+    files, dev = shard.rank_share(files, dev)  # under torchrun: this rank's share and device
     geotags = {path: read_geotags(path) for path in files}  # GeoTIFFs: the mask is a GeoTIFF of the same grid
     suffixes = [*(f"_prob_{_safe(meta.class_names[c])}.png" for c in prob_idx)]
     suffixes += ["_overlay.png"] * write_overlay + ["_instances.png", "_instances_overlay.png"] * (
@@ -183,9 +206,31 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
     for path in files:
         for suffix in [_mask_suffix(geotags[path]), *suffixes]:
             guard_file(Path(out_dir) / f"{path.stem}{suffix}", PREDICTION, overwrite)
-    out = ensure_dir(out_dir)  # after every check of the arguments, before the first image
+    done: list[dict[str, Any]] = []
+    if skip_existing:
+        files, done = _split_done(files, Path(out_dir), geotags, suffixes)
+    if not files:  # all done before (skip_existing), or no share for this rank: no model to load
+        return _finish(done, [], everything, Path(out_dir))
+    if nproc > 1 and len(files) > 1:
+        say = lambda line, bar: _log(log, line, bar)  # noqa: E731 - a worker's line, printed here
+        results, failures = shard.predict_in_processes(
+            _shard_worker, call, files, nproc, threads, say, progress, on_image
+        )
+        return _finish(done + results, failures, everything, Path(out_dir))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    predictor = None
+    if uncertainty is not None:
+        predictor, meta = build_predictor(checkpoint, uncertainty, str(dev), tile, overlap, backend)
+    else:
+        model, meta = load_checkpoint(checkpoint, device=str(dev), backend=backend)
+    out = ensure_dir(
+        out_dir
+    )  # after every check of the arguments and the model's load, before the first image
     palette = palette_of(meta)
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = list(done)
     failures: list[tuple[Path, str]] = []
     bar = None
     if progress:
@@ -200,6 +245,8 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
         except DataError as e:  # skip it, name it, carry on; summarised at the end
             failures.append((path, str(e)))
             _log(log, f"skipped {path.name}: {e}", bar)
+            if on_image is not None:
+                on_image(path)
             continue
         p = predict_image(
             model if predictor is None else predictor,
@@ -245,16 +292,88 @@ def predict(  # noqa: C901 - the command: each optional output (prob maps, uncer
         if predictor is not None:
             record.update(write_outputs(out, path.stem, result, uncertainty, meta.num_classes))
         results.append(record)
-    if failures:
-        listed = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
-        more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
-        raise PredictError(
-            f"predicted {len(results)} of {len(files)} images into {out}; {len(failures)} failed: "
-            f"{listed}{more}",
-            results,
-            failures,
+        if on_image is not None:
+            on_image(path)
+    return _finish(results, failures, everything, out)
+
+
+def _finish(
+    results: list[dict[str, Any]], failures: list[tuple[Path, str]], inputs: Sequence[Path], out: Path
+) -> list[dict[str, Any]]:
+    """The records in input order, or PredictError (one summary of every failure) when some images failed;
+    under torchrun rank 0 summarises every rank's (``seglab.engine.shard.gather``)."""
+    from seglab.engine.shard import gather
+
+    results, failures = gather(results, failures)
+    order = {str(p): i for i, p in enumerate(inputs)}
+    results.sort(key=lambda r: order.get(r["input"], len(order)))
+    failures.sort(key=lambda f: order.get(str(f[0]), len(order)))
+    if not failures:
+        return results
+    skipped = sum(bool(r.get("skipped")) for r in results)
+    listed = "; ".join(f"{p.name} ({why})" for p, why in failures[:3])
+    more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+    done = f" ({skipped} skipped: done before)" if skipped else ""
+    raise PredictError(
+        f"predicted {len(results) - skipped} of {len(inputs)} images into {out}{done}; {len(failures)} failed: "
+        f"{listed}{more}",
+        results,
+        failures,
+    )
+
+
+def _shard_worker(k: int, call: dict[str, Any], files: list[Path], threads: int, messages: Any) -> None:
+    """Worker ``k`` of ``predict(nproc=N)`` (``seglab.engine.shard.predict_in_processes``), in a spawned
+    process: the single-process predict of ``files`` with ``threads`` torch threads, every record, line and error
+    sent to ``messages`` as (kind, k, ...)."""
+    import torch
+
+    from seglab.engine.shard import crash
+
+    torch.set_num_threads(threads)
+    try:
+        records = predict(
+            **{
+                **call,
+                "inputs": files,
+                "nproc": 1,
+                "threads": threads,
+                "skip_existing": False,  # the caller took out what was done
+                "progress": False,
+                "log": lambda line: messages.put(("log", k, line)),
+                "on_image": lambda path: messages.put(("image", k, str(path))),
+            }
         )
-    return results
+        messages.put(("done", k, records, []))
+    except PredictError as e:
+        messages.put(("done", k, e.results, e.failures))
+    except SeglabError as e:
+        messages.put(("error", k, type(e), str(e)))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the caller reports it once
+        pass
+    except BaseException as e:  # noqa: BLE001 - told to the caller in one line, not a traceback per worker
+        messages.put(("crash", k, *crash(e)))
+
+
+def _split_done(
+    files: Sequence[Path], out: Path, geotags: dict[Path, Any], suffixes: Sequence[str]
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """(inputs still to predict, records of those whose every output is already an earlier output of predict):
+    what ``skip_existing`` leaves out. Outputs are written atomically, so a file there is a whole one."""
+    todo, done = [], []
+    for path in files:
+        names = {_output_key(s): out / f"{path.stem}{s}" for s in [_mask_suffix(geotags[path]), *suffixes]}
+        if all(_is_prediction(f) for f in names.values()):
+            done.append({"input": str(path), **{k: str(f) for k, f in names.items()}, "skipped": True})
+        else:
+            todo.append(path)
+    return todo, done
+
+
+def _output_key(suffix: str) -> str:
+    """The record key of an output suffix: ``_mask.tif`` -> mask, ``_prob_sky.png`` -> prob_sky,
+    ``_uncertainty.npz`` -> maps (as the records of predicted images name them)."""
+    return "maps" if suffix == "_uncertainty.npz" else suffix[1:].rsplit(".", 1)[0]
 
 
 def _mask_suffix(geotags: Sequence[Any]) -> str:

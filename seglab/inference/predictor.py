@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from seglab.checkpoint import CheckpointMeta
-from seglab.errors import CheckpointError
+from seglab.checkpoint import CheckpointMeta, checkpoint_paths
+from seglab.errors import CheckpointError, ConfigError
 from seglab.inference.tiling import TiledModel
 from seglab.uncertainty.build import Renormalize, load_members
 from seglab.uncertainty.config import UncertaintyConfig
@@ -22,15 +22,18 @@ def build_predictor(
     device: str = "cpu",
     tile: int | None = None,
     overlap: int = 32,
+    backend: str | None = None,
 ) -> tuple[Predictor, CheckpointMeta]:
     """The predictor ``config`` describes for ``checkpoint`` (plus ``config.ensemble``) and the main checkpoint's
     meta. Inputs are normalised with the main checkpoint's normalisation (each member's input is made from it); each model divides its logits by its own
-    fitted temperature. With ``tile`` every model runs overlap-tile inference."""
+    fitted temperature. With ``tile`` every model runs overlap-tile inference. ``backend``: the runtime of every
+    member (``load_checkpoint``; default: each file's own); MC dropout needs torch (it samples dropout layers)."""
 
     def tiled(m: nn.Module) -> nn.Module:
         return TiledModel(m, tile, overlap) if tile is not None else m
 
-    members = load_members([checkpoint, *config.ensemble], device)
+    check_method(checkpoint, config.method, backend)
+    members = load_members([checkpoint, *config.ensemble], device, backend)
     model, meta = members[0]
     if meta.num_classes < 2:
         raise CheckpointError(
@@ -40,7 +43,10 @@ def build_predictor(
         models = [
             _renormalised(m, meta, mt, path) for (m, mt), path in zip(members, [checkpoint, *config.ensemble])
         ]
-        return Ensemble([tiled(m.to(device)) for m in models], [mt.temperature for _, mt in members]), meta
+        moved = [
+            m.to(device) if isinstance(m, nn.Module) else m for m in models
+        ]  # a runtime stays on the CPU
+        return Ensemble([tiled(m) for m in moved], [mt.temperature for _, mt in members]), meta
     if config.method == "mc-dropout":
         if config.add_dropout > 0:
             add_dropout(model, config.add_dropout, "head")
@@ -48,6 +54,20 @@ def build_predictor(
     if config.method == "tta":
         return TTA(tiled(model), config.flips, config.scales, meta.temperature), meta
     return Deterministic(tiled(model), meta.temperature), meta
+
+
+def check_method(checkpoint: str | Path, method: str, backend: str | None) -> None:
+    """ConfigError (one line) for MC dropout on a model that runs outside PyTorch (it samples dropout layers;
+    TTA and ensembles only call the model): a check before any work, from the file and ``backend`` alone."""
+    from seglab.models.runtime import check_backend
+
+    weights = checkpoint_paths(checkpoint)[0]
+    runtime = check_backend(weights, backend)
+    if method == "mc-dropout" and runtime != "torch":
+        raise ConfigError(
+            f"MC dropout samples the dropout layers of a PyTorch model, but {weights.name} runs in {runtime}; "
+            "use --uncertainty tta or ensemble, or --backend torch on the seglab checkpoint"
+        )
 
 
 def _renormalised(

@@ -319,12 +319,16 @@ def _examples(
     from seglab.engine.device import resolve_device
     from seglab.engine.evaluate import split_dataset
     from seglab.inference import build_predictor, image_probs, palette_of, shown
+    from seglab.models.runtime import runtime_device
     from seglab.reports import figures as F
     from seglab.uncertainty.build import heatmap
 
-    dev = resolve_device(device)
+    backend = evaluation.get(
+        "backend"
+    )  # the runtime evaluate ran the model in (older reports: the file's own)
+    dev = resolve_device(runtime_device(evaluation["checkpoint"], backend, device))
     tile, overlap = evaluation.get("tile"), evaluation.get("overlap", 32)
-    predictor, _ = build_predictor(evaluation["checkpoint"], unc, str(dev), tile, overlap)
+    predictor, _ = build_predictor(evaluation["checkpoint"], unc, str(dev), tile, overlap, backend)
     ds = split_dataset(
         meta, evaluation["data"], evaluation["split"], data_format=evaluation.get("format", "auto")
     )

@@ -65,12 +65,14 @@ class ServeConfig:
     RGB or RGBA upload of ``max_pixels`` fits, a 16-bit or multi-band one of as many bytes). ``max_work``: pixels
     x passes of one request (1 pass; TTA: flips x scales; MC dropout: ``samples``).
     ``tile``, ``tile_above``, ``overlap``: an image of more than ``tile_above`` pixels is predicted tile by tile
-    (``tile`` 0: never). ``body_timeout``: seconds for a request's head and body to arrive. ``host``: the address
+    (``tile`` 0: never). ``backend``: the runtime the model runs in (``seglab.models.runtime``; the runtimes run
+    on the CPU). ``body_timeout``: seconds for a request's head and body to arrive. ``host``: the address
     bound; ``Host`` headers naming it or a local name are answered, and those of ``allowed_hosts`` (``*``: any,
     ``*.example.org``: its subdomains). Bound to every address (0.0.0.0 or ::), any IP address and this machine's
     host name are answered too (a DNS-rebinding page cannot name an IP address it does not serve)."""
 
     device: str = "cpu"
+    backend: str | None = None  # torch, onnxruntime or openvino (default: the checkpoint file's own)
     token: str | None = None
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 4096 * 4096
@@ -157,11 +159,15 @@ class Service:
         from seglab.checkpoint import checkpoint_paths, load_checkpoint
         from seglab.engine.device import resolve_device
         from seglab.inference import palette_of
+        from seglab.models.runtime import check_backend, runtime_device
 
         self.config = config
         self.checkpoint = checkpoint_paths(checkpoint)[0]
-        self.device = resolve_device(config.device)
-        self.model, self.meta = load_checkpoint(checkpoint, device=str(self.device))
+        self.backend = check_backend(self.checkpoint, config.backend)
+        self.device = resolve_device(runtime_device(self.checkpoint, self.backend, config.device))
+        self.model, self.meta = load_checkpoint(checkpoint, device=str(self.device), backend=self.backend)
+        # MC dropout samples a PyTorch model's dropout layers; TTA only calls the model, in any runtime
+        self.methods = list(UNCERTAINTY) if self.backend == "torch" else ["tta"]
         self.palette = palette_of(self.meta)
         self._predictors: dict[tuple[str, int | None], Any] = {}
         self._locks = {
@@ -174,6 +180,7 @@ class Service:
         m, c = self.meta, self.config
         return {
             "checkpoint": self.checkpoint.name,
+            "backend": self.backend,
             "arch": m.arch,
             "model_params": _without_paths(m.model_params),
             "classes": m.class_names,
@@ -188,7 +195,7 @@ class Service:
             "temperature": m.temperature,
             "metrics": m.metrics,
             "epoch": m.epoch,
-            "uncertainty": list(UNCERTAINTY),
+            "uncertainty": self.methods,
             "limits": {
                 "max_upload_bytes": c.max_upload_bytes,
                 "max_pixels": c.max_pixels,
@@ -231,6 +238,7 @@ class Service:
                     str(self.device),
                     tile,
                     self.config.overlap,
+                    self.backend,
                 )[0]
             return self._predictors[method, tile]
 
@@ -815,7 +823,8 @@ def serve(
         bound = sock.getsockname()[1]
         where = f"[{host}]" if ":" in host else host
         log(
-            f"serving {app.state.service.checkpoint} on http://{where}:{bound}/ (viewer at /, API at /predict)"
+            f"serving {app.state.service.checkpoint} ({app.state.service.backend}) on http://{where}:{bound}/ "
+            "(viewer at /, API at /predict)"
         )
         settings = uvicorn.Config(app, log_level="warning", http=head_timeout_protocol(config.body_timeout))
         uvicorn.Server(settings).run(sockets=[sock])

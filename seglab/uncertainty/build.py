@@ -46,18 +46,12 @@ class Renormalize(nn.Module):
 
 
 def load_members(
-    checkpoints: Sequence[str | Path], device: str = "cpu"
+    checkpoints: Sequence[str | Path], device: str = "cpu", backend: str | None = None
 ) -> list[tuple[nn.Module, CheckpointMeta]]:
-    """Load every checkpoint; CheckpointError unless all agree with the first on classes, resize and input
-    channels."""
-    members = [load_checkpoint(c, device=device) for c in checkpoints]
-    for path, (model, _) in zip(checkpoints, members):
-        if not isinstance(model, nn.Module):  # an exported ONNX graph: no modes, dropout or device to move to
-            raise CheckpointError(
-                f"{checkpoint_paths(path)[0]} is an exported ONNX model; uncertainty (--uncertainty, --ensemble, "
-                "a report's calibration) needs PyTorch checkpoints: pass the run folder or .safetensors file it "
-                "was exported from"
-            )
+    """Load every checkpoint (in ``backend``, see ``load_checkpoint``: an exported file is a model called like a
+    module, which TTA, ensembles and a deterministic pass need; only MC dropout needs a PyTorch module);
+    CheckpointError unless all agree with the first on classes, resize and input channels."""
+    members = [load_checkpoint(c, device=device, backend=backend) for c in checkpoints]
     _, first = members[0]
     for path, (_, meta) in zip(checkpoints[1:], members[1:]):
         name = checkpoint_paths(path)[0]

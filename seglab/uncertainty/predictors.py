@@ -47,7 +47,8 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def _restore_modes(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
+    # an exported model (seglab.models.runtime) has no submodules and no modes to restore
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
     try:
         yield
     finally:
