@@ -266,6 +266,57 @@ def _torch_export_onnx(
     return False
 
 
+class _StaticSamePad(torch.nn.Module):
+    """A TensorFlow-"same" convolution (timm's ``Conv2dSame``) with the constant padding it takes on inputs
+    divisible by its stride: ``max((k - 1) * d + 1 - s, 0)``, split as timm splits it (the extra pixel last)."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        c = conv
+        self.conv = torch.nn.Conv2d(
+            c.in_channels,
+            c.out_channels,
+            c.kernel_size,
+            c.stride,
+            0,
+            c.dilation,
+            c.groups,
+            c.bias is not None,
+        )
+        self.conv.weight, self.conv.bias = c.weight, c.bias  # shared: the same parameters, plain padding
+        pads: list[int] = []
+        for k, s, d in zip(reversed(c.kernel_size), reversed(c.stride), reversed(c.dilation)):
+            total = max((k - 1) * d + 1 - s, 0)
+            pads += [total // 2, total - total // 2]
+        self.pads = tuple(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pads))
+
+
+def static_same_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` for a dynamic-size export: a copy whose "same"-padded convolutions (timm's tf_ encoders) pad by
+    a constant. timm computes their padding from the input size at every layer; traced with symbolic sizes, the
+    nested ceil/mod expressions grow with depth and the exporter spends hours simplifying them (EfficientNet-Lite0:
+    > 15 minutes, never finished). A seglab Segmentor pads its input to a multiple of the encoder's output stride,
+    so every strided "same" convolution sees a size divisible by its stride, where the padding is constant: the
+    same logits (the export's check compares them at another size). Models without an input geometry are
+    returned as they are."""
+    import copy
+
+    if not dataclasses.is_dataclass(getattr(model, "geometry", None)):
+        return model
+    same = [n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame"]
+    if not same:
+        return model
+    model = copy.deepcopy(model)
+    for name in same:
+        parent, _, leaf = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, leaf, _StaticSamePad(getattr(holder, leaf)))
+    return model
+
+
 def write_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool, opset: int | None) -> bool:
     """Write ``model`` as one self-contained ONNX file to ``path`` (the exporter works in a private temporary
     folder, then the model is saved with every weight inside it and the input geometry in its metadata);
@@ -274,7 +325,8 @@ def write_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: boo
 
     with tempfile.TemporaryDirectory(prefix="seglab-onnx-") as work:
         raw = Path(work) / "model.onnx"
-        is_dynamic = _torch_export_onnx(model, x, raw, dynamic, opset)
+        traced = static_same_padding(model) if dynamic else model
+        is_dynamic = _torch_export_onnx(traced, x, raw, dynamic, opset)
         proto = onnx.load_model(str(raw), load_external_data=True)
     geometry = getattr(model, "geometry", None)
     if dataclasses.is_dataclass(geometry) and isinstance(getattr(model, "pad_mode", None), str):
