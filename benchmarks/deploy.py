@@ -193,10 +193,12 @@ def runner(name: str, path: str, checkpoint: str, fp32_path: str, args: argparse
     model, _ = load_checkpoint(checkpoint)
     if path == "torch fp32 eager" or fp32_path == "eager":
         return model
-    from seglab.bench.latency import _prepare  # the benchmark's own path set-up (channels_last, fold_bn, ...)
+    from seglab.bench.latency import (
+        prepare_path,  # the benchmark's own path set-up (channels_last, fold_bn, ...)
+    )
 
     x = torch.zeros(1, 3, SIZE, SIZE)
-    return _prepare(fp32_path, model, x, torch.device("cpu"), args.out / name)[0]
+    return prepare_path(fp32_path, model, x, torch.device("cpu"), args.out / name)[0]
 
 
 def measure(
@@ -206,7 +208,7 @@ def measure(
     process by ``timed``)."""
     import torch
 
-    from seglab.bench.latency import _quantile, time_callable
+    from seglab.bench.latency import quantile, time_callable
 
     fn = runner(name, path, checkpoint, fp32_path, args)
     gen = torch.Generator().manual_seed(0)
@@ -218,7 +220,7 @@ def measure(
             p50 = statistics.median(times)
             out[f"b{batch}"] = {
                 "p50_ms": 1000 * p50,
-                "p95_ms": 1000 * _quantile(times, 0.95),
+                "p95_ms": 1000 * quantile(times, 0.95),
                 "fps": batch / p50,
             }
     status = Path("/proc/self/status").read_text()

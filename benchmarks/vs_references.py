@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from seglab.bench.cost import count_cost
-from seglab.bench.latency import FAITHFUL_ATOL, _prepare, device_name, time_callable
+from seglab.bench.latency import FAITHFUL_ATOL, device_name, prepare_path, time_callable
 from seglab.models.factory import create_model
 
 NUM_CLASSES = 21
@@ -350,7 +350,7 @@ def main() -> None:
         best, best_lat, notes = "eager", lat_o, []
         for path in args.paths:
             try:
-                fn, _ = _prepare(path, ours, x, x.device, tmp)
+                fn, _ = prepare_path(path, ours, x, x.device, tmp)
                 with torch.inference_mode():
                     diff = float((fn(x) - base).abs().max())
                     times, _ = time_callable(lambda f=fn: f(x), args.warmup, args.iters, x.device)

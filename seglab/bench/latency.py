@@ -274,7 +274,9 @@ def protocol(
     return info
 
 
-def _prepare(path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: Path) -> tuple[Callable, str]:
+def prepare_path(
+    path: str, model: Any, x: torch.Tensor, device: torch.device, tmp: Path
+) -> tuple[Callable, str]:
     """(callable, note) running ``model`` the ``path`` way on inputs shaped like ``x``."""
     if path == "eager":
         return model, ""
@@ -409,7 +411,7 @@ def benchmark_models(
                         try:
                             with warnings.catch_warnings():
                                 warnings.simplefilter("ignore")
-                                fn, note = _prepare(path, model, x, dev, tmp)
+                                fn, note = prepare_path(path, model, x, dev, tmp)
                                 with torch.inference_mode():
                                     out = fn(x).float()
                                     times, peak = time_callable(lambda f=fn, t=x: f(t), warmup, iters, dev)
@@ -423,7 +425,7 @@ def benchmark_models(
                         diff = float((out.cpu() - ref.cpu()).abs().max())
                         row.update(
                             latency_ms=1000 * med,
-                            p90_ms=1000 * _quantile(times, 0.9),
+                            p90_ms=1000 * quantile(times, 0.9),
                             fps=batch / med,
                             peak_mem_mb=peak / 2**20 if peak is not None else None,
                             max_abs_diff=diff,
@@ -442,7 +444,7 @@ def benchmark_models(
     return {"protocol": protocol(dev, warmup, iters, paths, sorted(backends)), "rows": rows}
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
     s = sorted(values)
     pos = q * (len(s) - 1)
     lo = int(pos)
@@ -460,6 +462,8 @@ __all__ = [
     "device_name",
     "fold_batchnorm",
     "parse_spec",
+    "prepare_path",
     "protocol",
+    "quantile",
     "time_callable",
 ]
