@@ -21,6 +21,7 @@ _API = {
     "evaluate": "seglab.engine.evaluate",
     "calibrate": "seglab.engine.evaluate",
     "predict": "seglab.engine.predict",
+    "plan": "seglab.plan",
     "write_report": "seglab.reports.report",
     "render_report": "seglab.reports.report",
     "SyntheticShapes": "seglab.data.synthetic",
@@ -31,6 +32,8 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "plan":  # a callable package (seglab.plan(DATA, "10m") plans; seglab.plan.rules are its parts)
+        return importlib.import_module("seglab.plan")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'seglab' has no attribute {name!r}")

@@ -32,9 +32,16 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _train_config(args: argparse.Namespace):
+    """The config of ``seglab train``: a YAML file, a saved plan (``--plan``), a fresh plan (no config, ``--data``
+    and ``--time-limit``, unless ``--no-plan``) or the defaults; then the flags, then ``--set``. A planned config
+    records which of its keys the flags changed (``plan.overridden``)."""
     from seglab.config import Config
+    from seglab.errors import ConfigError
 
-    cfg = Config.load(args.config) if args.config else Config()
+    if args.plan and args.config:
+        raise ConfigError(
+            f"give a config ({args.config}) or --plan {args.plan}, not both; --set KEY=VALUE changes either"
+        )
     if (
         args.time_limit is not None
     ):  # checked as typed: an empty flag ("$UNSET") would read as YAML null, no limit
@@ -52,15 +59,122 @@ def _train_config(args: argparse.Namespace):
         "train.time_limit": args.time_limit,
     }
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set or [])
-    cfg = cfg.override(overrides)
+    if args.config or args.plan:
+        base = Config.load(args.config or args.plan)
+    elif args.no_plan or not (args.resume or args.time_limit is not None):
+        base = Config()
+    else:  # the flags are checked before the (slow) plan is made
+        base = _planned(args, Config().override(overrides))
+        if (
+            base.plan is not None and not args.resume
+        ):  # the budget covers the planning: the plan's limit stands
+            overrides = [o for o in overrides if not o.startswith("train.time_limit=")]
+    cfg = base.override(overrides).note_overrides(base)
     if args.no_progress:
         cfg.train.progress = False
     return cfg
 
 
-def _launch(args: argparse.Namespace) -> bool:
+def _planned(args: argparse.Namespace, flagged: Any) -> Any:
+    """The config ``seglab plan`` makes for the data set and time limit of ``flagged`` (the defaults with the
+    flags), its summary printed to stderr (stdout is for results and --print-config); the defaults without a data
+    set. ``--resume`` does not plan again: it takes the run's plan.yaml, with or without --time-limit (the
+    defaults, as before, for a run trained without a plan), so the resumed run trains what it started with."""
+    from pathlib import Path
+
+    from seglab.config import Config
+    from seglab.errors import ConfigError
+
+    if args.resume:
+        saved = Path(flagged.train.out_dir) / "plan.yaml"
+        if saved.is_file():
+            print(f"seglab: resuming with the run's plan {saved} (not planned again)", file=sys.stderr)
+            return Config.load(saved)
+        return Config()
+    if flagged.data.root is None:
+        return Config()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would measure, and may choose, differently
+        raise ConfigError(
+            f"under torchrun, plan once first: seglab plan {flagged.data.root} --time-limit {args.time_limit} "
+            "--out plan.yaml, then train with --plan plan.yaml"
+        )
+    from seglab.plan import planner
+
+    kind = None if flagged.data.kind == "auto" else flagged.data.kind
+    p = planner.plan(
+        flagged.data.root,
+        args.time_limit,
+        kind=kind,
+        format=flagged.data.format,
+        ignore_index=flagged.data.ignore_index,
+        device=flagged.train.device,
+        threads=flagged.train.threads,
+        progress=flagged.train.progress and not args.no_progress,
+    )
+    print(p.summary(), file=sys.stderr)
+    # --time-limit is the wall budget of the whole command: what planning took is not trained
+    from seglab.config import parse_duration
+
+    budget = parse_duration(args.time_limit, "--time-limit")
+    left = round(max(budget - p.seconds, budget / 2), 1)
+    p.config.train.time_limit = left
+    print(
+        f"seglab: planning took {p.seconds:.0f} s of the {args.time_limit} budget; training gets {left:g} s",
+        file=sys.stderr,
+    )
+    return p.config
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    """Thin: check the flags and the output path before any work, plan, print the summary, write the YAML."""
+    from pathlib import Path
+
+    from seglab.config import parse_duration
+    from seglab.files import OutputKind, atomic_write, guard_file
+
+    parse_duration(args.time_limit, "--time-limit")
+    out = None
+    if args.out:
+        out = guard_file(Path(args.out), OutputKind("plan", (".yaml", ".yml"), _is_plan_file), args.overwrite)
+    from seglab.plan import planner
+
+    p = planner.plan(
+        args.data,
+        args.time_limit,
+        kind=None if args.kind in (None, "auto") else args.kind,
+        weights=tuple(f"{encoder}={path}" for encoder, path in args.weights or ()),
+        ignore_index=args.ignore_index,
+        device=args.device,
+        format=args.format or "auto",
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(p.summary())
+    if out is None:
+        print(p.to_yaml(), end="")
+        return
+    text = p.to_yaml()
+    atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    print(f"plan: {out}  (train it: seglab train --plan {out})")
+
+
+def _is_plan_file(path: Any) -> bool:
+    """An earlier plan (``seglab plan --out`` may replace it): a config mapping with a plan section, not a run's
+    own plan.yaml (which stays the run's record)."""
+    from seglab.files import read_yaml_file, run_root
+
+    doc = read_yaml_file(path)
+    ours = isinstance(doc, dict) and "plan" in doc and set(doc) <= {"data", "model", "train", "plan"}
+    return ours and run_root(path.parent) != path.parent.resolve()
+
+
+def _launch(args: argparse.Namespace, cfg: Any = None) -> bool:
     """With ``--nproc N`` (N > 1) outside torchrun: run this very command in N processes through torchrun, without
-    the flag, and return True; False otherwise."""
+    the flag, and return True; False otherwise. A config planned here (``cfg.plan`` without a config file) goes to
+    the processes as ``--plan FILE``, so they train this plan instead of each making its own."""
+    import tempfile
+    from pathlib import Path
+
     from seglab.engine.distributed import launch, launched
 
     if args.nproc is None or args.nproc == 1 or launched():
@@ -73,7 +187,12 @@ def _launch(args: argparse.Namespace) -> bool:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    launch(args.nproc, argv)
+    with tempfile.TemporaryDirectory(prefix="seglab-plan-") as tmp:
+        if cfg is not None and cfg.plan is not None and not (args.config or args.plan):
+            saved = Path(tmp) / "plan.yaml"
+            saved.write_text(cfg.as_planned().dump(), encoding="utf-8")
+            argv += ["--plan", str(saved)]
+        launch(args.nproc, argv)
     return True
 
 
@@ -89,7 +208,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(cfg.dump(), end="")
         return
-    if _launch(args):
+    if _launch(args, cfg):
         return
     from seglab.engine.train import train
 
@@ -611,7 +730,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def encoder_weights(text: str) -> tuple[str, str]:
+    """``--weights`` (argparse ``type=``): "ENCODER=FILE" -> (encoder, file), the file existing or a
+    ``pkg:MODULE/PATH`` inside an installed package (resolved when used); else one line and exit 2."""
+    encoder, sep, path = (t.strip() for t in text.partition("="))
+    if not sep or not encoder or not path or any(c.isspace() for c in encoder):
+        raise argparse.ArgumentTypeError(
+            f"must be ENCODER=FILE, e.g. efficientnet_lite0=weights/lite0.safetensors, got {text!r}"
+        )
+    if not path.startswith("pkg:") and not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise argparse.ArgumentTypeError(
+            f"weights file {path!r} for encoder {encoder} {what}; give a .safetensors or torch state-dict "
+            "file, or pkg:MODULE/PATH"
+        )
+    return encoder, path
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from seglab.config import KINDS
+
     p = _Parser(prog="seglab", description="Semantic image segmentation: train, evaluate, predict.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -632,8 +770,68 @@ def build_parser() -> argparse.ArgumentParser:
     common(d, device="none")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="train a model from a YAML config and flags")
-    t.add_argument("config", nargs="?", help="YAML config (sections data, model, train); defaults if omitted")
+    pl = sub.add_parser(
+        "plan",
+        help="fingerprint a data set and this machine and write the config for a time limit, each choice "
+        "with its reason",
+    )
+    pl.add_argument("data", help="data set folder, any layout of --format")
+    pl.add_argument(
+        "--time-limit",
+        default="10m",
+        metavar="DURATION",
+        help="the training budget to plan for, e.g. 90s, 10m, 1h30m or 1.5h (default: 10m)",
+    )
+    pl.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the plan (a config YAML for seglab train --plan FILE) here (default: print it after the "
+        "summary)",
+    )
+    pl.add_argument(
+        "--kind",
+        choices=KINDS,
+        help="what the images are (sets data.kind): " + ", ".join(KINDS) + " (default: auto, inferred from "
+        "the data's statistics by a stated rule; the plan prints which)",
+    )
+    pl.add_argument(
+        "--weights",
+        action="append",
+        type=encoder_weights,
+        metavar="ENCODER=FILE",
+        help="a local weights file the plan may start an encoder from (repeatable), e.g. "
+        "efficientnet_lite0=lite0.safetensors; FILE may be pkg:MODULE/PATH (inside an installed package)",
+    )
+    _format_flag(pl)
+    pl.add_argument(
+        "--ignore-index",
+        type=V.ignore_index,
+        default=255,
+        help="the mask value that marks unlabelled pixels (sets data.ignore_index; default: 255)",
+    )
+    pl.add_argument("--threads", type=V.threads, help="torch CPU threads for the probe (default: torch's)")
+    _overwrite_flag(pl)
+    common(pl)
+    pl.set_defaults(func=_cmd_plan)
+
+    t = sub.add_parser("train", help="train a model from a YAML config, a plan, and flags")
+    t.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config (sections data, model, train); if omitted: a plan of the data with --data and "
+        "--time-limit, else the defaults",
+    )
+    t.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="train a saved plan (seglab plan --out FILE, or a run's plan.yaml) instead of a config; the flags "
+        "and --set override it",
+    )
+    t.add_argument(
+        "--no-plan",
+        action="store_true",
+        help="with --data and --time-limit and no config: train the defaults, not a plan",
+    )
     t.add_argument("--data", help="data set folder, any layout of --format (sets data.root)")
     _format_flag(t, " (sets data.format)")
     t.add_argument("--out", help="run folder (sets train.out_dir)")

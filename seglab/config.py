@@ -36,6 +36,8 @@ class ResizeSpec(dict):
 RESIZE_KEYS = ("short", "long", "scale")
 CLASS_WEIGHTS = ("median_frequency", "balanced")
 TARGETS = ("mask", "interior_boundary")
+# data.kind: what the images are, for the planner (seglab.plan): its augmentations and defaults follow the kind
+KINDS = ("auto", "photo", "microscopy", "aerial", "medical", "other")
 # data.format: the layouts read in place (seglab.data.formats, which takes this tuple: config sits below data)
 FORMATS = ("auto", "folder", "voc", "cityscapes", "ade20k", "coco", "labelme")
 
@@ -48,6 +50,9 @@ class DataConfig:
     # its layout (FORMATS): auto (detected from the folder's structure; `seglab data check` says which), folder,
     # voc, cityscapes, ade20k, coco, labelme: each read in place (docs/formats/)
     format: str = "auto"
+    # what the images are (KINDS), read by `seglab plan` only (training ignores it): auto (inferred from the
+    # data's statistics by a stated rule) or declared: photo, microscopy, aerial, medical, other
+    kind: str = "auto"
     val_ratio: float = 0.1  # used when the folder has no splits/ lists
     test_ratio: float = 0.1
     split_seed: int = 0
@@ -172,9 +177,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # what `seglab plan` chose and why: {kind, time_limit, reasons: {config key: reason}, data: the data
+    # fingerprint, machine: the machine fingerprint, overridden: {config key: planned value}}; a record that
+    # travels with config.yaml and the run's plan.yaml: training never reads it. null without a plan
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """Plain values, as the YAML file holds them: without a plan there is no plan section (a config.yaml
+        reads as it always has)."""
+        data = _plain(dataclasses.asdict(self))
+        if data["plan"] is None:
+            del data["plan"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Config:
@@ -203,6 +217,41 @@ class Config:
     def dump(self) -> str:
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
+    def note_overrides(self, planned: Config) -> Config:
+        """Record in ``plan["overridden"]`` each key (section.field) whose value here differs from the
+        ``planned`` config this one was made from (by flags and ``--set``), with its planned value, so the
+        report says which choices were not the plan's. Keys recorded before keep their first planned value.
+        Where the run is written and whether bars show are not choices of the plan. Returns ``self``."""
+        if self.plan is None:
+            return self
+        noted = dict(self.plan.get("overridden") or {})
+        used, was = self.to_dict(), planned.to_dict()
+        for section in ("data", "model", "train"):
+            for name, value in used[section].items():
+                key = f"{section}.{name}"
+                if key in ("train.out_dir", "train.progress"):
+                    continue
+                if value != was[section][name]:
+                    noted.setdefault(key, was[section][name])
+                if key in noted and noted[key] == value:  # set back to what was planned
+                    del noted[key]
+        self.plan = {k: v for k, v in self.plan.items() if k != "overridden"}
+        if noted:
+            self.plan["overridden"] = noted
+        return self.validate()
+
+    def as_planned(self) -> Config:
+        """The config as the plan chose it: every key in ``plan["overridden"]`` back at its planned value (what a
+        run folder's plan.yaml holds; ``seglab train --plan`` takes it)."""
+        data = self.to_dict()
+        plan = dict(data.get("plan") or {})
+        for key, value in (plan.pop("overridden", None) or {}).items():
+            section, _, name = key.partition(".")
+            if isinstance(data.get(section), dict) and name in data[section]:
+                data[section][name] = value
+        data["plan"] = plan if self.plan is not None else None
+        return Config.from_dict(data)
+
     def override(self, assignments: list[str]) -> Config:
         """Apply ``section.key=value`` strings (values parsed as YAML); returns a new, validated Config."""
         data = self.to_dict()
@@ -211,6 +260,11 @@ class Config:
             if not sep:
                 raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=0.01)")
             *parents, leaf = key.strip().split(".")
+            if (parents or [leaf])[0] == "plan":
+                raise ConfigError(
+                    f"override {item!r}: plan is the record of what seglab plan chose and why, which training "
+                    "does not read; set the config key itself (e.g. train.lr=0.01) or run seglab plan again"
+                )
             node = data
             for p in parents:
                 if not isinstance(node.get(p), dict):
@@ -237,6 +291,9 @@ class Config:
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             hint = typing.get_type_hints(type(self))[section.name]
+            if section.name == "plan":
+                self.plan = _check_plan(value)
+                continue
             if not isinstance(value, hint):
                 raise ConfigError(f"config section {section.name} must be a {hint.__name__}, got {value!r}")
             hints = typing.get_type_hints(hint)
@@ -308,6 +365,7 @@ def _check_data(d: DataConfig) -> None:
     _require(d.border_w0 >= 0, "data.border_w0", ">= 0", d.border_w0)
     _require(d.border_sigma > 0, "data.border_sigma", "> 0 (pixels)", d.border_sigma)
     _require(d.format in FORMATS, "data.format", "one of " + ", ".join(FORMATS), d.format)
+    _require(d.kind in KINDS, "data.kind", "one of " + ", ".join(KINDS), d.kind)
     _require(d.target in TARGETS, "data.target", " or ".join(TARGETS), d.target)
     _require(d.boundary_width >= 1, "data.boundary_width", ">= 1 (pixels)", d.boundary_width)
     _require(
@@ -356,6 +414,33 @@ def _check_data(d: DataConfig) -> None:
         "within 0..256 (0 loads in the main process; null chooses)",
         d.num_workers,
     )
+
+
+def _check_plan(plan: Any) -> dict[str, Any] | None:
+    """``plan`` as plain YAML data (numpy scalars to numbers, tuples to lists; float keys such as the ceiling's
+    scales kept), so config.yaml dumps and reads back the same; ConfigError naming the part that is not."""
+
+    def plain(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            for k in value:
+                if not (isinstance(k, str | int | float) or k is None):
+                    raise ConfigError(f"{where} has a key that is not a name or number: {k!r}")
+            return {k: plain(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if value is None or type(value) in (str, int, float, bool):
+            return value
+        if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy (or torch) scalar
+            return plain(value.item(), where)
+        raise ConfigError(f"{where} must be plain YAML data (mappings, lists, numbers, text), got {value!r}")
+
+    if plan is None:
+        return None
+    if not isinstance(plan, dict) or not all(isinstance(k, str) for k in plan):
+        raise ConfigError(
+            f"config key plan must be null or a mapping of names (what seglab plan writes), got {plan!r}"
+        )
+    return plain(plan, "plan")
 
 
 def _check_model(m: ModelConfig) -> None:

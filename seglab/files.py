@@ -150,7 +150,7 @@ def check_out_dir(path: str | Path, what: str = "output folder") -> None:
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_SOFTWARE = "seglab"  # the Software text chunk of every PNG seglab.data.io writes
 RUN_MARKERS = ("metrics.jsonl", "last.state.pt", "best.safetensors", "last.safetensors")
-RUN_OWN_FILES = ("config.yaml", "metrics.jsonl", ".lock")
+RUN_OWN_FILES = ("config.yaml", "plan.yaml", "metrics.jsonl", ".lock")
 CHECKPOINT_FORMAT = "seglab-checkpoint/1"  # seglab.checkpoint.FORMAT (not imported: it pulls in the configs)
 STATE_MARK = b"seglab-train-state"  # seglab.engine.state.STATE_FORMAT's prefix, in the state's pickle
 

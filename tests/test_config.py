@@ -314,3 +314,78 @@ def test_class_weights_and_freeze_bn_keys():
     assert Config().override(["train.freeze_bn=true"]).train.freeze_bn is True
     with pytest.raises(ConfigError, match="train.freeze_bn"):
         Config().override(["train.freeze_bn=sometimes"])
+
+
+def test_data_kind_is_validated():
+    from seglab.config import KINDS
+
+    assert Config().data.kind == "auto" and KINDS[0] == "auto"
+    for kind in KINDS:
+        assert Config().override([f"data.kind={kind}"]).data.kind == kind
+    with pytest.raises(ConfigError) as e:
+        Config().override(["data.kind=satellite"])
+    assert str(e.value) == (
+        "data.kind must be one of auto, photo, microscopy, aerial, medical, other, got 'satellite'"
+    )
+
+
+PLAN = {
+    "kind": "aerial",
+    "time_limit": "10m",
+    "reasons": {"data.resize": "the ceiling at 0.5 is 0.996", "data.crop_size, train.batch_size": "fits"},
+    # the ceiling's scales are float keys; 1.0 and 0.5 must not come back as 1 or "0.5"
+    "data": {"ceiling": {1.0: 1.0, 0.5: 0.996, 0.25: 0.97}, "median_size": (512, 384)},
+    "machine": {"candidates": [{"name": "unet (scratch)", "seconds_per_step": 0.25}]},
+}
+
+
+def test_the_plan_section_round_trips(tmp_path):
+    import copy
+
+    import numpy as np
+
+    cfg = Config().override(["data.kind=aerial"])
+    cfg.plan = copy.deepcopy(PLAN)
+    cfg.plan["machine"]["candidates"][0]["seconds_per_step"] = np.float64(
+        0.25
+    )  # numpy scalars: plain numbers
+    cfg.validate()
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.dump())
+    loaded = Config.load(path)
+    assert loaded == cfg and loaded.plan == {**PLAN, "data": {**PLAN["data"], "median_size": [512, 384]}}
+    (scales,) = [list(loaded.plan["data"]["ceiling"])]
+    assert scales == [1.0, 0.5, 0.25] and all(type(s) is float for s in scales)
+    assert type(loaded.plan["machine"]["candidates"][0]["seconds_per_step"]) is float
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    # an override of another key keeps the plan; the plan itself is a record, not a setting
+    again = loaded.override(["train.lr=0.01"])
+    assert again.plan == loaded.plan and again.train.lr == 0.01
+    with pytest.raises(ConfigError, match="override 'plan.kind=photo': plan is the record") as e:
+        loaded.override(["plan.kind=photo"])
+    assert "\n" not in str(e.value)
+    # no plan: no section in the YAML, as before
+    assert Config().plan is None and "plan" not in yaml.safe_load(Config().dump())
+    for bad, message in [
+        ([1, 2], "config key plan needs a mapping"),
+        ({"x": object()}, "plan.x must be plain YAML"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Config.from_dict({"plan": bad})
+
+
+def test_overrides_of_a_plan_are_recorded_and_undone_by_as_planned():
+    planned = Config().override(["data.crop_size=256", "train.lr=0.002", "data.kind=aerial"])
+    planned.plan = {"kind": "aerial", "reasons": {"train.lr": "AdamW at batch 8"}}
+    used = planned.override(["train.lr=0.01", "data.crop_size=128", "train.out_dir=/runs/x"]).note_overrides(
+        planned
+    )
+    # where the run is written is not a choice of the plan
+    assert used.plan["overridden"] == {"train.lr": 0.002, "data.crop_size": 256}
+    back = used.as_planned()
+    assert back.train.lr == 0.002 and back.data.crop_size == 256 and back.train.out_dir == "/runs/x"
+    assert back.plan == planned.plan
+    # a second round keeps the first planned value, and a key set back to it is no longer overridden
+    again = used.override(["train.lr=0.002", "train.epochs=3"]).note_overrides(used)
+    assert again.plan["overridden"] == {"data.crop_size": 256, "train.epochs": 10}
+    assert Config().note_overrides(planned).plan is None  # nothing to record without a plan

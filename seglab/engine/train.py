@@ -3,6 +3,7 @@
 Run folder (``train.out_dir``)::
 
     config.yaml          the resolved config
+    plan.yaml            the config as `seglab plan` chose it, with its reasons (a planned run only)
     metrics.jsonl        one line per epoch: train loss, lr, validation metrics, throughput (and the class
                          weights of the cross-entropy term, with train.class_weights)
     best.safetensors/.yaml, last.safetensors/.yaml   checkpoints (weights + sidecar)
@@ -231,6 +232,10 @@ def _train(
     with _no_half_made_run(run_dir, stage) if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
             atomic_write(run.run_dir / "config.yaml", lambda tmp: tmp.write_text(cfg.dump()))
+            if cfg.plan is not None:
+                atomic_write(run.run_dir / "plan.yaml", lambda tmp: tmp.write_text(cfg.as_planned().dump()))
+            else:  # a run resumed without its plan: config.yaml no longer has one either
+                (run.run_dir / "plan.yaml").unlink(missing_ok=True)
             atomic_write(
                 run.run_dir / "metrics.jsonl",
                 lambda tmp: tmp.write_text("".join(to_json(r) + "\n" for r in history)),
@@ -475,6 +480,7 @@ def _default_callbacks(
 
 RUN_FILES = (
     "config.yaml",
+    "plan.yaml",
     "metrics.jsonl",
     STATE_FILE,
     "best.safetensors",
@@ -505,7 +511,12 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(
             f"run folder {run_dir} already holds checkpoints; pass --resume to continue or --overwrite to restart"
         )
-    for name, ours in (("config.yaml", _is_run_config), ("metrics.jsonl", _is_metrics_log)):
+    checks = (
+        ("config.yaml", _is_run_config),
+        ("plan.yaml", _is_run_config),
+        ("metrics.jsonl", _is_metrics_log),
+    )
+    for name, ours in checks:
         path = run_dir / name
         if path.exists() and not ours(path):
             raise ConfigError(
@@ -515,9 +526,10 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _is_run_config(path: Path) -> bool:
-    """A config.yaml as seglab writes it: a mapping of (some of) the sections data, model and train."""
+    """A config.yaml (or plan.yaml) as seglab writes it: a mapping of (some of) the sections data, model, train
+    and plan."""
     doc = read_yaml_file(path)
-    return isinstance(doc, dict) and bool(doc) and set(doc) <= {"data", "model", "train"}
+    return isinstance(doc, dict) and bool(doc) and set(doc) <= {"data", "model", "train", "plan"}
 
 
 def _is_metrics_log(path: Path) -> bool:
@@ -599,7 +611,7 @@ def _no_half_made_run(run_dir: Path, stage: Path | None = None) -> Iterator[None
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
         elif not (run_dir / STATE_FILE).exists():
-            for name in ("config.yaml", "metrics.jsonl"):
+            for name in ("config.yaml", "plan.yaml", "metrics.jsonl"):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         raise

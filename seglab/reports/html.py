@@ -35,6 +35,7 @@ th { text-align: left; color: #555; font-weight: 600; } td.n { text-align: right
 pre { background: #f3f4f6; padding: 10px; overflow-x: auto; font-size: 12px; }
 code { font-size: 12px; word-break: break-all; } .note { color: #8a5300; }
 summary { cursor: pointer; margin: 12px 0 4px; font-weight: 600; }
+code.key { white-space: nowrap; word-break: normal; } table.plan td { vertical-align: top; }
 """
 
 
@@ -78,6 +79,42 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence
 
 def _section(key: str, number: int, body: str) -> str:
     return f'<section id="{key}"><h2>{number}. {SECTIONS[key]}</h2>{body}</section>'
+
+
+def _value(value: Any) -> str:
+    """A config value as one line of YAML flow style: 0.003, [1.0, 1.0], {ce: 1.0, dice: 1.0}, null."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip()
+    return text.removesuffix("\n...").removesuffix(" ...").strip()
+
+
+def _plan_part(plan: dict[str, Any]) -> str:
+    """The model card's Plan part: kind, time limit, and a table of config key, value and the plan's reason (one
+    reason cell for the keys one rule set together); a value that flags or --set changed shows the plan's own
+    beside it."""
+    limit = plan.get("time_limit")
+    if isinstance(limit, int | float) and not isinstance(limit, bool):
+        limit = f"{limit:g} s ({limit / 60:.1f} min)"
+    body = ""
+    for row in plan["rows"]:
+        keys, planned = row["keys"], row.get("planned") or {}
+        for i, key in enumerate(keys):
+            value = f"<code>{_e(_value(row['values'][key]))}</code>"
+            if key in planned:
+                was = _e(_value(planned[key]))
+                value += f" <span class='note'>(overridden; planned <code>{was}</code>)</span>"
+            reason = _e(row["reason"] or "(not planned)")
+            cells = f"<td><code class='key'>{_e(key)}</code></td><td>{value}</td>"
+            if i == 0:
+                cells += f"<td rowspan='{len(keys)}'>{reason}</td>"
+            body += f"<tr>{cells}</tr>"
+    return (
+        "<h3>Plan</h3><p>This run's config was made by <code>seglab plan</code>: data kind "
+        f"<b>{_e(plan.get('kind') or 'n/a')}</b>, time limit <b>{_e(limit or 'n/a')}</b>. Each choice with "
+        "the measurement that made it:</p><table class='plan'><tr><th>config key</th><th>value</th>"
+        f"<th>reason</th></tr>{body}</table>"
+    )
 
 
 def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | None) -> str:
@@ -178,6 +215,8 @@ def render_html(r: dict[str, Any], pngs: dict[str, bytes], config_text: str | No
         ["SHA-256", sha],
     ]
     card = _table(["", ""], card_rows)
+    if model.get("plan"):
+        card += _plan_part(model["plan"])
     if config_text is not None:
         card += (
             f"<details><summary>resolved config (config.yaml)</summary><pre>{_e(config_text)}</pre></details>"

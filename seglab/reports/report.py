@@ -388,7 +388,7 @@ def _model_card(
     recorded = (
         (yaml.safe_load(sidecar.read_text()) or {}).get("weights_sha256") if sidecar.is_file() else None
     )
-    return {
+    card = {
         "arch": meta.arch,
         "encoder": meta.model_params.get("encoder"),
         "model_params": meta.model_params,
@@ -405,3 +405,37 @@ def _model_card(
         "sha256": sha,
         "sha256_matches_sidecar": None if recorded is None else recorded == sha,
     }
+    if cfg is not None and cfg.plan is not None:
+        card["plan"] = plan_card(cfg)
+    return card
+
+
+def plan_card(cfg: Config) -> dict[str, Any]:
+    """The model card's Plan part of a planned run: the data kind, the time limit, and one row per choice of the
+    plan (the config keys it set, as in ``plan.reasons``: "data.crop_size, train.batch_size"), with the values
+    trained, the reason, and the plan's own values of the keys that flags or --set changed (a row of their own
+    for changed keys the plan gave no reason for)."""
+    plan = cfg.plan or {}
+    used = cfg.to_dict()
+    overridden = dict(plan.get("overridden") or {})
+    reasons = plan.get("reasons") or {}
+    groups = [
+        ([k.strip() for k in str(keys).split(",") if k.strip()], reason) for keys, reason in reasons.items()
+    ]
+    groups = [(keys, reason) for keys, reason in groups if keys]
+    named = {k for keys, _ in groups for k in keys}
+    groups += [([k], None) for k in overridden if k not in named]
+    rows = []
+    for keys, reason in groups:
+        values = {}
+        for key in keys:
+            node: Any = used
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            values[key] = node
+        row = {"keys": keys, "values": values, "reason": reason}
+        planned = {k: overridden[k] for k in keys if k in overridden}
+        if planned:
+            row["planned"] = planned
+        rows.append(row)
+    return {"kind": plan.get("kind"), "time_limit": plan.get("time_limit"), "rows": rows}

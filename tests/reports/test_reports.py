@@ -125,6 +125,7 @@ def test_model_card(report, run):
     assert r["training"]["seconds"] == pytest.approx(sum(h["seconds"] for h in history))
     html = (out / "report.html").read_text()
     assert card["sha256"] in html and f"{card['params']:,}" in html
+    assert "plan" not in card and "<h3>Plan</h3>" not in html  # a run trained without seglab plan
 
 
 def test_a_lone_checkpoint_has_no_training_log(report, shapes_dir, tmp_path):
