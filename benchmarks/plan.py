@@ -479,7 +479,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}"
     )
-    p.add_argument("--routes", default=",".join(ROUTES), help="comma-separated, of hand, plan, smp")
+    p.add_argument(
+        "--routes",
+        default=",".join(ROUTES),
+        help="comma-separated, run in this order: hand (every hand recipe of the data set), a hand recipe's name "
+        "(e.g. labelmefacade-pretrained), plan, smp",
+    )
     p.add_argument("--minutes", type=float, help="every budget set to this many minutes (a quick check)")
     p.add_argument("--test-limit", type=int, help="score the first N test images only (a quick check)")
     p.add_argument("--threads", type=int, help="torch threads of every route (default: torch's)")
@@ -490,7 +495,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    for flag, chosen, known in (("--datasets", args.datasets, DATASETS), ("--routes", args.routes, ROUTES)):
+    recipes = tuple(h.label for d in DATASETS.values() for h in d.hands if "," not in h.label)
+    for flag, chosen, known in (
+        ("--datasets", args.datasets, tuple(DATASETS)),
+        ("--routes", args.routes, ROUTES + recipes),
+    ):
         bad = [c for c in chosen if c not in known]
         if bad or not chosen:
             p.error(
@@ -531,8 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         ds = DATASETS[name]
         budget = (args.minutes if args.minutes else ds.minutes) * 60
         r = roots(ds, shared, work, args.test_limit)
-        todo = [(h.label, "hand", h) for h in ds.hands] if "hand" in args.routes else []
-        todo += [(route, route, None) for route in ("plan", "smp") if route in args.routes]
+        todo = []  # in the order of --routes; "hand" is every hand recipe, a recipe's name that one
+        for route in args.routes:
+            if route in ("plan", "smp"):
+                todo.append((route, route, None))
+            else:
+                todo += [(h.label, "hand", h) for h in ds.hands if route in ("hand", h.label)]
         for label, route, hand in todo:
             if (name, label) in read_results(results_path) and not args.force:
                 print(

@@ -185,8 +185,15 @@ def scale(fp: DataFingerprint, target_name: str = "mask", finest_stride: int = 1
             break
         chosen = s
     of = "the interior/boundary target's" if ceiling is fp.ceiling_target else "the masks'"
-    at = f"mIoU ceiling ({of}, perfect model at scale s scored at full resolution) {ceiling.get(chosen, 1.0):.3f} at {chosen:g}"
-    reason = f"{at}, {full:.3f} at full resolution" + (f"; not smaller: {why_not}" if why_not else "")
+    what = f"mIoU ceiling ({of}: a perfect model at scale s, scored at full resolution)"
+    if chosen == 1:
+        reason = f"full resolution: {why_not}" if why_not else "full resolution"
+        reason += (
+            f" ({what}: {', '.join(f'{ceiling[s]:.3f} at {s:g}' for s in sorted(ceiling, reverse=True))})"
+        )
+    else:
+        reason = f"{what} {ceiling[chosen]:.3f} at {chosen:g}, {full:.3f} at full resolution"
+        reason += f"; not smaller: {why_not}" if why_not else ""
     return Choice({"data.resize": None if chosen == 1 else {"scale": chosen}}, reason)
 
 
