@@ -335,6 +335,33 @@ class _ScanCache:
 STATS_CACHE_VERSION = 1  # of the band statistics files in scan_cache_dir() / "stats"
 
 
+def keyed_cache_file(folder: str, key: Any) -> Path:
+    """The file of ``key`` (JSON data) in the cache folder ``scan_cache_dir() / folder``."""
+    return scan_cache_dir() / folder / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.json"
+
+
+def read_keyed_cache(file: Path, key: Any) -> Any | None:
+    """The value stored in ``file`` under exactly ``key``, or None (absent, another key, unreadable); a hit is
+    touched, so the least recently used files are the ones ``write_keyed_cache`` drops."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        data = json.loads(file.read_text())
+        if data.get("key") == json.loads(json.dumps(key)):
+            os.utime(file)
+            return data["value"]
+    return None
+
+
+def write_keyed_cache(file: Path, key: Any, value: Any) -> None:
+    """Store ``value`` under ``key`` atomically, keeping the MAX_SCAN_CACHES most recent files of the folder; an
+    unwritable cache folder just means no caching."""
+    text = json.dumps({"key": key, "value": value})
+    with contextlib.suppress(OSError, SeglabError):
+        atomic_write(file, lambda tmp: tmp.write_text(text))
+        caches = sorted(file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in caches[MAX_SCAN_CACHES:]:
+            old.unlink(missing_ok=True)
+
+
 def band_stats_of(scan: FolderScan, stems: list[str]) -> BandStats:
     """``BandStats`` of the images of ``stems`` (``normalize.band_stats`` over ``read_image`` of each, with the
     data set's bands): the statistics of ``data.normalize`` dataset, and what `data check` prints.
@@ -350,24 +377,16 @@ def band_stats_of(scan: FolderScan, stems: list[str]) -> BandStats:
         )
     paths = [scan.images[s] for s in stems]
     keys = [_ScanCache.stat(p) for p in paths]
-    text = json.dumps([STATS_CACHE_VERSION, scan.in_channels, keys])
-    file = scan_cache_dir() / "stats" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+    key = [STATS_CACHE_VERSION, scan.in_channels, keys]
+    file = keyed_cache_file("stats", key)
     if None not in keys:
-        try:
-            data = json.loads(file.read_text())
-            if data.get("key") == json.loads(text):
-                os.utime(file)  # used: the last to be dropped
-                return BandStats.from_dict(data["stats"])
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            pass
+        cached = read_keyed_cache(file, key)
+        if cached is not None:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                return BandStats.from_dict(cached)
     stats = band_stats([read_image(p, scan.in_channels) for p in paths])
     if None not in keys:
-        out = json.dumps({"key": json.loads(text), "stats": stats.to_dict()})
-        with contextlib.suppress(OSError, SeglabError):
-            atomic_write(file, lambda tmp: tmp.write_text(out))
-            caches = sorted(file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-            for old in caches[MAX_SCAN_CACHES:]:
-                old.unlink(missing_ok=True)
+        write_keyed_cache(file, key, stats.to_dict())
     return stats
 
 

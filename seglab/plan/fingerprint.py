@@ -8,7 +8,6 @@ Everything here is a measurement; nothing is decided. ``fingerprint_data`` fills
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from seglab.data.scan import FolderScan
@@ -145,7 +144,7 @@ def fingerprint_data(
     image's, mask's and instance map's (path, size, mtime_ns), the classes, the layout and ``max_masks``: a
     second call reads no image or mask (the splits are counted afresh); any change measures again. An unreadable
     cache is ignored, an unwritable one means no caching. ``progress`` is called with one line per stage."""
-    from seglab.data.scan import SPLITS, scan_cache_dir, scan_folder
+    from seglab.data.scan import SPLITS, keyed_cache_file, read_keyed_cache, scan_folder, write_keyed_cache
 
     if isinstance(max_masks, bool) or not isinstance(max_masks, int) or max_masks < 1:
         raise ConfigError(
@@ -172,28 +171,18 @@ def fingerprint_data(
         "has_test": splits["test"] > 0,  # listed, or the ratio split's
     }
     key = _cache_key(scan, train, format, max_masks) if cache else None
-    file = scan_cache_dir() / "plan" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.json"
-    if key is not None:
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
-            data = json.loads(file.read_text())
-            if data.get("key") == key:
-                fp = DataFingerprint.from_dict({**data["measured"], **fresh})
-                os.utime(file)  # used: the last to be dropped
-                say(f"fingerprint of {root} from the cache ({file})")
-                return fp
+    file = keyed_cache_file("plan", key)
+    cached = read_keyed_cache(file, key) if key is not None else None
+    if cached is not None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            fp = DataFingerprint.from_dict({**cached, **fresh})
+            say(f"fingerprint of {root} from the cache ({file})")
+            return fp
     measured = _measure(scan, train, max_masks, say)
     measured["seconds"] = round(time.perf_counter() - start, 3)
     fp = DataFingerprint.from_dict({**measured, **fresh})
     if key is not None:
-        text = json.dumps({"key": key, "measured": measured})
-        with contextlib.suppress(OSError, SeglabError):
-            from seglab.data.scan import MAX_SCAN_CACHES
-            from seglab.files import atomic_write
-
-            atomic_write(file, lambda tmp: tmp.write_text(text))
-            kept = sorted(file.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-            for old in kept[MAX_SCAN_CACHES:]:
-                old.unlink(missing_ok=True)
+        write_keyed_cache(file, key, measured)
     return fp
 
 

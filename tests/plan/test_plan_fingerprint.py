@@ -210,9 +210,7 @@ def test_cache_reads_nothing_and_measures_a_changed_mask_again(tmp_path, monkeyp
     cached = sorted(tmp_path.glob("cache/scan/plan/*.json"), key=lambda p: p.stat().st_mtime_ns)[-1]
     cached.write_text("{not json")
     assert replace(fingerprint_data(root), seconds=0) == replace(changed, seconds=0)
-    assert (
-        json.loads(cached.read_text())["measured"]["class_freq"] == changed.class_freq
-    )  # measured, rewritten
+    assert json.loads(cached.read_text())["value"]["class_freq"] == changed.class_freq  # measured, rewritten
     monkeypatch.setenv("SEGLAB_CACHE_DIR", str(root / "images" / "00.png"))  # a file: no cache folder there
     assert replace(fingerprint_data(root), seconds=0) == replace(changed, seconds=0)  # (not cached, no error)
 
