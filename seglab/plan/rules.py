@@ -9,7 +9,7 @@ checks each rule on worked examples.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from seglab.plan.fingerprint import DataFingerprint
@@ -74,20 +74,6 @@ KNOWN_WEIGHTS = (
     ),
 )
 SCRATCH = Candidate("unet (scratch)", "unet", {"depth": 5, "base_channels": 16, "upsample": "transposed"})
-
-
-@dataclass
-class Context:
-    """What the rules decided so far, for the rules that depend on earlier ones."""
-
-    kind: str = "other"
-    target: str = "mask"
-    scale: float = 1.0
-    crop: int = CROP
-    batch: int = 8
-    model: Candidate | None = None
-    steps: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _pct(x: float) -> str:
