@@ -49,9 +49,11 @@ class DataFingerprint:
     splits: dict[str, int] = field(default_factory=dict)
     has_val: bool = False
     has_test: bool = False
-    # sizes as read (w, h) of the training images: the median and the extremes of the short and long sides
+    # sizes as read (w, h) of the training images: the median and the extremes of the short and long sides;
+    # short_p10: the short side 90 % of them reach (one small image must not set the crop of all)
     median_size: tuple[int, int] = (0, 0)
     min_short: int = 0
+    short_p10: int = 0
     max_long: int = 0
     aspect: float = 1.0  # median w / h
     bands: int = 3
@@ -117,7 +119,7 @@ class DataFingerprint:
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring: one deep scan, then the training images' headers and statistics and a sample of their masks.
 
-PLAN_CACHE_VERSION = 1  # of the fingerprint files in scan_cache_dir() / "plan"
+PLAN_CACHE_VERSION = 2  # of the fingerprint files in scan_cache_dir() / "plan"
 COLOUR_IMAGES = 32  # training images sampled for the colour saturation
 LAYOUT_BANDS = 16  # horizontal bands of the class layout (vflip_asymmetry)
 TARGET_WIDTH = 2  # the boundary width of the interior/boundary target whose ceiling is measured (the default)
@@ -246,6 +248,7 @@ def _measure(
     out: dict[str, Any] = {
         "median_size": [int(np.median(w)), int(np.median(h))],
         "min_short": int(np.minimum(w, h).min()),
+        "short_p10": int(np.percentile(np.minimum(w, h), 10, method="lower")),
         "max_long": int(np.maximum(w, h).max()),
         "aspect": round(float(np.median(w / h)), 4),
         "bands": scan.in_channels,

@@ -166,8 +166,8 @@ def scale(fp: DataFingerprint, target_name: str = "mask", finest_stride: int = 1
                 f"at {s:g}"
             )
             break
-        if fp.min_short * s < MIN_SIDE:
-            why_not = f"the smallest image ({fp.min_short} px) would be {fp.min_short * s:.0f} px at {s:g}"
+        if short_side(fp) * s < MIN_SIDE:
+            why_not = f"{_small_images(fp)} would be {short_side(fp) * s:.0f} px at {s:g}"
             break
         chosen = s
     of = "the interior/boundary target's" if ceiling is fp.ceiling_target else "the masks'"
@@ -190,15 +190,33 @@ def finest_stride(fp: DataFingerprint, weights: list[Weights]) -> int:
     return 2 if weights and narrowest(fp) / 2 >= MIN_WIDTH else 1
 
 
+def short_side(fp: DataFingerprint) -> int:
+    """The short side (px, as read) that 90 % of the training images reach: a few small images pad their crops
+    with ignored pixels rather than shrink every crop (or forbid every smaller scale)."""
+    return fp.short_p10 or fp.min_short
+
+
+def _small_images(fp: DataFingerprint) -> str:
+    if fp.min_short < short_side(fp):
+        return f"90 % of the images' short side ({short_side(fp)} px)"
+    return f"the smallest image ({fp.min_short} px)"
+
+
 def crop_and_batch(fp: DataFingerprint, scale_factor: float, device: str = "cpu") -> Choice:
-    """Random crops of CROP px (smaller images: the largest multiple of 32 that fits) and a batch per device."""
-    short = int(fp.min_short * scale_factor)
+    """Random crops of CROP px (smaller images: the largest multiple of 32 that 90 % of them hold) and a batch
+    per device."""
+    short = int(short_side(fp) * scale_factor)
     crop = CROP if short >= CROP else max(32, short // 32 * 32)
     batch = BATCH.get(device, 8)
-    reason = (
-        f"{crop}² crops of images whose smallest side is {short} px at scale {scale_factor:g}; batch {batch} "
-        f"({device}): enough crops for batch norm, few enough for many steps"
+    held = (
+        "the smallest image side is"
+        if fp.min_short == short_side(fp)
+        else "90 % of the images' short sides are ≥"
     )
+    reason = f"{crop}² crops: {held} {short} px at scale {scale_factor:g}"
+    if fp.min_short * scale_factor < crop:
+        reason += f" (the smallest, {fp.min_short * scale_factor:.0f} px, pad with ignored pixels)"
+    reason += f"; batch {batch} ({device}): enough crops for batch norm, few enough for many steps"
     return Choice({"data.crop_size": crop, "train.batch_size": batch}, reason)
 
 

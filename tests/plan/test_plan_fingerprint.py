@@ -231,3 +231,17 @@ def test_round_trip_through_yaml(tmp_path):
     text = yaml.safe_dump(fp.to_dict())  # plain types only: safe_dump refuses NumPy scalars
     back = DataFingerprint.from_dict(yaml.safe_load(text))
     assert back == fp and back.ceiling_target == fp.ceiling_target and back.ceiling_target
+
+
+def test_short_side_of_most_images(tmp_path):
+    # 19 images 80x64 and one 40x32: the smallest short side is 32, the one 90 % reach is 64 (np.percentile,
+    # "lower", of the 20 short sides)
+    masks = [np.zeros((64, 80), np.uint8) for _ in range(19)] + [np.zeros((32, 40), np.uint8)]
+    for m in masks:
+        m[8:16, 8:24] = 1
+    root = write_set(tmp_path / "d", masks)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("".join(f"{i:02d}\n" for i in range(20)))
+    fp = fingerprint_data(root)
+    assert fp.splits["train"] == 20 and (fp.min_short, fp.short_p10) == (32, 64)
+    assert fp.short_p10 == int(np.percentile([64] * 19 + [32], 10, method="lower"))

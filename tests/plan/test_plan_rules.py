@@ -116,6 +116,19 @@ def test_crop_and_batch():
     assert rules.crop_and_batch(fingerprint(), 1.0, "cuda").values["train.batch_size"] == 16
 
 
+def test_a_few_small_images_do_not_set_the_crop_or_the_scale():
+    # 90 % of the images have a 233-px short side, one has 60: the crop follows the 90 % (224 = 7 x 32), the
+    # small one pads; without short_p10 (an old fingerprint) the smallest image rules, as before
+    fp = fingerprint(min_short=60, short_p10=233)
+    c = rules.crop_and_batch(fp, 1.0)
+    assert c.values["data.crop_size"] == 224
+    assert "90 %" in c.reason and "the smallest, 60 px, pad" in c.reason
+    assert rules.crop_and_batch(fingerprint(min_short=60), 1.0).values["data.crop_size"] == 32
+    assert rules.scale(fp).values["data.resize"] == {"scale": 0.5}  # the ceiling's choice: 233 * 0.5 >= 64
+    alone = rules.scale(fingerprint(min_short=60))
+    assert alone.values["data.resize"] is None and "the smallest image (60 px) would be 45 px" in alone.reason
+
+
 def test_target_rule():
     assert rules.target(fingerprint()).values == {"data.target": "mask"}
     touching = fingerprint(instances=True, touching=0.3, objects_per_image=27)
