@@ -167,7 +167,7 @@ def scale(fp: DataFingerprint, target_name: str = "mask", finest_stride: int = 1
             )
             break
         if short_side(fp) * s < MIN_SIDE:
-            why_not = f"{_small_images(fp)} would be {short_side(fp) * s:.0f} px at {s:g}"
+            why_not = f"{_short_of(fp)} ({short_side(fp)} px) would be {short_side(fp) * s:.0f} px at {s:g}"
             break
         chosen = s
     of = "the interior/boundary target's" if ceiling is fp.ceiling_target else "the masks'"
@@ -196,10 +196,9 @@ def short_side(fp: DataFingerprint) -> int:
     return fp.short_p10 or fp.min_short
 
 
-def _small_images(fp: DataFingerprint) -> str:
-    if fp.min_short < short_side(fp):
-        return f"90 % of the images' short side ({short_side(fp)} px)"
-    return f"the smallest image ({fp.min_short} px)"
+def _short_of(fp: DataFingerprint) -> str:
+    """Whose short side ``short_side`` is, for the reasons."""
+    return "the smallest image" if fp.min_short >= short_side(fp) else "90 % of the images' short side"
 
 
 def crop_and_batch(fp: DataFingerprint, scale_factor: float, device: str = "cpu") -> Choice:
@@ -208,12 +207,7 @@ def crop_and_batch(fp: DataFingerprint, scale_factor: float, device: str = "cpu"
     short = int(short_side(fp) * scale_factor)
     crop = CROP if short >= CROP else max(32, short // 32 * 32)
     batch = BATCH.get(device, 8)
-    held = (
-        "the smallest image side is"
-        if fp.min_short == short_side(fp)
-        else "90 % of the images' short sides are ≥"
-    )
-    reason = f"{crop}² crops: {held} {short} px at scale {scale_factor:g}"
+    reason = f"{crop}² crops: {_short_of(fp)} is {short} px at scale {scale_factor:g}"
     if fp.min_short * scale_factor < crop:
         reason += f" (the smallest, {fp.min_short * scale_factor:.0f} px, pad with ignored pixels)"
     reason += f"; batch {batch} ({device}): enough crops for batch norm, few enough for many steps"

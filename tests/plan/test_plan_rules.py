@@ -164,24 +164,9 @@ def test_model_keeps_thin_classes_at_the_finest_feature():
     best, c = rules.model([cand("lite", 0.8, True), cand("scratch", 0.5, False)], 570, thin)
     assert best.name == "scratch" and "2.5 px < 4" in c.reason
     # at scale 0.5 a 12-px class is 6 px, 3 px at stride 2: lost; 16 px is 8, then 4: kept
-    assert (
-        rules.model(
-            [cand("lite", 0.8, True), cand("s", 0.5, False)],
-            570,
-            fingerprint(objects=[ClassObjects(width=12.0), ClassObjects(width=40.0)]),
-            0.5,
-        )[0].name
-        == "s"
-    )
-    assert (
-        rules.model(
-            [cand("lite", 0.8, True), cand("s", 0.5, False)],
-            570,
-            fingerprint(objects=[ClassObjects(width=16.0), ClassObjects(width=40.0)]),
-            0.5,
-        )[0].name
-        == "lite"
-    )
+    for width, kept in ((12.0, "s"), (16.0, "lite")):
+        fp = fingerprint(objects=[ClassObjects(width=width), ClassObjects(width=40.0)])
+        assert rules.model([cand("lite", 0.8, True), cand("s", 0.5, False)], 570, fp, 0.5)[0].name == kept
     # an absent class (frequency 0) does not count
     absent = fingerprint(objects=[ClassObjects(width=1.0), ClassObjects(width=25.0)], class_freq=[0.0, 1.0])
     assert rules.model([cand("lite", 0.8, True), cand("s", 0.5, False)], 570, absent)[0].name == "lite"
